@@ -1,0 +1,210 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    AWARDED: _ClassVar[Outcome]
+    DUPLICATE: _ClassVar[Outcome]
+    CAPPED: _ClassVar[Outcome]
+    THROTTLED: _ClassVar[Outcome]
+    NO_RULE: _ClassVar[Outcome]
+    REJECTED: _ClassVar[Outcome]
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ACTOR: _ClassVar[Role]
+    TARGET: _ClassVar[Role]
+
+class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENTRY_KIND_UNSPECIFIED: _ClassVar[EntryKind]
+    AWARD: _ClassVar[EntryKind]
+OUTCOME_UNSPECIFIED: Outcome
+AWARDED: Outcome
+DUPLICATE: Outcome
+CAPPED: Outcome
+THROTTLED: Outcome
+NO_RULE: Outcome
+REJECTED: Outcome
+ROLE_UNSPECIFIED: Role
+ACTOR: Role
+TARGET: Role
+ENTRY_KIND_UNSPECIFIED: EntryKind
+AWARD: EntryKind
+
+class ActivityEvent(_message.Message):
+    __slots__ = ("tenant_id", "event_id", "user_id", "action", "occurred_at", "target_user_id", "group_id", "department_id", "quantity", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    event_id: str
+    user_id: str
+    action: str
+    occurred_at: _timestamp_pb2.Timestamp
+    target_user_id: str
+    group_id: str
+    department_id: str
+    quantity: int
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, tenant_id: _Optional[str] = ..., event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., action: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Credit(_message.Message):
+    __slots__ = ("user_id", "role", "outcome", "points", "balance", "reason")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    role: Role
+    outcome: Outcome
+    points: int
+    balance: int
+    reason: str
+    def __init__(self, user_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ActivityResult(_message.Message):
+    __slots__ = ("event_id", "outcome", "points", "balance", "reason", "original_outcome", "credits", "field")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    outcome: Outcome
+    points: int
+    balance: int
+    reason: str
+    original_outcome: Outcome
+    credits: _containers.RepeatedCompositeFieldContainer[Credit]
+    field: str
+    def __init__(self, event_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., reason: _Optional[str] = ..., original_outcome: _Optional[_Union[Outcome, str]] = ..., credits: _Optional[_Iterable[_Union[Credit, _Mapping]]] = ..., field: _Optional[str] = ...) -> None: ...
+
+class RecordActivitiesRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ActivityEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[ActivityEvent, _Mapping]]] = ...) -> None: ...
+
+class RecordActivitiesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ActivityResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ActivityResult, _Mapping]]] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class Balance(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "available", "lifetime_earned", "spent", "earned_today", "day")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_EARNED_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    EARNED_TODAY_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    available: int
+    lifetime_earned: int
+    spent: int
+    earned_today: int
+    day: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., available: _Optional[int] = ..., lifetime_earned: _Optional[int] = ..., spent: _Optional[int] = ..., earned_today: _Optional[int] = ..., day: _Optional[str] = ...) -> None: ...
+
+class ListLedgerRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class LedgerEntry(_message.Message):
+    __slots__ = ("entry_id", "kind", "action", "points", "balance_after", "event_id", "role", "counterpart_user_id", "group_id", "department_id", "occurred_at", "recorded_at", "reason", "quantity", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERPART_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    kind: EntryKind
+    action: str
+    points: int
+    balance_after: int
+    event_id: str
+    role: Role
+    counterpart_user_id: str
+    group_id: str
+    department_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    recorded_at: _timestamp_pb2.Timestamp
+    reason: str
+    quantity: int
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, entry_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., action: _Optional[str] = ..., points: _Optional[int] = ..., balance_after: _Optional[int] = ..., event_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., counterpart_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListLedgerResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,129 @@
+"""The application: settings in, every component wired and started.
+
+Owns the lifecycle of what it opens (embedded servers, stores, the flusher),
+so the gRPC server, the CLI commands and the tests share one way to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.config import Settings
+from service.ingest import Ingestor
+from service.metrics import observe_flush
+from service.rules import RuleBook, RulesEngine, load_rule_book
+from service.validation import Limits
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.flusher import Flusher
+from storage.keys import KeySchema, Shard, Topology
+from storage.postgres import migrate
+from storage.stores import Stores
+
+__all__ = ["App"]
+
+log = logging.getLogger("pointsd")
+
+# Dedup records outlive the oldest accepted event by this margin.
+_DEDUP_MARGIN_S = 86_400
+
+
+async def resolve_urls(
+    settings: Settings, *, redis: bool = True
+) -> tuple[str, str, list[EmbeddedRedis | EmbeddedPostgres]]:
+    """The configured URLs, starting embedded servers for the unset ones."""
+    embedded: list[EmbeddedRedis | EmbeddedPostgres] = []
+    redis_url, database_url = settings.redis_url, settings.database_url
+    if not redis_url and redis:
+        er = EmbeddedRedis(settings.data_dir)
+        redis_url = await asyncio.to_thread(er.start)
+        embedded.append(er)
+    if not database_url:
+        ep = EmbeddedPostgres(settings.data_dir)
+        database_url = await asyncio.to_thread(ep.start)
+        embedded.append(ep)
+    return redis_url, database_url, embedded
+
+
+@dataclass
+class App:
+    settings: Settings
+    rules: RuleBook
+    engine: RulesEngine
+    limits: Limits
+    stores: Stores
+    ingestor: Ingestor
+    flusher: Flusher
+    redis_url: str
+    database_url: str
+    embedded: list[EmbeddedRedis | EmbeddedPostgres] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, settings: Settings, rules: RuleBook | None = None) -> App:
+        if rules is None:
+            path = Path(settings.rules_file) if settings.rules_file else None
+            rules = load_rule_book(path, default_shards=settings.shards)
+        redis_url, database_url, embedded = await resolve_urls(settings)
+        if settings.migrate_on_start:
+            await asyncio.to_thread(migrate.upgrade, database_url)
+        topology = Topology(
+            KeySchema(settings.redis_prefix),
+            {t.tenant_id: t.shards for t in rules.tenants.values()},
+        )
+        stores = await Stores.open(
+            redis_url,
+            database_url,
+            topology,
+            outbox_entries_max=settings.outbox_entries_max,
+            ops_per_call_max=settings.ingest_ops_per_call_max,
+            ops_per_round_trip_max=settings.ingest_ops_per_round_trip_max,
+            inflight_max=settings.ingest_inflight_max,
+            redis_pool_max=settings.redis_pool_max,
+            redis_timeout_s=settings.redis_timeout_s,
+            db_pool_size=settings.db_pool_size,
+            db_timeout_s=settings.db_timeout_s,
+        )
+        retention_s = settings.event_max_age_s + settings.event_future_skew_s
+        engine = RulesEngine(
+            rules, state_retention_s=retention_s, dedup_retention_s=retention_s + _DEDUP_MARGIN_S
+        )
+        shards = list(topology.all_shards())
+        flusher = Flusher(
+            stores.outbox,
+            stores.ledger,
+            lambda: shards,
+            batch_rows_max=settings.flush_batch_rows_max,
+            interval_ms=settings.flush_interval_ms,
+            claim_idle_ms=settings.flush_claim_idle_ms,
+            backoff_max_ms=settings.flush_backoff_max_ms,
+            on_batch=observe_flush,
+        )
+        return cls(
+            settings=settings,
+            rules=rules,
+            engine=engine,
+            limits=Limits(
+                event_max_age_s=settings.event_max_age_s,
+                event_future_skew_s=settings.event_future_skew_s,
+                attributes_max=settings.attributes_max,
+                quantity_max=settings.quantity_max,
+            ),
+            stores=stores,
+            ingestor=Ingestor(engine, stores.awards),
+            flusher=flusher,
+            redis_url=redis_url,
+            database_url=database_url,
+            embedded=embedded,
+        )
+
+    def shards(self) -> list[Shard]:
+        return list(self.stores.topology.all_shards())
+
+    async def close(self, *, stop_embedded: bool = True) -> None:
+        await self.stores.close()
+        if stop_embedded:
+            for server in self.embedded:
+                if server.owned:
+                    await asyncio.to_thread(server.stop)

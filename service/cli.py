@@ -1,0 +1,202 @@
+"""`pointsd`: the one entry point.
+
+    pointsd serve                 run the gRPC server (and the ledger flusher)
+    pointsd flush [--drain]       run only the flusher (or drain once and exit)
+    pointsd migrate               apply database migrations
+    pointsd reconcile             Redis balances == ledger sums? exit 1 if not
+    pointsd rebuild [TENANT...]   restore Redis state from the ledger
+    pointsd rules check [FILE]    validate a rule file
+
+Configuration comes from environment variables (README "Configuration").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from service.config import ConfigError, Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("pointsd")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pgserver logs every command it runs at INFO.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _serve(settings: Settings) -> int:
+    from service.server import serve
+
+    await serve(settings)
+    return 0
+
+
+async def _flush(settings: Settings, drain: bool) -> int:
+    from service.app import App
+
+    app = await App.open(settings)
+    try:
+        if drain:
+            ok = await app.flusher.drain(settings.shutdown_grace_s * 30)
+            print(f"outbox {'drained' if ok else 'NOT drained'}: {app.flusher.summary()}")
+            return 0 if ok else 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await app.flusher.run(stop)
+        await app.flusher.drain(settings.shutdown_grace_s)
+        return 0
+    finally:
+        await app.close()
+
+
+async def _migrate(settings: Settings) -> int:
+    from service.app import resolve_urls
+    from storage.postgres import migrate
+
+    _, database_url, embedded = await resolve_urls(settings, redis=False)
+    try:
+        await asyncio.to_thread(migrate.upgrade, database_url)
+        revision = await asyncio.to_thread(migrate.current_revision, database_url)
+        print(f"database at revision {revision}")
+        return 0
+    finally:
+        for server in embedded:
+            if server.owned:
+                await asyncio.to_thread(server.stop)
+
+
+async def _reconcile(settings: Settings, limit: int) -> int:
+    from service.app import App
+    from service.ops import reconcile
+
+    app = await App.open(settings)
+    try:
+        report = await reconcile(app)
+    finally:
+        await app.close()
+    if not report.drained:
+        print("reconcile: the outbox could not be drained into PostgreSQL (is it up?)")
+        return 2
+    for m in report.mismatches[:limit]:
+        print(
+            f"MISMATCH tenant={m.tenant_id} user={m.user_id} "
+            f"redis(available={m.redis.available} earned={m.redis.earned} spent={m.redis.spent}) "
+            f"ledger(available={m.ledger.available} earned={m.ledger.earned} "
+            f"spent={m.ledger.spent})"
+        )
+    print(f"reconcile: {report.users} users, {len(report.mismatches)} mismatches")
+    return 0 if report.clean else 1
+
+
+async def _rebuild(settings: Settings, tenants: list[str]) -> int:
+    from service.app import App
+    from service.ops import rebuild
+
+    app = await App.open(settings)
+    try:
+        unknown = [t for t in tenants if t not in app.rules.tenants]
+        if unknown:
+            print(f"unknown tenants: {', '.join(unknown)}")
+            return 2
+        report = await rebuild(app, tenants or None)
+    finally:
+        await app.close()
+    print(
+        f"rebuild: {report.tenants} tenants, {report.users} users, {report.entries} ledger "
+        f"entries replayed, {report.keys_deleted} stale keys removed"
+    )
+    return 0
+
+
+def _rules_check(path: str | None) -> int:
+    from service.rules import RuleError, load_rule_book
+
+    try:
+        book = load_rule_book(Path(path) if path else None)
+    except RuleError as exc:
+        print(exc)
+        return 1
+    except OSError as exc:
+        print(f"cannot read {path}: {exc}")
+        return 1
+    for tenant in book.tenants.values():
+        print(
+            f"tenant {tenant.tenant_id}: {tenant.timezone.key}, {tenant.shards} shard(s), "
+            f"rule set {tenant.rule_set!r} with {len(tenant.actions)} actions"
+        )
+        for action in tenant.actions.values():
+            for credit in action.credits:
+                limits = ", ".join(lim.label() for lim in credit.limits) or "no limits"
+                per = f" per {credit.per_quantity} units" if credit.per_quantity > 1 else ""
+                print(
+                    f"  {action.key:<20} {credit.role.name.lower():<6} "
+                    f"{credit.points:>4} points{per}; {limits}"
+                )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pointsd", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gRPC server")
+    flush = sub.add_parser("flush", help="run only the ledger flusher")
+    flush.add_argument("--drain", action="store_true", help="drain the outbox once and exit")
+    sub.add_parser("migrate", help="apply database migrations")
+    rec = sub.add_parser("reconcile", help="compare Redis balances with the ledger")
+    rec.add_argument("--show", type=int, default=50, help="mismatches to print (default 50)")
+    reb = sub.add_parser("rebuild", help="restore Redis state from the ledger")
+    reb.add_argument("tenants", nargs="*", help="tenants to rebuild (default: all)")
+    rules = sub.add_parser("rules", help="rule file tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate a rule file")
+    check.add_argument("file", nargs="?", help="rule file (default: POINTS_RULES_FILE or built-in)")
+    ns = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+
+    if ns.command == "rules":
+        return _rules_check(ns.file or settings.rules_file or None)
+    if ns.command == "serve":
+        return _run(_serve(settings))
+    if ns.command == "flush":
+        return _run(_flush(settings, ns.drain))
+    if ns.command == "migrate":
+        return _run(_migrate(settings))
+    if ns.command == "reconcile":
+        return _run(_reconcile(settings, ns.show))
+    if ns.command == "rebuild":
+        return _run(_rebuild(settings, ns.tenants))
+    parser.error(f"unknown command {ns.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Settings: one frozen object, every field an environment variable with a
+default. README "Configuration" lists them all; keep the two in step."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "Settings"]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Where the gRPC server listens.
+    listen: str = "127.0.0.1:50051"
+    # Real servers; when unset, embedded ones are started in data_dir.
+    redis_url: str = ""
+    database_url: str = ""
+    data_dir: Path = Path(".pointsd")
+    # Rule book YAML; empty = the packaged default (service/rules/default_rules.yaml).
+    rules_file: str = ""
+    # Prefix of every Redis key, so deployments can share a Redis.
+    redis_prefix: str = "pts"
+    # Shards per tenant unless the rule file says otherwise.
+    shards: int = 1
+    # Accepted event time window relative to the server clock.
+    event_max_age_s: int = 72 * 3600
+    event_future_skew_s: int = 300
+    # Request limits.
+    batch_events_max: int = 1000
+    request_bytes_max: int = 4 * 1024 * 1024
+    attributes_max: int = 16
+    quantity_max: int = 100_000
+    ledger_page_size_max: int = 500
+    # Hot path batching (see storage/redis/awards.py).
+    ingest_ops_per_call_max: int = 100
+    ingest_ops_per_round_trip_max: int = 2000
+    ingest_inflight_max: int = 2
+    stream_inflight_max: int = 512
+    # Outbox entries per shard above which awards are refused (RESOURCE_EXHAUSTED).
+    outbox_entries_max: int = 2_000_000
+    # Ledger flusher.
+    flusher_enabled: bool = True
+    flush_interval_ms: int = 50
+    flush_batch_rows_max: int = 5000
+    flush_claim_idle_ms: int = 30_000
+    flush_backoff_max_ms: int = 5000
+    # Start-up and shutdown.
+    migrate_on_start: bool = True
+    shutdown_grace_s: float = 10.0
+    # Pools and timeouts.
+    redis_pool_max: int = 64
+    redis_timeout_s: float = 5.0
+    db_pool_size: int = 5
+    db_timeout_s: float = 5.0
+    # Prometheus metrics on this port; 0 = off.
+    metrics_port: int = 0
+    log_level: str = "INFO"
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        if field_name in ("redis_url", "database_url"):
+            return field_name.upper()
+        return "POINTS_" + field_name.upper()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = cls.env_name(f.name)
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, type(getattr(cls(), f.name)))
+        values.update(overrides)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        positive = [
+            "shards",
+            "event_max_age_s",
+            "batch_events_max",
+            "request_bytes_max",
+            "attributes_max",
+            "quantity_max",
+            "ledger_page_size_max",
+            "ingest_ops_per_call_max",
+            "ingest_ops_per_round_trip_max",
+            "ingest_inflight_max",
+            "stream_inflight_max",
+            "flush_interval_ms",
+            "flush_batch_rows_max",
+            "flush_claim_idle_ms",
+            "flush_backoff_max_ms",
+            "redis_pool_max",
+            "db_pool_size",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{self.env_name(name)} must be > 0, got {getattr(self, name)}")
+        if self.event_future_skew_s < 0 or self.outbox_entries_max < 0:
+            raise ConfigError(
+                "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
+            )
+        if ":" not in self.listen:
+            raise ConfigError(f"POINTS_LISTEN must be host:port, got {self.listen!r}")
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw.replace("_", ""))
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None

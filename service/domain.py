@@ -1,0 +1,193 @@
+"""Plain domain types shared by the rules engine, the service and storage.
+
+Pure data, no I/O. `storage` imports this module and nothing else from
+`service`, so the rules decide *what* to count and storage decides *where*.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "SEP",
+    "Accumulator",
+    "CounterIncrement",
+    "CreditOp",
+    "CreditResult",
+    "Event",
+    "LedgerFacts",
+    "LimitCheck",
+    "Metric",
+    "Outcome",
+    "Period",
+    "PeriodRef",
+    "Role",
+    "StoreCode",
+]
+
+
+# Joins the parts of counter names and hash fields. Ids are validated to hold
+# no control characters, so a split on it is unambiguous.
+SEP = "\x1f"
+
+
+class Outcome(enum.IntEnum):
+    """Event outcomes; numbers equal `points.v1.Outcome`."""
+
+    AWARDED = 1
+    DUPLICATE = 2
+    CAPPED = 3
+    THROTTLED = 4
+    NO_RULE = 5
+    REJECTED = 6
+
+
+class Role(enum.IntEnum):
+    """Who a credit goes to; numbers equal `points.v1.Role`."""
+
+    ACTOR = 1
+    TARGET = 2
+
+    @property
+    def letter(self) -> str:
+        return "a" if self is Role.ACTOR else "t"
+
+
+class Period(enum.StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    EVER = "ever"
+
+
+class Metric(enum.StrEnum):
+    COUNT = "count"
+    POINTS = "points"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated activity event."""
+
+    tenant_id: str
+    event_id: str
+    user_id: str
+    action: str
+    occurred_at_ms: int
+    target_user_id: str = ""
+    group_id: str = ""
+    department_id: str = ""
+    quantity: int = 1
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodRef:
+    """One concrete period, e.g. DAY "2026-11-23" in the tenant's zone.
+
+    `expires_at_s` is when state kept for the period may be dropped (unix
+    seconds, 0 = never).
+    """
+
+    kind: Period
+    key: str
+    expires_at_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class LimitCheck:
+    """A cap on one counter of the credited user within one period."""
+
+    period: PeriodRef
+    counter: str
+    metric: Metric
+    max: int
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class CounterIncrement:
+    """A counter of the credited user bumped on award (e.g. points earned today)."""
+
+    period: PeriodRef
+    counter: str
+    metric: Metric
+
+
+@dataclass(frozen=True, slots=True)
+class Accumulator:
+    """Quantity collected in a counter; points are due per whole `unit` crossed."""
+
+    period: PeriodRef
+    counter: str
+    unit: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFacts:
+    """What the ledger row records about the event besides user and points."""
+
+    action: str
+    counterpart_id: str
+    group_id: str
+    department_id: str
+    quantity: int
+    attributes: Mapping[str, str]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreditOp:
+    """One atomic, idempotent credit of one user for one event.
+
+    Everything a store needs to apply it in a single atomic step: dedup,
+    throttling, limits, award, counters, and the outbox entry.
+    """
+
+    tenant_id: str
+    user_id: str
+    role: Role
+    event_id: str
+    fingerprint: str
+    points_per_unit: int
+    quantity: int
+    occurred_at_ms: int
+    recorded_at_ms: int
+    dedup_expires_at_s: int
+    limits: tuple[LimitCheck, ...] = ()
+    counters: tuple[CounterIncrement, ...] = ()
+    accumulator: Accumulator | None = None
+    interval_ms: int = 0
+    interval_key: str = ""
+    facts: LedgerFacts | None = None
+
+    @property
+    def entry_key(self) -> str:
+        """The ledger's unique key for this credit within the tenant."""
+        return f"e:{self.event_id}:{self.role.letter}"
+
+
+class StoreCode(enum.IntEnum):
+    """What the store did with one CreditOp (superset of Outcome)."""
+
+    AWARDED = 1
+    DUPLICATE = 2
+    CAPPED = 3
+    THROTTLED = 4
+    BACKPRESSURE = 7
+    MAINTENANCE = 8
+    ID_REUSED = 9
+
+
+@dataclass(frozen=True, slots=True)
+class CreditResult:
+    code: StoreCode
+    points: int
+    balance: int
+    # 1-based index into CreditOp.limits of the limit that capped or clipped
+    # the credit, 0 for none.
+    limit_index: int = 0
+    # For DUPLICATE and ID_REUSED: the first recording's outcome.
+    original: StoreCode | None = None

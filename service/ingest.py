@@ -1,0 +1,190 @@
+"""Ingest: plan events with the rules engine, apply the credits in storage,
+and say what happened in words a person can read."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from service.domain import CreditOp, CreditResult, Event, Outcome, Role, StoreCode
+from service.errors import Overloaded, ShardBusy
+from service.rules import NoRule, Plan, Rejection, RulesEngine
+from service.validation import InvalidField
+from storage.redis import AwardStore
+
+__all__ = ["CreditOutcome", "EventResult", "Ingestor"]
+
+
+@dataclass(frozen=True, slots=True)
+class CreditOutcome:
+    user_id: str
+    role: Role
+    outcome: Outcome
+    points: int
+    balance: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    event_id: str
+    outcome: Outcome
+    points: int = 0
+    balance: int = 0
+    reason: str = ""
+    original_outcome: Outcome | None = None
+    credits: tuple[CreditOutcome, ...] = ()
+    # For REJECTED: the offending field.
+    field: str = ""
+
+
+_OUTCOME_OF = {
+    StoreCode.AWARDED: Outcome.AWARDED,
+    StoreCode.DUPLICATE: Outcome.DUPLICATE,
+    StoreCode.CAPPED: Outcome.CAPPED,
+    StoreCode.THROTTLED: Outcome.THROTTLED,
+    # Only for a non-anchor credit: its event id was used before by another
+    # actor for the same target. The anchor's own check cannot see that.
+    StoreCode.ID_REUSED: Outcome.REJECTED,
+}
+# Codes after which an event's other credits are not attempted.
+_STOP = {StoreCode.ID_REUSED, StoreCode.BACKPRESSURE, StoreCode.MAINTENANCE}
+
+
+def _interval_text(ms: int) -> str:
+    if ms % 60_000 == 0:
+        return f"{ms // 60_000} min"
+    if ms % 1000 == 0:
+        return f"{ms // 1000} s"
+    return f"{ms} ms"
+
+
+def _credit_reason(plan: Plan, op: CreditOp, res: CreditResult) -> str:
+    what = plan.rule.description
+    code = res.original if res.code is StoreCode.DUPLICATE and res.original else res.code
+    if code is StoreCode.AWARDED:
+        if res.points == 0:
+            unit = op.accumulator.unit if op.accumulator else 1
+            text = f"{what}: quantity counted; points are due per {unit} units"
+        else:
+            text = f"{what}: +{res.points}"
+        if res.limit_index and res.points:
+            text += f" (clipped by limit: {op.limits[res.limit_index - 1].label})"
+    elif code is StoreCode.CAPPED:
+        label = op.limits[res.limit_index - 1].label if res.limit_index else "a limit"
+        text = f"{what}: limit reached ({label})"
+    elif code is StoreCode.THROTTLED:
+        text = f"{what}: too soon, at most once every {_interval_text(op.interval_ms)}"
+    elif code is StoreCode.ID_REUSED:
+        text = "event_id was already used for a different event; the first event stands"
+    else:
+        text = f"{what}: {code.name.lower()}"
+    if res.code is StoreCode.DUPLICATE:
+        text = f"duplicate event, first recorded as {code.name}: {text}"
+    return text
+
+
+class Ingestor:
+    def __init__(
+        self,
+        engine: RulesEngine,
+        awards: AwardStore,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.engine = engine
+        self.awards = awards
+        self.clock_ms = clock_ms
+
+    async def record(self, items: Sequence[Event | InvalidField]) -> list[EventResult]:
+        """One result per item, in order. Raises Overloaded (outbox full) or
+        ShardBusy (rebuild running) for the whole call: retry it as is, the
+        events already applied come back as DUPLICATE."""
+        now_ms = self.clock_ms()
+        results: list[EventResult | None] = [None] * len(items)
+        plans: dict[int, Plan] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, InvalidField):
+                results[i] = self._rejected(item.field, item.message, "")
+                continue
+            planned = self.engine.plan(item, recorded_at_ms=now_ms)
+            if isinstance(planned, Rejection):
+                results[i] = self._rejected(planned.field, planned.message, item.event_id)
+            elif isinstance(planned, NoRule):
+                results[i] = EventResult(item.event_id, Outcome.NO_RULE, reason=planned.message)
+            else:
+                plans[i] = planned
+
+        # The anchor credit first: it detects a reused event id before any
+        # other credit of the event is applied. Most rules have one credit.
+        order = list(plans)
+        anchors = await self.awards.apply([plans[i].ops[0] for i in order])
+        store: dict[int, list[CreditResult]] = {i: [r] for i, r in zip(order, anchors, strict=True)}
+        rest: list[tuple[int, CreditOp]] = []
+        for i, anchor in zip(order, anchors, strict=True):
+            if anchor.code not in _STOP:
+                rest.extend((i, op) for op in plans[i].ops[1:])
+        if rest:
+            applied = await self.awards.apply([op for _, op in rest])
+            for (i, _op), res in zip(rest, applied, strict=True):
+                store[i].append(res)
+
+        codes = {r.code for rs in store.values() for r in rs}
+        if StoreCode.MAINTENANCE in codes:
+            raise ShardBusy("a rebuild of this tenant's state is running; retry shortly")
+        if StoreCode.BACKPRESSURE in codes:
+            raise Overloaded(
+                "the ledger outbox is full (the flusher is behind or PostgreSQL is down); "
+                "retry with backoff"
+            )
+        for i, plan in plans.items():
+            results[i] = self._combine(plan, store[i])
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _rejected(field: str, message: str, event_id: str) -> EventResult:
+        return EventResult(event_id, Outcome.REJECTED, reason=f"{field}: {message}", field=field)
+
+    def _combine(self, plan: Plan, results: list[CreditResult]) -> EventResult:
+        event_id = plan.ops[0].event_id
+        if results[0].code is StoreCode.ID_REUSED:
+            return self._rejected(
+                "event_id",
+                f"{event_id!r} was already used for a different event (other user, action, "
+                "target, quantity or attributes); the first event stands",
+                event_id,
+            )
+        credits = tuple(
+            CreditOutcome(
+                user_id=op.user_id,
+                role=op.role,
+                outcome=_OUTCOME_OF[res.code],
+                points=res.points,
+                balance=res.balance,
+                reason=_credit_reason(plan, op, res),
+            )
+            for op, res in zip(plan.ops, results, strict=False)
+        )
+        outcomes = [c.outcome for c in credits]
+        original: Outcome | None = None
+        if Outcome.AWARDED in outcomes:
+            outcome = Outcome.AWARDED
+        elif Outcome.DUPLICATE in outcomes:
+            outcome = Outcome.DUPLICATE
+            originals = [_OUTCOME_OF[r.original] for r in results if r.original in _OUTCOME_OF]
+            original = Outcome.AWARDED if Outcome.AWARDED in originals else originals[0]
+        else:
+            outcome = outcomes[0]
+        if len(credits) == 1:
+            reason = credits[0].reason
+        else:
+            reason = "; ".join(f"{c.role.name.lower()} {c.user_id}: {c.reason}" for c in credits)
+        return EventResult(
+            event_id=event_id,
+            outcome=outcome,
+            points=sum(c.points for c in credits),
+            balance=credits[0].balance,
+            reason=reason,
+            original_outcome=original,
+            credits=credits,
+        )

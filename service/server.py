@@ -1,0 +1,156 @@
+"""The grpc.aio server: PointsService, health, reflection, graceful shutdown.
+
+Shutdown on SIGTERM/SIGINT, in order: health NOT_SERVING (load balancers stop
+sending) -> server.stop(grace) (in-flight RPCs finish) -> the ingest queue is
+drained -> the flusher finishes its batch and drains the outbox (bounded by
+the grace period) -> pools close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.points.v1 import points_pb2 as pb
+from service.api.points.v1 import points_pb2_grpc as pb_grpc
+from service.app import App
+from service.config import Settings
+from service.metrics import OUTBOX_BACKLOG, serve_metrics
+from service.servicer import PointsServicer
+
+__all__ = ["SERVICE_NAMES", "Running", "serve", "start_server"]
+
+log = logging.getLogger("pointsd")
+
+SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name["PointsService"].full_name]
+_HEALTH_INTERVAL_S = 2.0
+
+
+@dataclass
+class Running:
+    app: App
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    stop_flusher: asyncio.Event
+    health_task: asyncio.Task[None]
+    flusher_task: asyncio.Task[None] | None
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.app.settings.shutdown_grace_s if grace_s is None else grace_s
+        started = time.monotonic()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.app.stores.awards.drain()
+        self.stop_flusher.set()
+        self.health_task.cancel()
+        await asyncio.gather(
+            self.health_task,
+            *([self.flusher_task] if self.flusher_task else []),
+            return_exceptions=True,
+        )
+        remaining = max(1.0, grace - (time.monotonic() - started))
+        if self.app.settings.flusher_enabled:
+            drained = await self.app.flusher.drain(remaining)
+            log.info(
+                "outbox %s on shutdown (%s)",
+                "drained" if drained else "NOT drained, the next flusher takes over",
+                self.app.flusher.summary(),
+            )
+        await self.app.close()
+
+
+async def _watch_health(app: App, servicer: health.aio.HealthServicer) -> None:
+    serving = None
+    while True:
+        ok = await app.stores.ping_redis()
+        if ok != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ["", *SERVICE_NAMES]:
+                await servicer.set(name, status)
+            if serving is not None:
+                log.warning("redis %s", "reachable again" if ok else "unreachable: NOT_SERVING")
+            serving = ok
+        with contextlib.suppress(Exception):
+            OUTBOX_BACKLOG.set(await app.stores.outbox.backlog(app.shards()))
+        await asyncio.sleep(_HEALTH_INTERVAL_S)
+
+
+async def start_server(app: App, listen: str | None = None) -> Running:
+    """Start serving `app` (tests pass listen="127.0.0.1:0")."""
+    settings = app.settings
+    size = settings.request_bytes_max
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size * 2),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_PointsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        PointsServicer(app), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(listen or settings.listen)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {listen or settings.listen}")
+    await server.start()
+    for name in ["", *SERVICE_NAMES]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stop_flusher = asyncio.Event()
+    health_task = asyncio.create_task(_watch_health(app, health_servicer))
+    flusher_task = (
+        asyncio.create_task(app.flusher.run(stop_flusher)) if settings.flusher_enabled else None
+    )
+    return Running(app, server, health_servicer, port, stop_flusher, health_task, flusher_task)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT."""
+    app = await App.open(settings)
+    running = await start_server(app)
+    if settings.metrics_port:
+        serve_metrics(settings.metrics_port)
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info(
+        "pointsd serving on %s:%d (redis %s, postgres %s, %d tenants)",
+        host,
+        running.port,
+        app.redis_url,
+        _safe(app.database_url),
+        len(app.rules.tenants),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", settings.shutdown_grace_s)
+    await running.stop()
+    log.info("stopped")
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"

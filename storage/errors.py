@@ -1,0 +1,22 @@
+"""Domain errors raised by storage. Driver errors never leave this package:
+each is translated here-ish (`raise StorageUnavailable(...) from exc`)."""
+
+from __future__ import annotations
+
+__all__ = ["LedgerDataError", "StorageError", "StorageUnavailable"]
+
+
+class StorageError(Exception):
+    """A store failed in a way the caller cannot fix by changing the request."""
+
+
+class StorageUnavailable(StorageError):
+    """Redis or PostgreSQL could not be reached or timed out; retry later.
+
+    For writes the outcome is unknown; every write here is idempotent, so the
+    caller retries the same request.
+    """
+
+
+class LedgerDataError(StorageError):
+    """PostgreSQL refused a ledger row for its content (not connectivity)."""

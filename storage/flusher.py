@@ -1,0 +1,202 @@
+"""Move ledger entries from the Redis outbox streams into PostgreSQL.
+
+Loop: read a batch (new entries, or entries a dead flusher left pending) ->
+write it in one idempotent INSERT -> acknowledge and delete it. While
+PostgreSQL is unreachable the same batch is retried with capped exponential
+backoff; entries wait in Redis and ingest goes on. An entry is acknowledged
+only after its row is committed, so a crash at any point re-delivers it and
+the unique entry key turns the second write into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from storage.entries import LedgerRow, decode_entry
+from storage.errors import LedgerDataError, StorageError, StorageUnavailable
+from storage.keys import Shard
+from storage.postgres.ledger import Ledger
+from storage.redis.outbox import Outbox, OutboxEntry
+
+__all__ = ["FlushStats", "Flusher"]
+
+log = logging.getLogger("pointsd.flusher")
+
+
+@dataclass(slots=True)
+class FlushStats:
+    rows_written: int = 0
+    rows_redelivered: int = 0
+    entries_dead: int = 0
+    batches: int = 0
+    failures: int = 0
+    # recorded_at -> committed, of the entries of the last batch, in ms.
+    lag_ms_last: list[int] = field(default_factory=list)
+    last_error: str = ""
+
+
+class Flusher:
+    def __init__(
+        self,
+        outbox: Outbox,
+        ledger: Ledger,
+        shards: Callable[[], Sequence[Shard]],
+        *,
+        batch_rows_max: int = 5000,
+        interval_ms: int = 50,
+        claim_idle_ms: int = 30_000,
+        backoff_max_ms: int = 5_000,
+        on_batch: Callable[[FlushStats, Sequence[LedgerRow]], None] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.ledger = ledger
+        self.shards = shards
+        self.batch_rows_max = batch_rows_max
+        self.interval_ms = interval_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.on_batch = on_batch
+        self.stats = FlushStats()
+        self._groups_ready = False
+        self._next_claim = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush until `stop` is set; the batch in hand is finished first."""
+        log.info("flusher %s started", self.outbox.consumer)
+        while not stop.is_set():
+            try:
+                moved = await self.flush_once(stop)
+            except StorageError as exc:
+                self._failed(exc)
+                await self._sleep(stop, self._backoff_s(self.stats.failures))
+                continue
+            if moved == 0:
+                await self._sleep(stop, self.interval_ms / 1000)
+        log.info("flusher %s stopped: %s", self.outbox.consumer, self.summary())
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Flush until every outbox stream is empty; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        stop = asyncio.Event()
+        while time.monotonic() < deadline:
+            try:
+                await self.flush_once(stop, claim_idle_ms=0)
+                if await self.outbox.backlog(self.shards()) == 0:
+                    return True
+            except StorageError as exc:
+                self._failed(exc)
+                await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        return False
+
+    async def flush_once(self, stop: asyncio.Event, claim_idle_ms: int | None = None) -> int:
+        """Move one batch; returns how many stream entries it handled."""
+        shards = list(self.shards())
+        if not shards:
+            return 0
+        if not self._groups_ready:
+            await self.outbox.ensure_groups(shards)
+            self._groups_ready = True
+        per_shard = max(1, self.batch_rows_max // len(shards))
+        entries: list[OutboxEntry] = []
+        idle = self.claim_idle_ms if claim_idle_ms is None else claim_idle_ms
+        if claim_idle_ms is not None or time.monotonic() >= self._next_claim:
+            # Own pending entries first (a write that failed before a restart
+            # of this loop), then those of consumers that went quiet.
+            entries = await self.outbox.pending_own(shards, per_shard)
+            if not entries:
+                entries = await self.outbox.claim(shards, idle, per_shard)
+            if not entries:
+                self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
+        if not entries:
+            entries = await self.outbox.read(shards, per_shard)
+        if not entries:
+            return 0
+        rows: list[LedgerRow] = []
+        kept: list[OutboxEntry] = []
+        dead: list[OutboxEntry] = []
+        for entry in entries:
+            try:
+                rows.append(decode_entry(entry.shard.tenant_id, entry.fields))
+                kept.append(entry)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error(
+                    "outbox entry %s on %s is malformed (%s); parked in %s",
+                    entry.entry_id,
+                    entry.shard.outbox,
+                    exc,
+                    entry.shard.dead_letters,
+                )
+                dead.append(entry)
+        refused_keys = await self._write(rows, stop)
+        if refused_keys is None:
+            return 0  # stopping while the database is down: entries stay pending
+        if refused_keys:
+            for entry, row in zip(kept, rows, strict=True):
+                if (row.tenant_id, row.entry_key) in refused_keys:
+                    dead.append(entry)
+        await self.outbox.ack(kept, dead)
+        self.stats.entries_dead += len(dead)
+        return len(entries)
+
+    async def _write(
+        self, rows: list[LedgerRow], stop: asyncio.Event
+    ) -> set[tuple[str, str]] | None:
+        """Write rows, retrying while PostgreSQL is unreachable. Returns the
+        keys of rows PostgreSQL refused, or None if stopped before writing."""
+        attempt = 0
+        while True:
+            try:
+                written = await self.ledger.write(rows)
+                refused: list[LedgerRow] = []
+                break
+            except LedgerDataError as exc:
+                log.error(
+                    "ledger refused a batch of %d rows (%s); writing one by one", len(rows), exc
+                )
+                written, refused = await self.ledger.write_each(rows)
+                break
+            except StorageUnavailable as exc:
+                attempt += 1
+                self._failed(exc)
+                if stop.is_set():
+                    return None
+                await self._sleep(stop, self._backoff_s(attempt))
+        now_ms = int(time.time() * 1000)
+        self.stats.batches += 1
+        self.stats.rows_written += written
+        self.stats.rows_redelivered += len(rows) - written - len(refused)
+        self.stats.failures = 0
+        self.stats.lag_ms_last = [max(0, now_ms - r.recorded_at_ms) for r in rows]
+        if self.on_batch is not None:
+            self.on_batch(self.stats, rows)
+        for row in refused:
+            log.error("ledger refused entry %s of tenant %s: parked", row.entry_key, row.tenant_id)
+        return {(r.tenant_id, r.entry_key) for r in refused}
+
+    def _failed(self, exc: StorageError) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = str(exc)
+        level = logging.WARNING if self.stats.failures in (1, 10, 100) else logging.DEBUG
+        log.log(level, "flush failed (attempt %d): %s", self.stats.failures, exc)
+
+    def _backoff_s(self, attempt: int) -> float:
+        cap = self.backoff_max_ms / 1000
+        return random.uniform(0, min(cap, 0.05 * 2 ** min(attempt, 16)))
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+    def summary(self) -> str:
+        s = self.stats
+        return (
+            f"{s.rows_written} rows written, {s.rows_redelivered} redelivered, "
+            f"{s.entries_dead} parked"
+        )

@@ -1,0 +1,254 @@
+"""The durable ledger: batched idempotent writes, history pages, sums.
+
+Guarantees and column constraints: `storage/postgres/INVARIANTS.md`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import exc as saexc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.entries import LedgerRow
+from storage.errors import LedgerDataError
+from storage.postgres.db import pg_errors
+
+__all__ = ["Ledger", "LedgerPage", "UserSums"]
+
+# One statement per batch: arrays of column values unnested into rows. The
+# unique (tenant_id, entry_key) turns redelivered entries into no-ops.
+_INSERT = text(
+    """
+    INSERT INTO ledger_entries (
+        tenant_id, entry_key, user_id, points, balance_after, kind, action,
+        event_id, role, counterpart_id, group_id, department_id, quantity,
+        attributes, reason, occurred_at, recorded_at)
+    SELECT * FROM unnest(
+        CAST(:tenant_id AS text[]), CAST(:entry_key AS text[]), CAST(:user_id AS text[]),
+        CAST(:points AS bigint[]), CAST(:balance_after AS bigint[]), CAST(:kind AS text[]),
+        CAST(:action AS text[]), CAST(:event_id AS text[]), CAST(:role AS text[]),
+        CAST(:counterpart_id AS text[]), CAST(:group_id AS text[]),
+        CAST(:department_id AS text[]), CAST(:quantity AS bigint[]),
+        CAST(:attributes AS jsonb[]), CAST(:reason AS text[]),
+        CAST(:occurred_at AS timestamptz[]), CAST(:recorded_at AS timestamptz[]))
+    ON CONFLICT (tenant_id, entry_key) DO NOTHING
+    """
+)
+
+_PAGE = text(
+    """
+    SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
+           counterpart_id, group_id, department_id, quantity, attributes, reason,
+           occurred_at, recorded_at
+    FROM ledger_entries
+    WHERE tenant_id = :tenant_id AND user_id = :user_id
+      AND (occurred_at, id) < (:before_at, :before_id)
+    ORDER BY occurred_at DESC, id DESC
+    LIMIT :limit
+    """
+)
+
+_SUMS = text(
+    """
+    SELECT user_id,
+           COALESCE(SUM(points) FILTER (WHERE kind = 'award'), 0),
+           COALESCE(-SUM(points) FILTER (WHERE kind <> 'award'), 0),
+           COALESCE(SUM(points), 0)
+    FROM ledger_entries
+    WHERE tenant_id = :tenant_id
+    GROUP BY user_id
+    """
+)
+
+_ENTRIES = text(
+    """
+    SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
+           counterpart_id, group_id, department_id, quantity, attributes, reason,
+           occurred_at, recorded_at
+    FROM ledger_entries
+    WHERE tenant_id = :tenant_id AND id > :after_id
+    ORDER BY id
+    LIMIT :limit
+    """
+)
+
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPage:
+    rows: list[LedgerRow]
+    # (occurred_at ms, id) of the last row when more rows follow, else None.
+    next_cursor: tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserSums:
+    earned: int
+    spent: int
+    net: int
+
+
+def _row(tenant_id: str, r: Sequence[object]) -> LedgerRow:
+    (
+        _id,
+        entry_key,
+        user_id,
+        points,
+        balance_after,
+        kind,
+        action,
+        event_id,
+        role,
+        counterpart_id,
+        group_id,
+        department_id,
+        quantity,
+        attributes,
+        reason,
+        occurred_at,
+        recorded_at,
+    ) = r
+    assert isinstance(occurred_at, datetime) and isinstance(recorded_at, datetime)
+    return LedgerRow(
+        tenant_id=tenant_id,
+        entry_key=str(entry_key),
+        user_id=str(user_id),
+        points=int(points),  # type: ignore[call-overload]
+        balance_after=int(balance_after),  # type: ignore[call-overload]
+        kind=str(kind),
+        action=str(action),
+        event_id=str(event_id),
+        role=str(role),
+        counterpart_id=str(counterpart_id),
+        group_id=str(group_id),
+        department_id=str(department_id),
+        quantity=int(quantity),  # type: ignore[call-overload]
+        reason=str(reason),
+        occurred_at_ms=_ms(occurred_at),
+        recorded_at_ms=_ms(recorded_at),
+        attributes=dict(attributes) if isinstance(attributes, dict) else {},
+    )
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def write(self, rows: Sequence[LedgerRow]) -> int:
+        """Insert rows in one transaction; returns how many were new.
+
+        Raises StorageUnavailable when PostgreSQL is unreachable (nothing was
+        written) and LedgerDataError when it refuses the content.
+        """
+        if not rows:
+            return 0
+        params = {
+            "tenant_id": [r.tenant_id for r in rows],
+            "entry_key": [r.entry_key for r in rows],
+            "user_id": [r.user_id for r in rows],
+            "points": [r.points for r in rows],
+            "balance_after": [r.balance_after for r in rows],
+            "kind": [r.kind for r in rows],
+            "action": [r.action for r in rows],
+            "event_id": [r.event_id for r in rows],
+            "role": [r.role for r in rows],
+            "counterpart_id": [r.counterpart_id for r in rows],
+            "group_id": [r.group_id for r in rows],
+            "department_id": [r.department_id for r in rows],
+            "quantity": [r.quantity for r in rows],
+            "attributes": [json.dumps(dict(r.attributes), ensure_ascii=False) for r in rows],
+            "reason": [r.reason for r in rows],
+            "occurred_at": [_dt(r.occurred_at_ms) for r in rows],
+            "recorded_at": [_dt(r.recorded_at_ms) for r in rows],
+        }
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(_INSERT, params)
+                return int(result.rowcount or 0)
+        except (saexc.SQLAlchemyError, OSError) as exc:
+            raise pg_errors(exc) from exc
+
+    async def write_each(self, rows: Sequence[LedgerRow]) -> tuple[int, list[LedgerRow]]:
+        """Insert rows one by one (after a batch was refused): returns the
+        number written and the rows PostgreSQL refuses."""
+        written = 0
+        refused: list[LedgerRow] = []
+        for row in rows:
+            try:
+                written += await self.write([row])
+            except LedgerDataError:
+                refused.append(row)
+        return written, refused
+
+    async def page(
+        self, tenant_id: str, user_id: str, limit: int, cursor: tuple[int, int] | None
+    ) -> LedgerPage:
+        """A user's entries, newest first (occurred_at, then insertion order)."""
+        before_at, before_id = (_dt(cursor[0]), cursor[1]) if cursor else (_FAR_FUTURE, 2**62)
+        try:
+            async with self.engine.connect() as conn:
+                result = await conn.execute(
+                    _PAGE,
+                    {
+                        "tenant_id": tenant_id,
+                        "user_id": user_id,
+                        "before_at": before_at,
+                        "before_id": before_id,
+                        "limit": limit + 1,
+                    },
+                )
+                raw = result.all()
+        except (saexc.SQLAlchemyError, OSError) as exc:
+            raise pg_errors(exc) from exc
+        more = len(raw) > limit
+        raw = raw[:limit]
+        rows = [_row(tenant_id, r) for r in raw]
+        next_cursor = None
+        if more and raw:
+            last = raw[-1]
+            next_cursor = (_ms(last[15]), int(last[0]))
+        return LedgerPage(rows, next_cursor)
+
+    async def sums(self, tenant_id: str) -> dict[str, UserSums]:
+        """Per-user earned, spent and net points of a tenant."""
+        try:
+            async with self.engine.connect() as conn:
+                result = await conn.execute(_SUMS, {"tenant_id": tenant_id})
+                return {
+                    str(user): UserSums(int(earned), int(spent), int(net))
+                    for user, earned, spent, net in result.all()
+                }
+        except (saexc.SQLAlchemyError, OSError) as exc:
+            raise pg_errors(exc) from exc
+
+    async def entries(self, tenant_id: str, batch: int = 5000) -> AsyncIterator[LedgerRow]:
+        """Every entry of a tenant in insertion order, fetched in keyset pages."""
+        after = 0
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    result = await conn.execute(
+                        _ENTRIES, {"tenant_id": tenant_id, "after_id": after, "limit": batch}
+                    )
+                    raw = result.all()
+            except (saexc.SQLAlchemyError, OSError) as exc:
+                raise pg_errors(exc) from exc
+            if not raw:
+                return
+            for r in raw:
+                yield _row(tenant_id, r)
+            after = int(raw[-1][0])

@@ -1,0 +1,109 @@
+"""Balance reads, and the bulk state operations behind reconcile and rebuild."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from service.domain import PeriodRef
+from storage.keys import AVAILABLE, EARNED, SPENT, Shard, Topology, balance_field, counter_field
+from storage.redis.scripts import redis_errors
+
+__all__ = ["BalanceStore", "BalanceView"]
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceView:
+    available: int = 0
+    earned: int = 0
+    spent: int = 0
+    earned_in_period: int = 0
+
+
+def _int(value: bytes | str | None) -> int:
+    return int(value) if value is not None else 0
+
+
+class BalanceStore:
+    def __init__(self, redis: Redis, topology: Topology) -> None:
+        self.redis = redis
+        self.topology = topology
+
+    async def get(
+        self, tenant_id: str, user_id: str, period: PeriodRef, earned_counter: str
+    ) -> BalanceView:
+        """One round trip: the balance hash fields and the period's earned counter."""
+        shard = self.topology.user_shard(tenant_id, user_id)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(
+                    shard.balances,
+                    [balance_field(user_id, p) for p in (AVAILABLE, EARNED, SPENT)],
+                )
+                pipe.hget(shard.counters(period), counter_field(user_id, earned_counter))
+                (available, earned, spent), today = await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+        return BalanceView(_int(available), _int(earned), _int(spent), _int(today))
+
+    async def scan_balances(self, shard: Shard) -> AsyncIterator[tuple[str, BalanceView]]:
+        """Every user's balance on a shard (HSCAN; consistent enough when quiet)."""
+        partial: dict[str, dict[str, int]] = {}
+        try:
+            async for field, value in self.redis.hscan_iter(shard.balances, count=1000):
+                name = field.decode() if isinstance(field, bytes) else field
+                user, _, part = name.rpartition("|")
+                partial.setdefault(user, {})[part] = int(value)
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+        for user, parts in partial.items():
+            yield (
+                user,
+                BalanceView(parts.get(AVAILABLE, 0), parts.get(EARNED, 0), parts.get(SPENT, 0)),
+            )
+
+    async def set_maintenance(self, shard: Shard, on: bool) -> None:
+        try:
+            if on:
+                await self.redis.set(shard.maintenance, "rebuild")
+            else:
+                await self.redis.delete(shard.maintenance)
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+
+    async def wipe_state(self, shard: Shard) -> int:
+        """Delete every key of the shard except the outbox and the maintenance
+        flag: the state a rebuild recreates from the ledger."""
+        keep = {shard.outbox.encode(), shard.maintenance.encode()}
+        deleted = 0
+        try:
+            batch: list[bytes] = []
+            async for key in self.redis.scan_iter(match=shard.pattern(), count=1000):
+                raw = key if isinstance(key, bytes) else str(key).encode()
+                if raw not in keep:
+                    batch.append(raw)
+                if len(batch) >= 500:
+                    deleted += await self.redis.delete(*batch)
+                    batch.clear()
+            if batch:
+                deleted += await self.redis.delete(*batch)
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+        return deleted
+
+    async def set_balances(self, shard: Shard, balances: Mapping[str, BalanceView]) -> None:
+        """Overwrite the balance fields of the given users (rebuild)."""
+        items = list(balances.items())
+        try:
+            for start in range(0, len(items), 1000):
+                mapping: dict[str, int] = {}
+                for user, view in items[start : start + 1000]:
+                    mapping[balance_field(user, AVAILABLE)] = view.available
+                    mapping[balance_field(user, EARNED)] = view.earned
+                    mapping[balance_field(user, SPENT)] = view.spent
+                await self.redis.hset(shard.balances, mapping=mapping)  # type: ignore[arg-type]
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc

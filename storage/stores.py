@@ -1,0 +1,78 @@
+"""Open and close every store over one Redis client and one PostgreSQL engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.keys import Topology
+from storage.postgres import Ledger, create_engine
+from storage.redis import AwardStore, BalanceStore, Outbox, connect_redis
+
+__all__ = ["Stores"]
+
+
+@dataclass
+class Stores:
+    topology: Topology
+    awards: AwardStore
+    balances: BalanceStore
+    outbox: Outbox
+    ledger: Ledger
+    redis: Redis
+    db: AsyncEngine
+
+    @classmethod
+    async def open(
+        cls,
+        redis_url: str,
+        database_url: str,
+        topology: Topology,
+        *,
+        outbox_entries_max: int,
+        ops_per_call_max: int,
+        ops_per_round_trip_max: int,
+        inflight_max: int,
+        redis_pool_max: int = 64,
+        redis_timeout_s: float = 5.0,
+        db_pool_size: int = 5,
+        db_timeout_s: float = 5.0,
+    ) -> Stores:
+        redis = connect_redis(redis_url, pool_max=redis_pool_max, timeout_s=redis_timeout_s)
+        db = create_engine(database_url, pool_size=db_pool_size, timeout_s=db_timeout_s)
+        awards = AwardStore(
+            redis,
+            topology,
+            outbox_entries_max=outbox_entries_max,
+            ops_per_call_max=ops_per_call_max,
+            ops_per_round_trip_max=ops_per_round_trip_max,
+            inflight_max=inflight_max,
+        )
+        try:
+            await awards.start()
+        except BaseException:
+            await redis.aclose()
+            await db.dispose()
+            raise
+        return cls(
+            topology=topology,
+            awards=awards,
+            balances=BalanceStore(redis, topology),
+            outbox=Outbox(redis),
+            ledger=Ledger(db),
+            redis=redis,
+            db=db,
+        )
+
+    async def ping_redis(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.awards.drain()
+        await self.redis.aclose()
+        await self.db.dispose()
