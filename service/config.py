@@ -129,7 +129,7 @@ def _parse(name: str, raw: str, kind: type) -> Any:
             return int(raw.replace("_", ""))
         if kind is float:
             return float(raw)
-        if kind is Path:
+        if issubclass(kind, Path):
             return Path(raw)
         return raw
     except ValueError:

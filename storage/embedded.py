@@ -18,8 +18,10 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["EmbeddedPostgres", "EmbeddedRedis"]
 
@@ -27,6 +29,16 @@ log = logging.getLogger("pointsd.embedded")
 
 # Unix socket paths are limited to ~107 bytes.
 _SOCKET_PATH_MAX = 100
+
+
+def _pgserver() -> Any:
+    """Import pgserver quietly: without XDG_RUNTIME_DIR (containers, CI)
+    platformdirs warns and falls back to /tmp/runtime-<uid>, which is fine."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver.postgres_server
+
+        return pgserver.postgres_server
 
 
 @contextlib.contextmanager
@@ -156,8 +168,7 @@ class EmbeddedPostgres:
         self.owned = False
 
     def start(self) -> str:
-        from pgserver.postgres_server import get_server
-
+        get_server = _pgserver().get_server
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.dir.parent / ".postgres.lock"):
             was_running = self._running()
@@ -179,25 +190,25 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Fast shutdown (active transactions roll back, committed data stays)."""
-        from pgserver._commands import POSTGRES_BIN_PATH
-
+        bin_path = Path(_pgserver().POSTGRES_BIN_PATH)
         if not self._running():
             return
         # pgserver runs the server as user "pgserver" when we are root.
         user = "pgserver" if os.geteuid() == 0 else None
-        subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.dir), "-w", "-m", "fast", "stop"],
-            check=True,
+        done = subprocess.run(
+            [str(bin_path / "pg_ctl"), "-D", str(self.dir), "-w", "-m", "fast", "stop"],
             user=user,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             timeout=60,
         )
+        if done.returncode != 0 and self._running():
+            raise RuntimeError(f"pg_ctl stop failed: {done.stdout}{done.stderr}")
         self.owned = False
 
     def restart(self) -> str:
         """Start again after stop() (used by the outage tests)."""
-        from pgserver.postgres_server import get_server
-
+        get_server = _pgserver().get_server
         with _file_lock(self.dir.parent / ".postgres.lock"):
             server = get_server(self.dir, cleanup_mode=None)
             server.ensure_postgres_running()

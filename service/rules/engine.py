@@ -8,6 +8,7 @@ storage, which prefixes them with the user and files them per period.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 from service.domain import (
@@ -56,19 +57,17 @@ def fingerprint(event: Event) -> str:
 
     occurred_at is left out: callers that leave it unset get "now" on each try.
     """
-    h = hashlib.blake2b(digest_size=8)
-    for part in (
+    content = [
         event.user_id,
         event.action,
         event.target_user_id,
         event.group_id,
         event.department_id,
-        str(event.quantity),
-    ):
-        h.update(part.encode())
-        h.update(b"\0")
-    for key in sorted(event.attributes):
-        h.update(f"{key}={event.attributes[key]}\0".encode())
+        event.quantity,
+        sorted(event.attributes.items()),
+    ]
+    # JSON keeps every part delimited: no two different events share an encoding.
+    h = hashlib.blake2b(json.dumps(content, ensure_ascii=False).encode(), digest_size=8)
     return h.hexdigest()
 
 

@@ -57,10 +57,10 @@ class _Checker:
     def fail(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
 
-    def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
+    def mapping(self, value: Any, path: str) -> Mapping[str, Any] | None:
         if not isinstance(value, Mapping):
             self.fail(path, f"must be a mapping, got {type(value).__name__}")
-            return {}
+            return None
         return value
 
     def unknown(self, value: Mapping[str, Any], allowed: set[str], path: str) -> None:
@@ -86,7 +86,7 @@ class _Checker:
 
 def _limit(c: _Checker, raw: Any, path: str) -> LimitRule | None:
     m = c.mapping(raw, path)
-    if not m:
+    if m is None:
         return None
     c.unknown(m, _LIMIT_KEYS, path)
     per = m.get("per")
@@ -114,7 +114,7 @@ def _limit(c: _Checker, raw: Any, path: str) -> LimitRule | None:
 
 def _credit(c: _Checker, raw: Any, role: Role, path: str) -> CreditRule | None:
     m = c.mapping(raw, path)
-    if not m:
+    if m is None:
         return None
     c.unknown(m, _CREDIT_KEYS, path)
     if "points" not in m:
@@ -159,7 +159,7 @@ def _action(c: _Checker, key: str, raw: Any, path: str) -> ActionRule | None:
         c.fail(path, "action keys are 1-64 chars of a-z 0-9 . _ - starting with a letter or digit")
         return None
     m = c.mapping(raw, path)
-    if not m:
+    if m is None:
         return None
     c.unknown(m, _ACTION_KEYS, path)
     credits: list[CreditRule] = []
@@ -177,12 +177,14 @@ def _action(c: _Checker, key: str, raw: Any, path: str) -> ActionRule | None:
     uses_counterpart = any(lim.per_counterpart for cr in credits for lim in cr.limits)
     if uses_counterpart and not target_required:
         c.fail(path, "a per_counterpart limit needs target_required: true")
-    attributes = m.get("attributes_required", [])
-    if not isinstance(attributes, list) or not all(
-        isinstance(a, str) and ATTRIBUTE_RE.match(a) for a in attributes
+    raw_attributes = m.get("attributes_required", [])
+    if not isinstance(raw_attributes, list) or not all(
+        isinstance(a, str) and ATTRIBUTE_RE.match(a) for a in raw_attributes
     ):
         c.fail(f"{path}.attributes_required", "must be a list of attribute names")
-        attributes = []
+        raw_attributes = []
+    # A copy: the document's list may be shared (YAML anchors) with other actions.
+    attributes = list(raw_attributes)
     keyed = {lim.by_attribute for cr in credits for lim in cr.limits if lim.by_attribute}
     for attr in sorted(keyed - set(attributes)):
         attributes.append(attr)
@@ -202,17 +204,18 @@ def _action(c: _Checker, key: str, raw: Any, path: str) -> ActionRule | None:
 def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
     """Validate a parsed rule document; raise RuleError listing every problem."""
     c = _Checker()
-    root = c.mapping(doc, "$")
+    root = c.mapping(doc, "$") or {}
     c.unknown(root, {"version", "tenants", "rule_sets"}, "$")
     if root.get("version", 1) != 1:
         c.fail("$.version", "only version 1 is supported")
     rule_sets: dict[str, dict[str, ActionRule]] = {}
-    for name, raw_set in c.mapping(root.get("rule_sets", {}), "$.rule_sets").items():
+    for name, raw_set in (c.mapping(root.get("rule_sets", {}), "$.rule_sets") or {}).items():
         path = f"$.rule_sets.{name}"
-        rs = c.mapping(raw_set, path)
+        rs = c.mapping(raw_set, path) or {}
         c.unknown(rs, {"actions"}, path)
         actions: dict[str, ActionRule] = {}
-        for key, raw_action in c.mapping(rs.get("actions", {}), f"{path}.actions").items():
+        raw_actions = c.mapping(rs.get("actions", {}), f"{path}.actions") or {}
+        for key, raw_action in raw_actions.items():
             action = _action(c, key, raw_action, f"{path}.actions.{key}")
             if action is not None:
                 actions[key] = action
@@ -225,7 +228,7 @@ def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
     for i, raw_tenant in enumerate(raw_tenants):
         path = f"$.tenants[{i}]"
         t = c.mapping(raw_tenant, path)
-        if not t:
+        if t is None:
             continue
         c.unknown(t, {"id", "timezone", "shards", "rule_set"}, path)
         tenant_id = t.get("id")
@@ -238,11 +241,12 @@ def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
         tz_name = t.get("timezone", "UTC")
         try:
             tz = ZoneInfo(str(tz_name))
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: a tzdata folder such as "Asia" is not a zone.
             c.fail(f"{path}.timezone", f"unknown IANA time zone {tz_name!r}")
             tz = ZoneInfo("UTC")
         rule_set = t.get("rule_set", "default")
-        if rule_set not in rule_sets:
+        if not isinstance(rule_set, str) or rule_set not in rule_sets:
             c.fail(f"{path}.rule_set", f"no rule set named {rule_set!r} in $.rule_sets")
         tenants[tenant_id] = TenantRules(
             tenant_id=tenant_id,

@@ -37,7 +37,10 @@ class LimitRule:
         if self.metric is Metric.COUNT and self.max == 1:
             text = "once " + _PERIOD_WORDS[self.period]
         else:
-            unit = "points" if self.metric is Metric.POINTS else "times"
+            if self.metric is Metric.POINTS:
+                unit = "point" if self.max == 1 else "points"
+            else:
+                unit = "times"
             text = f"at most {self.max} {unit} {_PERIOD_WORDS[self.period]}"
         if self.per_counterpart:
             text += " from the same colleague"

@@ -38,4 +38,4 @@ def connect_redis(url: str, *, pool_max: int = 64, timeout_s: float = 5.0) -> Re
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)

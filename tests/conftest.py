@@ -1,0 +1,203 @@
+"""Shared fixtures: real Redis and PostgreSQL, real in-process gRPC servers.
+
+Servers: REDIS_URL / DATABASE_URL when set (e.g. this machine's services),
+else embedded ones started once per session in a temporary folder, exactly
+as `pointsd serve` would. Every test works in its own fresh tenant(s), so
+tests never see each other's keys or ledger rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis as sync_redis
+from sqlalchemy import create_engine, text
+
+from service.api.points.v1 import points_pb2_grpc as pb_grpc
+from service.app import App
+from service.config import Settings
+from service.rules import RuleBook, load_rule_file, parse_rule_book
+from service.server import Running, start_server
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.postgres import migrate, sqlalchemy_url
+
+
+@dataclass
+class Servers:
+    redis_url: str
+    database_url: str
+    embedded_pg: EmbeddedPostgres | None = None
+    embedded_redis: EmbeddedRedis | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.embedded_pg is not None
+
+
+def server_data_dir() -> Path:
+    """A folder for embedded servers outside pytest's private (0700) tree:
+    PostgreSQL runs as another user when the tests run as root."""
+    return Path(tempfile.mkdtemp(prefix="pointsd-test-"))
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    redis_url = os.environ.get("REDIS_URL", "")
+    database_url = os.environ.get("DATABASE_URL", "")
+    er = ep = None
+    data = server_data_dir()
+    if not redis_url:
+        er = EmbeddedRedis(data)
+        redis_url = er.start()
+    if not database_url:
+        ep = EmbeddedPostgres(data)
+        database_url = ep.start()
+    migrate.upgrade(database_url)
+    yield Servers(redis_url, database_url, ep, er)
+    if er is not None:
+        er.stop()
+    if ep is not None:
+        ep.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def new_tenant(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def tenant() -> str:
+    return new_tenant()
+
+
+def rule_book(
+    tenants: dict[str, dict[str, Any]] | list[str],
+    *,
+    actions: dict[str, Any] | None = None,
+) -> RuleBook:
+    """The default rule set for `tenants` (id -> {timezone, shards}), with
+    `actions` added to or replacing the default ones."""
+    doc = load_rule_file(None)
+    if actions:
+        doc["rule_sets"]["default"]["actions"].update(actions)
+    if isinstance(tenants, list):
+        tenants = {t: {} for t in tenants}
+    doc["tenants"] = [
+        {"id": t, "timezone": o.get("timezone", "Asia/Shanghai"), "shards": o.get("shards", 1)}
+        for t, o in tenants.items()
+    ]
+    return parse_rule_book(doc)
+
+
+def settings_for(servers: Servers, tmp: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "redis_url": servers.redis_url,
+        "database_url": servers.database_url,
+        "data_dir": tmp,
+        "migrate_on_start": False,
+        "flush_interval_ms": 20,
+        "shutdown_grace_s": 5.0,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@dataclass
+class Api:
+    app: App
+    running: Running
+    channel: grpc.aio.Channel
+    stub: pb_grpc.PointsServiceStub
+    tenant: str
+    tenants: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+
+ApiFactory = Callable[..., Awaitable[Api]]
+
+
+def _cleanup_tenants(servers: Servers, tenants: list[str], prefix: str = "pts") -> None:
+    r = sync_redis.Redis.from_url(servers.redis_url)
+    try:
+        for t in tenants:
+            for key in r.scan_iter(match=f"{prefix}:{{{t}:*", count=1000):
+                r.delete(key)
+    finally:
+        r.close()
+
+
+@pytest.fixture
+async def make_api(servers: Servers, tmp_path: Path) -> AsyncIterator[ApiFactory]:
+    """Start apps + in-process gRPC servers on port 0; all stopped after the test."""
+    started: list[Api] = []
+
+    async def factory(
+        tenants: dict[str, dict[str, Any]] | list[str] | None = None,
+        *,
+        actions: dict[str, Any] | None = None,
+        book: RuleBook | None = None,
+        **overrides: Any,
+    ) -> Api:
+        if book is None:
+            book = rule_book(tenants or [new_tenant()], actions=actions)
+        app = await App.open(settings_for(servers, tmp_path, **overrides), rules=book)
+        running = await start_server(app, "127.0.0.1:0")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        names = sorted(book.tenants)
+        api = Api(app, running, channel, pb_grpc.PointsServiceStub(channel), names[0], names)
+        started.append(api)
+        return api
+
+    yield factory
+    for api in reversed(started):
+        await api.channel.close()
+        await api.running.stop(grace_s=2)
+    _cleanup_tenants(servers, [t for api in started for t in api.tenants])
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory, tenant: str) -> Api:
+    return await make_api([tenant])
+
+
+@pytest.fixture(scope="session")
+def sql(servers: Servers) -> Iterator[Callable[..., list[Any]]]:
+    """Run a query on the test database synchronously (assertions only)."""
+    engine = create_engine(sqlalchemy_url(servers.database_url), pool_pre_ping=True)
+
+    def run(query: str, **params: Any) -> list[Any]:
+        with engine.connect() as conn:
+            return list(conn.execute(text(query), params).all())
+
+    yield run
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def rds(servers: Servers) -> Iterator[sync_redis.Redis]:
+    r = sync_redis.Redis.from_url(servers.redis_url)
+    yield r
+    r.close()
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, step_s: float = 0.05
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step_s)

@@ -1,0 +1,129 @@
+"""Run `pointsd` as a child process against the test servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.rules import load_rule_file
+from tests.conftest import Servers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_rules(path: Path, tenants: dict[str, dict[str, Any]]) -> Path:
+    doc = load_rule_file(None)
+    doc["tenants"] = [
+        {"id": t, "timezone": o.get("timezone", "Asia/Shanghai"), "shards": o.get("shards", 1)}
+        for t, o in tenants.items()
+    ]
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    return path
+
+
+def pointsd_env(servers: Servers, rules: Path, tmp: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=servers.redis_url,
+        DATABASE_URL=servers.database_url,
+        POINTS_RULES_FILE=str(rules),
+        POINTS_DATA_DIR=str(tmp / "data"),
+        POINTS_MIGRATE_ON_START="false",
+        POINTS_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class ServerProcess:
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env = {**env, "POINTS_LISTEN": f"127.0.0.1:{port}"}
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_fh: Any = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60) -> None:
+        self._close_log()
+        self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed on exit
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pointsd exited: {self.log.read_text()[-3000:]}")
+            try:
+                with grpc.insecure_channel(self.target) as ch:
+                    resp = health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"pointsd did not become healthy: {self.log.read_text()[-3000:]}")
+
+    def _close_log(self) -> None:
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._close_log()
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    return self.proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    return self.proc.wait(10)
+            return self.proc.returncode or 0
+        finally:
+            self._close_log()

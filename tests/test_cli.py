@@ -1,0 +1,152 @@
+"""`pointsd` as an operator runs it: subcommands, exit codes, the embedded
+start, graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import redis as sync_redis
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from service.api.points.v1 import points_pb2 as pb
+from service.api.points.v1 import points_pb2_grpc as pb_grpc
+from tests.conftest import Servers, _cleanup_tenants, new_tenant, server_data_dir
+from tests.helpers import ev, ledger_count
+from tests.pointsd_proc import ROOT, ServerProcess, free_port, pointsd_env, run_cli, write_rules
+
+
+def test_generated_code_matches_the_proto() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.gen_protos", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rules_check(tmp_path: Path) -> None:
+    ok = run_cli(["rules", "check"], dict(os.environ))
+    assert ok.returncode == 0
+    assert "tenant demo: Asia/Shanghai" in ok.stdout and "like" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "tenants: [{id: x, timezone: Mars/Base}]\nrule_sets: {default: {actions: "
+        "{like: {actor: {points: -1}}}}}\n"
+    )
+    out = run_cli(["rules", "check", str(bad)], dict(os.environ))
+    assert out.returncode == 1
+    assert "$.tenants[0].timezone: unknown IANA time zone 'Mars/Base'" in out.stdout
+    assert "$.rule_sets.default.actions.like.actor.points" in out.stdout
+
+
+def test_bad_configuration_exits_2() -> None:
+    out = run_cli(["rules", "check"], {**os.environ, "POINTS_SHARDS": "many"})
+    assert out.returncode == 2 and "POINTS_SHARDS" in out.stderr
+
+
+@pytest.mark.subprocess
+def test_migrate_reconcile_and_rebuild_commands(servers: Servers, tmp_path: Path, rds) -> None:
+    tenant = new_tenant()
+    env = pointsd_env(servers, write_rules(tmp_path / "r.yaml", {tenant: {}}), tmp_path)
+    migrated = run_cli(["migrate"], env)
+    assert migrated.returncode == 0 and "revision 0001" in migrated.stdout
+    server = ServerProcess(env, free_port(), tmp_path / "log")
+    server.start()
+    try:
+        with grpc.insecure_channel(server.target) as ch:
+            stub = pb_grpc.PointsServiceStub(ch)
+            for i in range(5):
+                stub.RecordActivity(ev(tenant, f"u{i}", "file"))
+    finally:
+        assert server.terminate() == 0
+    try:
+        clean = run_cli(["reconcile"], env)
+        assert clean.returncode == 0 and "5 users, 0 mismatches" in clean.stdout
+        rds.hincrby(f"pts:{{{tenant}:0}}:bal", "u3|a", 1)
+        dirty = run_cli(["reconcile"], env)
+        assert dirty.returncode == 1
+        assert f"MISMATCH tenant={tenant} user=u3 redis(available=11" in dirty.stdout
+        rebuilt = run_cli(["rebuild", tenant], env)
+        assert rebuilt.returncode == 0 and "5 users" in rebuilt.stdout
+        assert run_cli(["reconcile"], env).returncode == 0
+        assert run_cli(["rebuild", "no-such-tenant"], env).returncode == 2
+    finally:
+        _cleanup_tenants(servers, [tenant])
+
+
+@pytest.mark.subprocess
+def test_sigterm_drains_the_outbox_and_health_and_reflection_work(
+    servers: Servers, tmp_path: Path, sql
+) -> None:
+    tenant = new_tenant()
+    env = pointsd_env(
+        servers,
+        write_rules(tmp_path / "r.yaml", {tenant: {}}),
+        tmp_path,
+        POINTS_FLUSH_INTERVAL_MS="600000",
+        POINTS_LOG_LEVEL="INFO",
+    )
+    server = ServerProcess(env, free_port(), tmp_path / "log")
+    server.start()
+    try:
+        with grpc.insecure_channel(server.target) as ch:
+            stub = pb_grpc.PointsServiceStub(ch)
+            stub.RecordActivities(
+                pb.RecordActivitiesRequest(events=[ev(tenant, f"u{i}", "reply") for i in range(50)])
+            )
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+            answer = next(
+                iter(
+                    refl.ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+                    )
+                )
+            )
+            names = {s.name for s in answer.list_services_response.service}
+            assert {"points.v1.PointsService", "grpc.health.v1.Health"} <= names
+        # The flusher is asleep (600 s poll): only the shutdown drain can write these.
+        assert ledger_count(sql, tenant) == 0
+    finally:
+        assert server.terminate() == 0
+    try:
+        assert ledger_count(sql, tenant) == 50
+        assert "outbox drained on shutdown" in server.log.read_text()
+    finally:
+        _cleanup_tenants(servers, [tenant])
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_serve_with_no_urls_starts_embedded_servers_and_keeps_data(tmp_path: Path) -> None:
+    """The newcomer's path: no REDIS_URL, no DATABASE_URL."""
+    data = server_data_dir()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(POINTS_DATA_DIR=str(data), POINTS_LOG_LEVEL="INFO", PYTHONPATH=str(ROOT))
+    server = ServerProcess(env, free_port(), tmp_path / "log")
+    event = ev("demo", "newcomer", "login", event_id="first-login")
+    for attempt in range(2):
+        server.start(timeout_s=120)
+        try:
+            with grpc.insecure_channel(server.target) as ch:
+                stub = pb_grpc.PointsServiceStub(ch)
+                r = stub.RecordActivity(event)
+                assert r.outcome == (pb.AWARDED if attempt == 0 else pb.DUPLICATE)
+                b = stub.GetBalance(pb.GetBalanceRequest(tenant_id="demo", user_id="newcomer"))
+                assert b.available == 5
+        finally:
+            assert server.terminate(60) == 0
+        # The servers it started are stopped with it; their data stays.
+        sock = data / "redis" / "redis.sock"
+        with pytest.raises(sync_redis.ConnectionError):
+            sync_redis.Redis(unix_socket_path=str(sock)).ping()
+    log = server.log.read_text()
+    assert "started embedded redis" in log and "started embedded postgres" in log
+    shutil.rmtree(data, ignore_errors=True)

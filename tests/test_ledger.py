@@ -1,0 +1,188 @@
+"""Invariants 2 and 3: every award reaches the ledger exactly once, through
+redelivery, dead flushers and refused entries; balances equal ledger sums."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from service.api.points.v1 import points_pb2 as pb
+from service.ops import reconcile
+from storage.entries import LedgerRow, decode_entry
+from storage.flusher import Flusher
+from storage.keys import OUTBOX_GROUP
+from storage.redis import Outbox
+from tests.conftest import Api, ApiFactory
+from tests.helpers import ev, ledger_count, ledger_sum, tenant_keys
+
+
+async def test_every_award_reaches_the_ledger_once_and_reconciles(api: Api, sql) -> None:
+    t = api.tenant
+    events = [
+        ev(t, f"u{i % 13}", a, target_user_id=f"u{(i + 1) % 13}")
+        for i, a in enumerate(["like", "reply", "file", "login", "thanks_card"] * 60)
+    ]
+    resp = await api.stub.RecordActivities(pb.RecordActivitiesRequest(events=events))
+    expected = {}
+    for e, r in zip(events, resp.results, strict=True):
+        for c in r.credits:
+            if c.outcome == pb.AWARDED and c.points:
+                role = "a" if c.role == pb.ACTOR else "t"
+                expected[f"e:{e.event_id}:{role}"] = (c.user_id, c.points, c.balance)
+    assert await api.app.flusher.drain(30)
+    rows = sql(
+        "SELECT entry_key, user_id, points, balance_after FROM ledger_entries WHERE tenant_id=:t",
+        t=t,
+    )
+    assert {k: (u, p, b) for k, u, p, b in rows} == expected
+    report = await reconcile(api.app)
+    assert report.clean and report.users == 13
+
+
+async def test_ledger_write_is_idempotent(api: Api, sql) -> None:
+    row = LedgerRow(
+        tenant_id=api.tenant,
+        entry_key="e:x:a",
+        user_id="u1",
+        points=5,
+        balance_after=5,
+        kind="award",
+        action="login",
+        event_id="x",
+        role="a",
+        counterpart_id="",
+        group_id="",
+        department_id="",
+        quantity=1,
+        reason="test",
+        occurred_at_ms=1_700_000_000_000,
+        recorded_at_ms=1_700_000_000_000,
+        attributes={"k": "v"},
+    )
+    ledger = api.app.stores.ledger
+    assert await ledger.write([row, row]) == 1
+    assert await ledger.write([row]) == 0
+    assert ledger_count(sql, api.tenant) == 1
+
+
+async def test_entries_of_a_dead_flusher_are_claimed(
+    make_api: ApiFactory, tenant: str, sql
+) -> None:
+    api = await make_api([tenant], flusher_enabled=False)
+    for i in range(20):
+        await api.stub.RecordActivity(ev(tenant, f"u{i}", "login"))
+    shards = api.app.shards()
+    dead = Outbox(api.app.stores.redis, consumer="dead-flusher")
+    await dead.ensure_groups(shards)
+    taken = await dead.read(shards, 100)
+    assert len(taken) == 20  # delivered to a flusher that then died: pending, not acked
+    live = Flusher(
+        Outbox(api.app.stores.redis, consumer="live"),
+        api.app.stores.ledger,
+        lambda: shards,
+        claim_idle_ms=200,
+        interval_ms=10,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(live.run(stop))
+    try:
+        for _ in range(200):
+            if ledger_count(sql, tenant) == 20:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    assert ledger_count(sql, tenant) == 20
+    assert await api.app.stores.outbox.backlog(shards) == 0
+    info = await api.app.stores.redis.xinfo_groups(shards[0].outbox)
+    assert info[0]["pending"] == 0
+
+
+async def test_refused_entry_is_parked_and_the_rest_flows(
+    make_api: ApiFactory, tenant: str, sql, rds
+) -> None:
+    api = await make_api([tenant], flusher_enabled=False)
+    await api.stub.RecordActivity(ev(tenant, "u1", "login"))
+    shard = api.app.shards()[0]
+    # An entry the ledger cannot accept (points must be non-zero) and one that
+    # is not even decodable.
+    rds.xadd(
+        shard.outbox,
+        {"k": "e:bad:a", "u": "u1", "p": 0, "b": 0, "m": '{"o":1700000000000,"t":1700000000000}'},
+    )
+    rds.xadd(shard.outbox, {"garbage": "1"})
+    await api.stub.RecordActivity(ev(tenant, "u2", "login"))
+    assert await api.app.flusher.drain(30)
+    assert ledger_count(sql, tenant) == 2
+    assert rds.xlen(shard.dead_letters) == 2
+    report = await reconcile(api.app)
+    assert report.clean
+
+
+async def test_full_outbox_refuses_awards_without_side_effects(
+    make_api: ApiFactory, tenant: str, rds
+) -> None:
+    api = await make_api([tenant], flusher_enabled=False, outbox_entries_max=3)
+    for i in range(3):
+        assert (await api.stub.RecordActivity(ev(tenant, "u1", "reply", event_id=f"r{i}"))).points
+    before = tenant_keys(rds, tenant)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.RecordActivity(ev(tenant, "u1", "reply", event_id="r3"))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "outbox is full" in (err.value.details() or "")
+    assert tenant_keys(rds, tenant) == before
+    # Duplicates are still answered; once drained, the same event goes through.
+    dup = await api.stub.RecordActivity(ev(tenant, "u1", "reply", event_id="r0"))
+    assert dup.outcome == pb.DUPLICATE
+    assert await api.app.flusher.drain(30)
+    retry = await api.stub.RecordActivity(ev(tenant, "u1", "reply", event_id="r3"))
+    assert (retry.outcome, retry.balance) == (pb.AWARDED, 12)
+
+
+async def test_script_cache_flush_is_survived(api: Api, rds) -> None:
+    assert (await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))).outcome == pb.AWARDED
+    rds.script_flush()
+    results = await asyncio.gather(
+        *(api.stub.RecordActivity(ev(api.tenant, f"u{i}", "file")) for i in range(20))
+    )
+    assert all(r.outcome == pb.AWARDED for r in results)
+
+
+async def test_lost_consumer_group_is_recreated(api: Api, sql, rds) -> None:
+    await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))
+    assert await api.app.flusher.drain(30)
+    shard = api.app.shards()[0]
+    rds.delete(shard.outbox)  # as after a Redis data loss
+    await api.stub.RecordActivity(ev(api.tenant, "u2", "file"))
+    assert await api.app.flusher.drain(30)
+    assert ledger_count(sql, api.tenant) == 2
+    assert rds.xinfo_groups(shard.outbox)[0]["name"] == OUTBOX_GROUP.encode()
+
+
+async def test_reconcile_reports_a_tampered_balance(api: Api, rds, sql) -> None:
+    await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))
+    await api.stub.RecordActivity(ev(api.tenant, "u2", "file"))
+    shard = api.app.shards()[0]
+    rds.hincrby(shard.balances, "u2|a", 7)
+    report = await reconcile(api.app)
+    assert not report.clean
+    assert [(m.user_id, m.redis.available, m.ledger.available) for m in report.mismatches] == [
+        ("u2", 17, 10)
+    ]
+    assert ledger_sum(sql, api.tenant) == 20
+
+
+def test_outbox_entry_round_trip() -> None:
+    fields = {
+        b"k": b"e:1:a",
+        b"u": b"u",
+        b"p": b"3",
+        b"b": b"9",
+        b"m": '{"a":"reply","e":"1","r":"a","o":5,"t":6,"at":{"x":"\u4e2d"}}'.encode(),
+    }
+    row = decode_entry("t", fields)
+    assert (row.entry_key, row.points, row.balance_after, row.action) == ("e:1:a", 3, 9, "reply")
+    assert row.attributes == {"x": "中"}

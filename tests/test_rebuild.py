@@ -1,0 +1,92 @@
+"""Invariant 3: after Redis data loss, `rebuild` restores balances from the
+ledger, and with them exactly-once (dedup records) and caps (counters)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from service.api.points.v1 import points_pb2 as pb
+from service.ops import rebuild, reconcile
+from tests.conftest import Api, ApiFactory
+from tests.helpers import ev, tenant_keys
+
+
+async def balances(api: Api, users: list[str]) -> dict[str, tuple[int, int, int]]:
+    out = {}
+    for u in users:
+        b = await api.stub.GetBalance(pb.GetBalanceRequest(tenant_id=api.tenant, user_id=u))
+        out[u] = (b.available, b.lifetime_earned, b.earned_today)
+    return out
+
+
+@pytest.mark.slow
+async def test_rebuild_after_flushall_restores_balances_dedup_and_caps(
+    make_api: ApiFactory, tenant: str, rds
+) -> None:
+    api = await make_api({tenant: {"shards": 4}})
+    users = [f"u{i}" for i in range(30)]
+    events = []
+    for i, u in enumerate(users):
+        events.append(ev(tenant, u, "login", event_id=f"login-{u}"))
+        events.append(
+            ev(
+                tenant,
+                u,
+                "feature.first_use",
+                event_id=f"feat-{u}",
+                attributes={"feature": "calendar"},
+            )
+        )
+        events.append(
+            ev(tenant, u, "like", event_id=f"like-{u}", target_user_id=users[(i + 1) % 30])
+        )
+        events += [ev(tenant, u, "file", event_id=f"file-{u}-{k}") for k in range(6)]
+    first = await api.stub.RecordActivities(pb.RecordActivitiesRequest(events=events))
+    before = await balances(api, users)
+    assert sum(v[0] for v in before.values()) == sum(r.points for r in first.results)
+    assert await api.app.flusher.drain(30)
+
+    rds.flushall()
+    assert tenant_keys(rds, tenant) == []
+    report = await rebuild(api.app)
+    assert report.users == 30 and report.entries == sum(
+        len([c for c in r.credits if c.points]) for r in first.results
+    )
+    assert await balances(api, users) == before
+    assert (await reconcile(api.app)).clean
+
+    # Replays are still duplicates, with their original outcome and figures.
+    again = await api.stub.RecordActivities(pb.RecordActivitiesRequest(events=events))
+    for a, b in zip(first.results, again.results, strict=True):
+        assert a.outcome in (pb.AWARDED, pb.CAPPED)
+        if a.outcome == pb.AWARDED:
+            assert (b.outcome, b.original_outcome, b.points, b.balance) == (
+                pb.DUPLICATE,
+                pb.AWARDED,
+                a.points,
+                a.balance,
+            )
+    # Caps still hold: once a day, once ever, the 50-point file cap.
+    u = users[0]
+    assert (await api.stub.RecordActivity(ev(tenant, u, "login"))).outcome == pb.CAPPED
+    feat = ev(tenant, u, "feature.first_use", attributes={"feature": "calendar"})
+    assert (await api.stub.RecordActivity(feat)).outcome == pb.CAPPED
+    assert (await api.stub.RecordActivity(ev(tenant, u, "file"))).outcome == pb.CAPPED
+    assert await balances(api, users) == before
+
+
+async def test_writes_are_refused_while_a_rebuild_owns_the_tenant(api: Api, rds) -> None:
+    await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))
+    shard = api.app.shards()[0]
+    before = tenant_keys(rds, api.tenant)
+    await api.app.stores.balances.set_maintenance(shard, True)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "rebuild" in (err.value.details() or "")
+        assert [k for k in tenant_keys(rds, api.tenant) if not k.endswith(b":maint")] == before
+    finally:
+        await api.app.stores.balances.set_maintenance(shard, False)
+    assert (await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))).outcome == pb.AWARDED
