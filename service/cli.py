@@ -6,6 +6,7 @@
     pointsd reconcile             Redis balances == ledger sums? exit 1 if not
     pointsd rebuild [TENANT...]   restore Redis state from the ledger
     pointsd rules check [FILE]    validate a rule file
+    pointsd health [--target H:P] exit 0 if a running server reports SERVING
 
 Configuration comes from environment variables (README "Configuration").
 """
@@ -159,6 +160,23 @@ def _rules_check(path: str | None) -> int:
     return 0
 
 
+def _health(target: str, timeout_s: float) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+    except grpc.RpcError as exc:
+        print(f"{target}: {exc.code().name}")
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(f"{target}: {status}")
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pointsd", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate a rule file")
     check.add_argument("file", nargs="?", help="rule file (default: POINTS_RULES_FILE or built-in)")
+    health = sub.add_parser("health", help="check a running server's health service")
+    health.add_argument("--target", help="host:port (default: POINTS_LISTEN)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     ns = parser.parse_args(argv)
 
     try:
@@ -183,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(settings.log_level)
 
+    if ns.command == "health":
+        target = ns.target or settings.listen.replace("0.0.0.0", "127.0.0.1")
+        return _health(target, ns.timeout)
     if ns.command == "rules":
         return _rules_check(ns.file or settings.rules_file or None)
     if ns.command == "serve":

@@ -112,10 +112,14 @@ def test_sigterm_drains_the_outbox_and_health_and_reflection_work(
             )
             names = {s.name for s in answer.list_services_response.service}
             assert {"points.v1.PointsService", "grpc.health.v1.Health"} <= names
+        healthy = run_cli(["health", "--target", server.target], env)
+        assert healthy.returncode == 0 and "SERVING" in healthy.stdout
         # The flusher is asleep (600 s poll): only the shutdown drain can write these.
         assert ledger_count(sql, tenant) == 0
     finally:
         assert server.terminate() == 0
+    down = run_cli(["health", "--target", server.target, "--timeout", "1"], env)
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stdout
     try:
         assert ledger_count(sql, tenant) == 50
         assert "outbox drained on shutdown" in server.log.read_text()
