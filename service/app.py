@@ -80,6 +80,8 @@ class App:
             ops_per_call_max=settings.ingest_ops_per_call_max,
             ops_per_round_trip_max=settings.ingest_ops_per_round_trip_max,
             inflight_max=settings.ingest_inflight_max,
+            coalesce_us=settings.ingest_coalesce_us,
+            coalesce_ops=settings.ingest_coalesce_ops,
             redis_pool_max=settings.redis_pool_max,
             redis_timeout_s=settings.redis_timeout_s,
             db_pool_size=settings.db_pool_size,

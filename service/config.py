@@ -20,6 +20,10 @@ class ConfigError(ValueError):
 class Settings:
     # Where the gRPC server listens.
     listen: str = "127.0.0.1:50051"
+    # Server processes sharing the port (SO_REUSEPORT); 1 = this process serves.
+    workers: int = 1
+    # Let other processes bind the same port (set for workers by the parent).
+    reuse_port: bool = False
     # Real servers; when unset, embedded ones are started in data_dir.
     redis_url: str = ""
     database_url: str = ""
@@ -42,13 +46,15 @@ class Settings:
     # Hot path batching (see storage/redis/awards.py).
     ingest_ops_per_call_max: int = 100
     ingest_ops_per_round_trip_max: int = 2000
-    ingest_inflight_max: int = 2
+    ingest_inflight_max: int = 1
+    ingest_coalesce_us: int = 1000
+    ingest_coalesce_ops: int = 64
     stream_inflight_max: int = 512
     # Outbox entries per shard above which awards are refused (RESOURCE_EXHAUSTED).
     outbox_entries_max: int = 2_000_000
     # Ledger flusher.
     flusher_enabled: bool = True
-    flush_interval_ms: int = 50
+    flush_interval_ms: int = 200
     flush_batch_rows_max: int = 5000
     flush_claim_idle_ms: int = 30_000
     flush_backoff_max_ms: int = 5000
@@ -87,6 +93,7 @@ class Settings:
 
     def check(self) -> None:
         positive = [
+            "workers",
             "shards",
             "event_max_age_s",
             "batch_events_max",
@@ -97,6 +104,7 @@ class Settings:
             "ingest_ops_per_call_max",
             "ingest_ops_per_round_trip_max",
             "ingest_inflight_max",
+            "ingest_coalesce_ops",
             "stream_inflight_max",
             "flush_interval_ms",
             "flush_batch_rows_max",

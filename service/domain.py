@@ -67,9 +67,10 @@ class Metric(enum.StrEnum):
     POINTS = "points"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """A validated activity event."""
+    """A validated activity event. Not frozen (built per event on the hot
+    path); treat it as immutable."""
 
     tenant_id: str
     event_id: str
@@ -125,7 +126,7 @@ class Accumulator:
     unit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LedgerFacts:
     """What the ledger row records about the event besides user and points."""
 
@@ -138,12 +139,14 @@ class LedgerFacts:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreditOp:
     """One atomic, idempotent credit of one user for one event.
 
     Everything a store needs to apply it in a single atomic step: dedup,
-    throttling, limits, award, counters, and the outbox entry.
+    throttling, limits, award, counters, and the outbox entry. Not frozen:
+    one is built per credit on the hot path, and frozen dataclasses pay for
+    every field set; treat it as immutable.
     """
 
     tenant_id: str

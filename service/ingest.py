@@ -3,6 +3,7 @@ and say what happened in words a person can read."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from storage.redis import AwardStore
 __all__ = ["CreditOutcome", "EventResult", "Ingestor"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreditOutcome:
     user_id: str
     role: Role
@@ -26,7 +27,7 @@ class CreditOutcome:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventResult:
     event_id: str
     outcome: Outcome
@@ -61,27 +62,43 @@ def _interval_text(ms: int) -> str:
 
 
 def _credit_reason(plan: Plan, op: CreditOp, res: CreditResult) -> str:
-    what = plan.rule.description
-    code = res.original if res.code is StoreCode.DUPLICATE and res.original else res.code
-    if code is StoreCode.AWARDED:
-        if res.points == 0:
-            unit = op.accumulator.unit if op.accumulator else 1
+    label = op.limits[res.limit_index - 1].label if res.limit_index else ""
+    unit = op.accumulator.unit if op.accumulator else 1
+    return _reason(
+        plan.rule.description, res.code, res.original, res.points, label, op.interval_ms, unit
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _reason(
+    what: str,
+    code: StoreCode,
+    original: StoreCode | None,
+    points: int,
+    label: str,
+    interval_ms: int,
+    unit: int,
+) -> str:
+    """The sentence for one credit's result; a handful of distinct ones per
+    rule, so they are cached rather than formatted per event."""
+    first = original if code is StoreCode.DUPLICATE and original else code
+    if first is StoreCode.AWARDED:
+        if points == 0:
             text = f"{what}: quantity counted; points are due per {unit} units"
         else:
-            text = f"{what}: +{res.points}"
-        if res.limit_index and res.points:
-            text += f" (clipped by limit: {op.limits[res.limit_index - 1].label})"
-    elif code is StoreCode.CAPPED:
-        label = op.limits[res.limit_index - 1].label if res.limit_index else "a limit"
-        text = f"{what}: limit reached ({label})"
-    elif code is StoreCode.THROTTLED:
-        text = f"{what}: too soon, at most once every {_interval_text(op.interval_ms)}"
-    elif code is StoreCode.ID_REUSED:
+            text = f"{what}: +{points}"
+        if label and points:
+            text += f" (clipped by limit: {label})"
+    elif first is StoreCode.CAPPED:
+        text = f"{what}: limit reached ({label or 'a limit'})"
+    elif first is StoreCode.THROTTLED:
+        text = f"{what}: too soon, at most once every {_interval_text(interval_ms)}"
+    elif first is StoreCode.ID_REUSED:
         text = "event_id was already used for a different event; the first event stands"
     else:
-        text = f"{what}: {code.name.lower()}"
-    if res.code is StoreCode.DUPLICATE:
-        text = f"duplicate event, first recorded as {code.name}: {text}"
+        text = f"{what}: {first.name.lower()}"
+    if code is StoreCode.DUPLICATE:
+        text = f"duplicate event, first recorded as {first.name}: {text}"
     return text
 
 
@@ -165,16 +182,20 @@ class Ingestor:
             )
             for op, res in zip(plan.ops, results, strict=False)
         )
-        outcomes = [c.outcome for c in credits]
+        # Each credit's own first outcome (a duplicate credit's original one).
+        first = [
+            _OUTCOME_OF[r.original if r.code is StoreCode.DUPLICATE and r.original else r.code]
+            for r in results
+        ]
+        combined = Outcome.AWARDED if Outcome.AWARDED in first else first[0]
+        # The anchor decides whether this call recorded the event: so exactly
+        # one answer per event is not DUPLICATE, even when two concurrent
+        # copies of it each applied one of its credits first.
         original: Outcome | None = None
-        if Outcome.AWARDED in outcomes:
-            outcome = Outcome.AWARDED
-        elif Outcome.DUPLICATE in outcomes:
-            outcome = Outcome.DUPLICATE
-            originals = [_OUTCOME_OF[r.original] for r in results if r.original in _OUTCOME_OF]
-            original = Outcome.AWARDED if Outcome.AWARDED in originals else originals[0]
+        if results[0].code is StoreCode.DUPLICATE:
+            outcome, original = Outcome.DUPLICATE, combined
         else:
-            outcome = outcomes[0]
+            outcome = combined
         if len(credits) == 1:
             reason = credits[0].reason
         else:

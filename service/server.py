@@ -96,7 +96,9 @@ async def start_server(app: App, listen: str | None = None) -> Running:
         options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size * 2),
-            ("grpc.so_reuseport", 0),
+            # Off unless workers share the port: a second instance started by
+            # mistake must fail to bind, not silently take half the traffic.
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
     )
     pb_grpc.add_PointsServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -123,6 +125,11 @@ async def start_server(app: App, listen: str | None = None) -> Running:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT."""
+    if settings.workers > 1:
+        from service.workers import serve_workers
+
+        await serve_workers(settings)
+        return
     app = await App.open(settings)
     running = await start_server(app)
     if settings.metrics_port:

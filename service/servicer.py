@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -39,6 +39,8 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 
 _ROLES = {"a": pb.ACTOR, "t": pb.TARGET}
+# Resolved once: a labels() lookup per event costs more than the increment.
+_EVENTS_BY_OUTCOME = {o: EVENTS.labels(o.name) for o in Outcome}
 _KINDS = {KIND_AWARD: pb.AWARD}
 
 
@@ -154,7 +156,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
     @staticmethod
     def _count(results: list[EventResult]) -> None:
         for r in results:
-            EVENTS.labels(r.outcome.name).inc()
+            _EVENTS_BY_OUTCOME[r.outcome].inc()
 
     @unary
     async def RecordActivity(self, request: pb.ActivityEvent, context: Ctx) -> pb.ActivityResult:
@@ -177,54 +179,60 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             raise InvalidField(
                 "events", f"has {len(request.events)} events; at most {limit} per call"
             )
+        return pb.RecordActivitiesResponse(results=await self._record_many(request.events))
+
+    async def _record_many(self, messages: Sequence[pb.ActivityEvent]) -> list[pb.ActivityResult]:
+        """Validate and record events; an invalid one gets its REJECTED result."""
         now_ms = self._now_ms()
         items: list[Any] = []
-        for msg in request.events:
+        for msg in messages:
             try:
                 items.append(event_from_pb(msg, now_ms, self.app.limits))
             except InvalidField as exc:
                 items.append(exc)
         results = await self.app.ingestor.record(items)
-        # A rejected event keeps the id the caller sent, even an invalid one.
-        for i, (msg, r) in enumerate(zip(request.events, results, strict=True)):
-            if not r.event_id:
-                results[i] = EventResult(msg.event_id, r.outcome, reason=r.reason, field=r.field)
         self._count(results)
-        return pb.RecordActivitiesResponse(results=[result_to_pb(r) for r in results])
+        out = [result_to_pb(r) for r in results]
+        for msg, r in zip(messages, out, strict=True):
+            if not r.event_id:  # a rejected event keeps the id it was sent with
+                r.event_id = msg.event_id
+        return out
 
     async def StreamActivities(
         self, request_iterator: AsyncIterator[pb.ActivityEvent], context: Ctx
     ) -> AsyncIterator[pb.ActivityResult]:
-        # Events are processed concurrently (and coalesced with other callers)
-        # while results are written in arrival order. The queue bounds how far
-        # the reader runs ahead of the writer.
-        pending: asyncio.Queue[asyncio.Task[pb.ActivityResult] | None] = asyncio.Queue(
+        # A reader task queues incoming events; this loop records whatever has
+        # queued up as one batch (coalesced with other callers), writes its
+        # results in order, and repeats. At low rates a batch is one event; at
+        # peaks batches grow. The queue bounds how far reading runs ahead.
+        inbox: asyncio.Queue[pb.ActivityEvent | None] = asyncio.Queue(
             maxsize=self.app.settings.stream_inflight_max
         )
-
-        async def one(msg: pb.ActivityEvent) -> pb.ActivityResult:
-            try:
-                item: Any = event_from_pb(msg, self._now_ms(), self.app.limits)
-            except InvalidField as exc:
-                item = exc
-            result = (await self.app.ingestor.record([item]))[0]
-            EVENTS.labels(result.outcome.name).inc()
-            out = result_to_pb(result)
-            if not out.event_id:
-                out.event_id = msg.event_id
-            return out
+        batch_max = self.app.settings.batch_events_max
 
         async def reader() -> None:
             try:
                 async for msg in request_iterator:
-                    await pending.put(asyncio.create_task(one(msg)))
+                    await inbox.put(msg)
             finally:
-                await pending.put(None)
+                await inbox.put(None)
 
         read_task = asyncio.create_task(reader())
         try:
-            while (task := await pending.get()) is not None:
-                yield await task
+            ended = False
+            while not ended:
+                first = await inbox.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < batch_max and not inbox.empty():
+                    msg = inbox.get_nowait()
+                    if msg is None:
+                        ended = True
+                        break
+                    batch.append(msg)
+                for result in await self._record_many(batch):
+                    yield result
             await read_task  # re-raise a failure of the request stream
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
@@ -232,10 +240,6 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             await _abort(context, "StreamActivities", exc)
         finally:
             read_task.cancel()
-            while not pending.empty():
-                leftover = pending.get_nowait()
-                if leftover is not None:
-                    leftover.cancel()
 
     @unary
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Ctx) -> pb.Balance:

@@ -1,7 +1,7 @@
 """Ledger rows and their encoding in the Redis outbox stream.
 
-The award script appends `k u p b m` fields; `m` is this module's JSON of the
-remaining facts. The flusher decodes entries back into LedgerRow.
+The award script appends one entry per award (`award_data`, plus the points
+and the balance it computed); the flusher decodes entries back into LedgerRow.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.domain import CreditOp
+from service.domain import SEP, CreditOp
 
-__all__ = ["KIND_AWARD", "LedgerRow", "decode_entry", "encode_award_meta"]
+__all__ = ["KIND_AWARD", "LedgerRow", "award_data", "decode_entry"]
 
 KIND_AWARD = "award"
 
@@ -39,27 +39,33 @@ class LedgerRow:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
-def encode_award_meta(op: CreditOp) -> str:
+# Outbox entry layout: fields p (points) and b (balance after), written by the
+# award script, and d: this module's fields joined by SEP. Ids and attribute
+# text hold no control characters (validated) and attributes are JSON, which
+# escapes them; the free-text reason comes last, so the split is exact.
+_VERSION = "1"
+_PARTS = 15
+
+
+def award_data(op: CreditOp) -> str:
+    """The `d` field of an award's outbox entry."""
     facts = op.facts
-    meta: dict[str, Any] = {
-        "kd": KIND_AWARD,
-        "e": op.event_id,
-        "r": op.role.letter,
-        "o": op.occurred_at_ms,
-        "t": op.recorded_at_ms,
-    }
-    if facts is not None:
-        meta.update(
-            a=facts.action,
-            c=facts.counterpart_id,
-            g=facts.group_id,
-            dp=facts.department_id,
-            q=facts.quantity,
-            why=facts.reason,
+    attributes = ""
+    if facts is not None and facts.attributes:
+        attributes = json.dumps(dict(facts.attributes), separators=(",", ":"), ensure_ascii=False)
+    if facts is None:
+        action = counterpart = group = department = reason = ""
+        quantity = 0
+    else:
+        action, counterpart, group = facts.action, facts.counterpart_id, facts.group_id
+        department, quantity, reason = facts.department_id, facts.quantity, facts.reason
+    return SEP.join(
+        (
+            _VERSION, KIND_AWARD, op.entry_key, op.user_id, op.event_id, op.role.letter,
+            action, counterpart, group, department, str(quantity), str(op.occurred_at_ms),
+            str(op.recorded_at_ms), attributes, reason,
         )
-        if facts.attributes:
-            meta["at"] = dict(facts.attributes)
-    return json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+    )  # fmt: skip
 
 
 def _text(value: bytes | str) -> str:
@@ -69,23 +75,27 @@ def _text(value: bytes | str) -> str:
 def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
     """Decode one outbox entry; raises ValueError/KeyError on a malformed one."""
     f = {_text(k): _text(v) for k, v in fields.items()}
-    meta = json.loads(f["m"])
+    parts = f["d"].split(SEP, _PARTS - 1)
+    if len(parts) != _PARTS or parts[0] != _VERSION:
+        raise ValueError(f"outbox entry has {len(parts)} parts, version {parts[0]!r}")
+    (_, kind, entry_key, user_id, event_id, role, action, counterpart, group, department,
+     quantity, occurred, recorded, attributes, reason) = parts  # fmt: skip
     return LedgerRow(
         tenant_id=tenant_id,
-        entry_key=f["k"],
-        user_id=f["u"],
+        entry_key=entry_key,
+        user_id=user_id,
         points=int(f["p"]),
         balance_after=int(f["b"]),
-        kind=str(meta.get("kd", KIND_AWARD)),
-        action=str(meta.get("a", "")),
-        event_id=str(meta.get("e", "")),
-        role=str(meta.get("r", "")),
-        counterpart_id=str(meta.get("c", "")),
-        group_id=str(meta.get("g", "")),
-        department_id=str(meta.get("dp", "")),
-        quantity=int(meta.get("q", 0)),
-        reason=str(meta.get("why", "")),
-        occurred_at_ms=int(meta["o"]),
-        recorded_at_ms=int(meta["t"]),
-        attributes={str(k): str(v) for k, v in meta.get("at", {}).items()},
+        kind=kind,
+        action=action,
+        event_id=event_id,
+        role=role,
+        counterpart_id=counterpart,
+        group_id=group,
+        department_id=department,
+        quantity=int(quantity or 0),
+        reason=reason,
+        occurred_at_ms=int(occurred),
+        recorded_at_ms=int(recorded),
+        attributes=json.loads(attributes) if attributes else {},
     )

@@ -35,6 +35,8 @@ class Stores:
         ops_per_call_max: int,
         ops_per_round_trip_max: int,
         inflight_max: int,
+        coalesce_us: int = 0,
+        coalesce_ops: int = 64,
         redis_pool_max: int = 64,
         redis_timeout_s: float = 5.0,
         db_pool_size: int = 5,
@@ -49,6 +51,8 @@ class Stores:
             ops_per_call_max=ops_per_call_max,
             ops_per_round_trip_max=ops_per_round_trip_max,
             inflight_max=inflight_max,
+            coalesce_us=coalesce_us,
+            coalesce_ops=coalesce_ops,
         )
         try:
             await awards.start()

@@ -14,11 +14,11 @@ import pytest
 import redis as sync_redis
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from scripts.procs import ROOT, ServerProcess, free_port, pointsd_env, run_cli, write_rules
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from tests.conftest import Servers, _cleanup_tenants, new_tenant, server_data_dir
 from tests.helpers import ev, ledger_count
-from tests.pointsd_proc import ROOT, ServerProcess, free_port, pointsd_env, run_cli, write_rules
 
 
 def test_generated_code_matches_the_proto() -> None:
@@ -55,7 +55,12 @@ def test_bad_configuration_exits_2() -> None:
 @pytest.mark.subprocess
 def test_migrate_reconcile_and_rebuild_commands(servers: Servers, tmp_path: Path, rds) -> None:
     tenant = new_tenant()
-    env = pointsd_env(servers, write_rules(tmp_path / "r.yaml", {tenant: {}}), tmp_path)
+    env = pointsd_env(
+        servers.redis_url,
+        servers.database_url,
+        write_rules(tmp_path / "r.yaml", {tenant: {}}),
+        tmp_path,
+    )
     migrated = run_cli(["migrate"], env)
     assert migrated.returncode == 0 and "revision 0001" in migrated.stdout
     server = ServerProcess(env, free_port(), tmp_path / "log")
@@ -88,7 +93,8 @@ def test_sigterm_drains_the_outbox_and_health_and_reflection_work(
 ) -> None:
     tenant = new_tenant()
     env = pointsd_env(
-        servers,
+        servers.redis_url,
+        servers.database_url,
         write_rules(tmp_path / "r.yaml", {tenant: {}}),
         tmp_path,
         POINTS_FLUSH_INTERVAL_MS="600000",
@@ -154,3 +160,28 @@ def test_serve_with_no_urls_starts_embedded_servers_and_keeps_data(tmp_path: Pat
     log = server.log.read_text()
     assert "started embedded redis" in log and "started embedded postgres" in log
     shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.subprocess
+def test_workers_share_the_port_and_stop_together(servers: Servers, tmp_path: Path) -> None:
+    import psutil
+
+    tenant = new_tenant()
+    rules = write_rules(tmp_path / "r.yaml", {tenant: {}})
+    env = pointsd_env(servers.redis_url, servers.database_url, rules, tmp_path, POINTS_WORKERS="2")
+    server = ServerProcess(env, free_port(), tmp_path / "log")
+    server.start()
+    try:
+        workers = psutil.Process(server.pid).children()
+        assert len(workers) == 2
+        # Separate connections land on either worker; all see one state.
+        for i in range(8):
+            with grpc.insecure_channel(
+                server.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as ch:
+                r = pb_grpc.PointsServiceStub(ch).RecordActivity(ev(tenant, "u1", "file"))
+                assert r.outcome == (pb.AWARDED if i < 5 else pb.CAPPED)
+    finally:
+        assert server.terminate() == 0
+        _cleanup_tenants(servers, [tenant])
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)

@@ -99,3 +99,25 @@ async def test_same_batch_sent_concurrently_awards_each_event_once(api: Api, sql
 
     await wait_for(flushed)
     assert ledger_sum(sql, api.tenant) == 2000
+
+
+async def test_concurrent_copies_of_a_two_credit_event_have_one_owner(api: Api, sql) -> None:
+    """Copies of a like race for the giver's and the receiver's credit
+    separately; still exactly one answer is not DUPLICATE, and it carries the
+    event's full points, so callers summing AWARDED points match the ledger."""
+    channels, clients = stubs(api, 8)
+    try:
+        for round_ in range(20):
+            event = ev(api.tenant, f"g{round_}", "like", target_user_id=f"r{round_}")
+            results = await asyncio.gather(
+                *(clients[i % 8].RecordActivity(event) for i in range(50))
+            )
+            owners = [r for r in results if r.outcome != pb.DUPLICATE]
+            assert len(owners) == 1
+            assert owners[0].outcome == pb.AWARDED and owners[0].points == 2
+            assert all(r.points == 2 for r in results)
+    finally:
+        for c in channels:
+            await c.close()
+    assert await api.app.flusher.drain(30)
+    assert ledger_sum(sql, api.tenant) == 40

@@ -14,6 +14,7 @@ FIELDS = [f.name for f in dataclasses.fields(Settings)]
 
 # Fields check() requires to be > 0.
 POSITIVE = [
+    "workers",
     "shards",
     "event_max_age_s",
     "batch_events_max",
@@ -24,6 +25,7 @@ POSITIVE = [
     "ingest_ops_per_call_max",
     "ingest_ops_per_round_trip_max",
     "ingest_inflight_max",
+    "ingest_coalesce_ops",
     "stream_inflight_max",
     "flush_interval_ms",
     "flush_batch_rows_max",
@@ -37,7 +39,7 @@ INT_FIELDS = [
     f.name for f in dataclasses.fields(Settings) if type(getattr(Settings(), f.name)) is int
 ]
 FLOAT_FIELDS = ["shutdown_grace_s", "redis_timeout_s", "db_timeout_s"]
-BOOL_FIELDS = ["flusher_enabled", "migrate_on_start"]
+BOOL_FIELDS = ["flusher_enabled", "migrate_on_start", "reuse_port"]
 
 
 def env_var(field: str) -> str:
@@ -115,7 +117,7 @@ def test_prefixed_urls_and_unprefixed_fields_are_ignored() -> None:
 def sample(field: str) -> tuple[str, Any]:
     """A raw value for `field` that differs from its default, and its reading."""
     if field in BOOL_FIELDS:
-        return "false", False
+        return ("false", False) if getattr(Settings(), field) else ("true", True)
     if field in FLOAT_FIELDS:
         return "2.5", 2.5
     if field in INT_FIELDS:

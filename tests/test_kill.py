@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 import pytest
 
+from scripts.procs import ServerProcess, free_port, pointsd_env, run_cli, write_rules
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from tests.conftest import Servers, _cleanup_tenants, new_tenant
 from tests.helpers import ev
-from tests.pointsd_proc import ServerProcess, free_port, pointsd_env, run_cli, write_rules
 
 EVENTS = 20_000
 BATCH = 100
@@ -47,7 +47,9 @@ async def test_sigkill_during_load_loses_nothing_and_doubles_nothing(
 ) -> None:
     tenant = new_tenant("kill")
     rules = write_rules(tmp_path / "rules.yaml", {tenant: {"shards": 4}})
-    env = pointsd_env(servers, rules, tmp_path, POINTS_FLUSH_CLAIM_IDLE_MS="2000")
+    env = pointsd_env(
+        servers.redis_url, servers.database_url, rules, tmp_path, POINTS_FLUSH_CLAIM_IDLE_MS="2000"
+    )
     server = ServerProcess(env, free_port(), tmp_path / "pointsd.log")
     server.start()
     events = make_events(tenant)

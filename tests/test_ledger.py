@@ -9,8 +9,9 @@ import grpc
 import pytest
 
 from service.api.points.v1 import points_pb2 as pb
+from service.domain import CreditOp, LedgerFacts, Role
 from service.ops import reconcile
-from storage.entries import LedgerRow, decode_entry
+from storage.entries import LedgerRow, award_data, decode_entry
 from storage.flusher import Flusher
 from storage.keys import OUTBOX_GROUP
 from storage.redis import Outbox
@@ -111,7 +112,29 @@ async def test_refused_entry_is_parked_and_the_rest_flows(
     # is not even decodable.
     rds.xadd(
         shard.outbox,
-        {"k": "e:bad:a", "u": "u1", "p": 0, "b": 0, "m": '{"o":1700000000000,"t":1700000000000}'},
+        {
+            "p": 0,
+            "b": 0,
+            "d": "\x1f".join(
+                [
+                    "1",
+                    "award",
+                    "e:bad:a",
+                    "u1",
+                    "bad",
+                    "a",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "1",
+                    "1700000000000",
+                    "1700000000000",
+                    "",
+                    "x",
+                ]
+            ),
+        },
     )
     rds.xadd(shard.outbox, {"garbage": "1"})
     await api.stub.RecordActivity(ev(tenant, "u2", "login"))
@@ -176,13 +199,30 @@ async def test_reconcile_reports_a_tampered_balance(api: Api, rds, sql) -> None:
 
 
 def test_outbox_entry_round_trip() -> None:
-    fields = {
-        b"k": b"e:1:a",
-        b"u": b"u",
-        b"p": b"3",
-        b"b": b"9",
-        b"m": '{"a":"reply","e":"1","r":"a","o":5,"t":6,"at":{"x":"\u4e2d"}}'.encode(),
-    }
+    op = CreditOp(
+        tenant_id="t",
+        user_id="u",
+        role=Role.TARGET,
+        event_id="1",
+        fingerprint="f",
+        points_per_unit=3,
+        quantity=1,
+        occurred_at_ms=5,
+        recorded_at_ms=6,
+        dedup_expires_at_s=7,
+        facts=LedgerFacts(
+            action="reply",
+            counterpart_id="v",
+            group_id="g",
+            department_id="d",
+            quantity=2,
+            attributes={"x": "中"},
+            reason="Reply",
+        ),
+    )
+    fields = {b"p": b"3", b"b": b"9", b"d": award_data(op).encode()}
     row = decode_entry("t", fields)
-    assert (row.entry_key, row.points, row.balance_after, row.action) == ("e:1:a", 3, 9, "reply")
+    assert (row.entry_key, row.points, row.balance_after, row.action) == ("e:1:t", 3, 9, "reply")
+    assert (row.role, row.counterpart_id, row.quantity, row.reason) == ("t", "v", 2, "Reply")
+    assert (row.occurred_at_ms, row.recorded_at_ms) == (5, 6)
     assert row.attributes == {"x": "中"}

@@ -617,7 +617,7 @@ A = "$.rule_sets.default.actions"
         (
             {"x": {"description": 42, "actor": {"points": 1}}},
             f"{A}.x.description",
-            "must be a string",
+            "must be one line",
         ),
     ],
 )

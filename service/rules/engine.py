@@ -8,8 +8,8 @@ storage, which prefixes them with the user and files them per period.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from service.domain import (
     SEP,
@@ -24,8 +24,8 @@ from service.domain import (
     PeriodRef,
     Role,
 )
-from service.rules.model import ActionRule, CreditRule, RuleBook, TenantRules
-from service.rules.periods import period_ref
+from service.rules.model import ActionRule, CreditRule, LimitRule, RuleBook, TenantRules
+from service.rules.periods import period_bounds, period_ref
 
 __all__ = ["EARNED", "SEP", "NoRule", "Plan", "Rejection", "RulesEngine", "fingerprint"]
 
@@ -57,18 +57,86 @@ def fingerprint(event: Event) -> str:
 
     occurred_at is left out: callers that leave it unset get "now" on each try.
     """
-    content = [
+    parts = [
         event.user_id,
         event.action,
         event.target_user_id,
         event.group_id,
         event.department_id,
-        event.quantity,
-        sorted(event.attributes.items()),
+        str(event.quantity),
+        "\x1e".join(f"{k}\x1d{v}" for k, v in sorted(event.attributes.items())),
     ]
-    # JSON keeps every part delimited: no two different events share an encoding.
-    h = hashlib.blake2b(json.dumps(content, ensure_ascii=False).encode(), digest_size=8)
+    # Validated ids, attribute keys and values hold no control characters, so
+    # these separators keep every part delimited: different events never
+    # share an encoding.
+    h = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8)
     return h.hexdigest()
+
+
+@dataclass(slots=True)
+class _Limit:
+    """A limit with its counter name prepared; the per-event part (the other
+    user, the attribute value) is appended when planning."""
+
+    rule: LimitRule
+    counter: str
+    label: str
+    # The check of the last period seen, reused while the period is the same.
+    period: PeriodRef | None = None
+    check: LimitCheck | None = None
+
+
+@dataclass(slots=True)
+class _Credit:
+    rule: CreditRule
+    base: str
+    limits: list[_Limit]
+    accumulator_counter: str
+    earned_period: PeriodRef | None = None
+    earned: tuple[CounterIncrement, ...] = ()
+
+
+class _Periods:
+    """Period refs of one tenant, cached per kind while events fall in the
+    same period (almost always: periods change at local midnight)."""
+
+    __slots__ = ("_recent", "retention_s", "tz")
+
+    def __init__(self, tz: ZoneInfo, retention_s: int) -> None:
+        self.tz = tz
+        self.retention_s = retention_s
+        self._recent: dict[Period, list[tuple[int, int, PeriodRef]]] = {}
+
+    def get(self, kind: Period, at_ms: int) -> PeriodRef:
+        recent = self._recent.setdefault(kind, [])
+        for start_ms, end_ms, ref in recent:
+            if start_ms <= at_ms < end_ms:
+                return ref
+        ref = period_ref(kind, at_ms, self.tz, self.retention_s)
+        if kind is Period.EVER:
+            start_ms, end_ms = -(2**62), 2**62
+        else:
+            start_s, end_s = period_bounds(kind, at_ms, self.tz)
+            start_ms, end_ms = start_s * 1000, end_s * 1000
+        recent.insert(0, (start_ms, end_ms, ref))
+        del recent[4:]
+        return ref
+
+
+def _compile(rule: ActionRule, credit: CreditRule) -> _Credit:
+    base = SEP.join((rule.key, credit.role.letter))
+    strictest: dict[tuple[Period, Metric, bool, str], LimitRule] = {}
+    for lim in credit.limits:
+        key = (lim.period, lim.metric, lim.per_counterpart, lim.by_attribute)
+        known = strictest.get(key)
+        # Two limits on one counter: the stricter one decides.
+        if known is None or lim.max < known.max:
+            strictest[key] = lim
+    limits = [
+        _Limit(lim, SEP.join((base, lim.metric.value[0])), lim.label())
+        for lim in strictest.values()
+    ]
+    return _Credit(credit, base, limits, SEP.join((base, "q")))
 
 
 class RulesEngine:
@@ -84,12 +152,16 @@ class RulesEngine:
         self.book = book
         self.state_retention_s = state_retention_s
         self.dedup_retention_s = dedup_retention_s
+        self._periods = {
+            t.tenant_id: _Periods(t.timezone, state_retention_s) for t in book.tenants.values()
+        }
+        self._compiled: dict[tuple[str, str], list[_Credit]] = {}
 
     def tenant(self, tenant_id: str) -> TenantRules | None:
         return self.book.tenant(tenant_id)
 
     def period(self, tenant: TenantRules, kind: Period, at_ms: int) -> PeriodRef:
-        return period_ref(kind, at_ms, tenant.timezone, self.state_retention_s)
+        return self._periods[tenant.tenant_id].get(kind, at_ms)
 
     def plan(self, event: Event, *, recorded_at_ms: int) -> Plan | NoRule | Rejection:
         tenant = self.book.tenant(event.tenant_id)
@@ -112,79 +184,84 @@ class RulesEngine:
                 return Rejection(
                     f"attributes[{attr}]", f"action {rule.key!r} needs attributes[{attr!r}]"
                 )
+        compiled = self._compiled.get((tenant.rule_set, rule.key))
+        if compiled is None:
+            compiled = self._compiled[(tenant.rule_set, rule.key)] = [
+                _compile(rule, credit) for credit in rule.credits
+            ]
+        periods = self._periods[tenant.tenant_id]
         fp = fingerprint(event)
         ops = tuple(
-            self._credit_op(tenant, rule, credit, event, fp, recorded_at_ms)
-            for credit in rule.credits
+            self._credit_op(periods, rule, credit, event, fp, recorded_at_ms) for credit in compiled
         )
         return Plan(rule=rule, ops=ops)
 
     def _credit_op(
         self,
-        tenant: TenantRules,
+        periods: _Periods,
         rule: ActionRule,
-        credit: CreditRule,
+        credit: _Credit,
         event: Event,
         fp: str,
         recorded_at_ms: int,
     ) -> CreditOp:
-        role = credit.role
-        if role is Role.ACTOR:
+        cr = credit.rule
+        if cr.role is Role.ACTOR:
             user, counterpart = event.user_id, event.target_user_id
         else:
             user, counterpart = event.target_user_id, event.user_id
         at = event.occurred_at_ms
-        periods: dict[Period, PeriodRef] = {}
-
-        def period(kind: Period) -> PeriodRef:
-            if kind not in periods:
-                periods[kind] = self.period(tenant, kind, at)
-            return periods[kind]
-
-        base = SEP.join((rule.key, role.letter))
-        limits: dict[tuple[Period, str], LimitCheck] = {}
+        limits: list[LimitCheck] = []
         for lim in credit.limits:
-            counter = SEP.join((base, lim.metric.value[0]))
-            if lim.by_attribute:
-                counter += f"{SEP}@{lim.by_attribute}={event.attributes.get(lim.by_attribute, '')}"
-            if lim.per_counterpart:
+            period = periods.get(lim.rule.period, at)
+            if not (lim.rule.by_attribute or lim.rule.per_counterpart):
+                if lim.period is not period or lim.check is None:
+                    lim.period = period
+                    lim.check = LimitCheck(
+                        period, lim.counter, lim.rule.metric, lim.rule.max, lim.label
+                    )
+                limits.append(lim.check)
+                continue
+            counter = lim.counter
+            if lim.rule.by_attribute:
+                value = event.attributes.get(lim.rule.by_attribute, "")
+                counter += f"{SEP}@{lim.rule.by_attribute}={value}"
+            if lim.rule.per_counterpart:
                 counter += f"{SEP}~{counterpart}"
-            check = LimitCheck(period(lim.period), counter, lim.metric, lim.max, lim.label())
-            known = limits.get((lim.period, counter))
-            # Two limits on one counter: the stricter one decides.
-            if known is None or check.max < known.max:
-                limits[(lim.period, counter)] = check
+            limits.append(LimitCheck(period, counter, lim.rule.metric, lim.rule.max, lim.label))
+        day = periods.get(Period.DAY, at)
+        if credit.earned_period is not day:
+            credit.earned_period = day
+            credit.earned = (CounterIncrement(day, EARNED, Metric.POINTS),)
         accumulator = None
         quantity = 1
-        if credit.per_quantity >= 1:
+        if cr.per_quantity >= 1:
             quantity = event.quantity
-        if credit.per_quantity > 1:
-            accumulator = Accumulator(
-                period(Period.DAY), SEP.join((base, "q")), credit.per_quantity
-            )
+        if cr.per_quantity > 1:
+            accumulator = Accumulator(day, credit.accumulator_counter, cr.per_quantity)
         return CreditOp(
             tenant_id=event.tenant_id,
             user_id=user,
-            role=role,
+            role=cr.role,
             event_id=event.event_id,
             fingerprint=fp,
-            points_per_unit=credit.points,
+            points_per_unit=cr.points,
             quantity=quantity,
             occurred_at_ms=at,
             recorded_at_ms=recorded_at_ms,
             dedup_expires_at_s=at // 1000 + self.dedup_retention_s,
-            limits=tuple(limits.values()),
-            counters=(CounterIncrement(period(Period.DAY), EARNED, Metric.POINTS),),
+            limits=tuple(limits),
+            counters=credit.earned,
             accumulator=accumulator,
-            interval_ms=credit.min_interval_ms,
-            interval_key=base,
+            interval_ms=cr.min_interval_ms,
+            interval_key=credit.base,
             facts=LedgerFacts(
                 action=rule.key,
                 counterpart_id=counterpart,
                 group_id=event.group_id,
                 department_id=event.department_id,
                 quantity=event.quantity,
-                attributes=dict(event.attributes),
+                attributes=event.attributes,
                 reason=rule.description,
             ),
         )

@@ -189,8 +189,12 @@ def _action(c: _Checker, key: str, raw: Any, path: str) -> ActionRule | None:
     for attr in sorted(keyed - set(attributes)):
         attributes.append(attr)
     description = m.get("description", key)
-    if not isinstance(description, str) or len(description) > 200:
-        c.fail(f"{path}.description", "must be a string of at most 200 characters")
+    if (
+        not isinstance(description, str)
+        or len(description) > 200
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in description)
+    ):
+        c.fail(f"{path}.description", "must be one line of at most 200 characters")
         description = key
     return ActionRule(
         key=key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 from sqlalchemy import exc as saexc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -32,6 +33,12 @@ def create_engine(url: str, *, pool_size: int = 5, timeout_s: float = 5.0) -> As
 
 
 def pg_errors(exc: BaseException) -> StorageError:
+    if isinstance(exc, psycopg.Error):  # raised by raw-connection calls (COPY)
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return StorageUnavailable(f"postgresql unavailable: {exc}")
+        if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+            return LedgerDataError(f"postgresql refused the data: {exc}")
+        return StorageError(f"postgresql error: {exc}")
     if isinstance(exc, saexc.DBAPIError) and exc.connection_invalidated:
         return StorageUnavailable(f"postgresql connection lost: {exc.orig}")
     if isinstance(exc, saexc.OperationalError | saexc.InterfaceError | OSError | TimeoutError):

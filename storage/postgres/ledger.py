@@ -9,7 +9,9 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import psycopg
 from sqlalchemy import exc as saexc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,24 +22,26 @@ from storage.postgres.db import pg_errors
 
 __all__ = ["Ledger", "LedgerPage", "UserSums"]
 
-# One statement per batch: arrays of column values unnested into rows. The
-# unique (tenant_id, entry_key) turns redelivered entries into no-ops.
-_INSERT = text(
-    """
-    INSERT INTO ledger_entries (
-        tenant_id, entry_key, user_id, points, balance_after, kind, action,
-        event_id, role, counterpart_id, group_id, department_id, quantity,
-        attributes, reason, occurred_at, recorded_at)
-    SELECT * FROM unnest(
-        CAST(:tenant_id AS text[]), CAST(:entry_key AS text[]), CAST(:user_id AS text[]),
-        CAST(:points AS bigint[]), CAST(:balance_after AS bigint[]), CAST(:kind AS text[]),
-        CAST(:action AS text[]), CAST(:event_id AS text[]), CAST(:role AS text[]),
-        CAST(:counterpart_id AS text[]), CAST(:group_id AS text[]),
-        CAST(:department_id AS text[]), CAST(:quantity AS bigint[]),
-        CAST(:attributes AS jsonb[]), CAST(:reason AS text[]),
-        CAST(:occurred_at AS timestamptz[]), CAST(:recorded_at AS timestamptz[]))
-    ON CONFLICT (tenant_id, entry_key) DO NOTHING
-    """
+_COLUMNS = (
+    "tenant_id, entry_key, user_id, points, balance_after, kind, action, event_id, role, "
+    "counterpart_id, group_id, department_id, quantity, attributes, reason, occurred_at, "
+    "recorded_at"
+)
+# Rows are COPYed into a per-session staging table (C-speed, no SQL parameters),
+# then moved with one INSERT ... SELECT; the unique (tenant_id, entry_key)
+# turns redelivered entries into no-ops.
+_STAGING = """
+    CREATE TEMP TABLE IF NOT EXISTS ledger_staging (
+        tenant_id text, entry_key text, user_id text, points bigint, balance_after bigint,
+        kind text, action text, event_id text, role text, counterpart_id text,
+        group_id text, department_id text, quantity bigint, attributes jsonb, reason text,
+        occurred_at timestamptz, recorded_at timestamptz
+    ) ON COMMIT DELETE ROWS
+"""
+_COPY = f"COPY ledger_staging ({_COLUMNS}) FROM STDIN"
+_MOVE = (
+    f"INSERT INTO ledger_entries ({_COLUMNS}) SELECT {_COLUMNS} FROM ledger_staging "
+    "ON CONFLICT (tenant_id, entry_key) DO NOTHING"
 )
 
 _PAGE = text(
@@ -156,30 +160,28 @@ class Ledger:
         """
         if not rows:
             return 0
-        params = {
-            "tenant_id": [r.tenant_id for r in rows],
-            "entry_key": [r.entry_key for r in rows],
-            "user_id": [r.user_id for r in rows],
-            "points": [r.points for r in rows],
-            "balance_after": [r.balance_after for r in rows],
-            "kind": [r.kind for r in rows],
-            "action": [r.action for r in rows],
-            "event_id": [r.event_id for r in rows],
-            "role": [r.role for r in rows],
-            "counterpart_id": [r.counterpart_id for r in rows],
-            "group_id": [r.group_id for r in rows],
-            "department_id": [r.department_id for r in rows],
-            "quantity": [r.quantity for r in rows],
-            "attributes": [json.dumps(dict(r.attributes), ensure_ascii=False) for r in rows],
-            "reason": [r.reason for r in rows],
-            "occurred_at": [_dt(r.occurred_at_ms) for r in rows],
-            "recorded_at": [_dt(r.recorded_at_ms) for r in rows],
-        }
         try:
             async with self.engine.begin() as conn:
-                result = await conn.execute(_INSERT, params)
-                return int(result.rowcount or 0)
-        except (saexc.SQLAlchemyError, OSError) as exc:
+                raw = await conn.get_raw_connection()
+                pg: Any = raw.driver_connection
+                async with pg.cursor() as cur:
+                    # Every time: a rolled-back first transaction takes the table with it.
+                    await cur.execute(_STAGING)
+                    async with cur.copy(_COPY) as copy:
+                        for r in rows:
+                            await copy.write_row(
+                                (
+                                    r.tenant_id, r.entry_key, r.user_id, r.points,
+                                    r.balance_after, r.kind, r.action, r.event_id, r.role,
+                                    r.counterpart_id, r.group_id, r.department_id, r.quantity,
+                                    json.dumps(dict(r.attributes), ensure_ascii=False)
+                                    if r.attributes else "{}",
+                                    r.reason, _dt(r.occurred_at_ms), _dt(r.recorded_at_ms),
+                                )
+                            )  # fmt: skip
+                    await cur.execute(_MOVE)
+                    return int(cur.rowcount or 0)
+        except (saexc.SQLAlchemyError, psycopg.Error, OSError) as exc:
             raise pg_errors(exc) from exc
 
     async def write_each(self, rows: Sequence[LedgerRow]) -> tuple[int, list[LedgerRow]]:

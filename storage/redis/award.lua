@@ -3,7 +3,8 @@
 --
 -- KEYS[1]  maintenance flag  string; while it exists nothing is applied
 -- KEYS[2]  balances          hash  "<user>|a" available, "<user>|e" earned, "<user>|s" spent (points)
--- KEYS[3]  outbox            stream of ledger entries (fields k u p b m)
+-- KEYS[3]  outbox            stream of ledger entries: fields p (points), b (balance
+--                            after), d (the op's entry data, opaque here)
 -- KEYS[4..] referenced by index from the ops: dedup records (string),
 --           per-period counter hashes, throttle keys (string, ms)
 --
@@ -11,17 +12,19 @@
 --          no balance change, no outbox; points and balance come from the op)
 -- ARGV[2]  outbox length bound (entries); at or above it awards are refused
 --          with code 7 so a stalled flusher cannot exhaust memory; 0 = none
--- ARGV[3]  JSON array of ops:
---   d   dedup key index     dx dedup expire-at (unix s; restore: 0 = do not keep)
---   f   content fingerprint
---   u   user id             pp points per unit            q  quantity (>= 0)
---   acc [hash idx, field, unit] or absent: collect q there, pay pp per whole unit crossed
---   lim [[hash idx, field, max, "c"|"p"], ...]  caps; "c" counts 1 per award, "p" counts points
---   ctr [[hash idx, field, "c"|"p"], ...]       counters bumped on award
---   hx  [[hash idx, expire-at unix s], ...]     expiry of every counter hash the op touches
---   iv  [key idx, min interval ms, ttl ms] or absent      o  occurred_at (ms)
---   k   ledger entry key    m  ledger meta (opaque JSON string)
---   fp, fb  restore mode: the ledger's points and balance_after
+-- ARGV[3]  JSON array of ops, each a positional array:
+--   [1]  dedup key index      [2]  dedup expire-at (unix s; restore: 0 = do not keep)
+--   [3]  content fingerprint  [4]  user id
+--   [5]  points per unit      [6]  quantity (>= 0)
+--   [7]  limits   [[hash idx, field, max, "c"|"p"], ...]  "c" counts 1 per award, "p" points
+--   [8]  counters [[hash idx, field, "c"|"p"], ...]       bumped on award
+--   [9]  expiries [[hash idx, expire-at unix s], ...]     of the counter hashes the op touches
+--   [10] occurred_at (ms)
+--   [11] throttle [key idx, min interval ms, ttl ms], or 0 for none
+--   [12] accumulator [hash idx, field, unit], or 0: collect the quantity there and
+--        pay points per whole unit crossed
+--   [13] outbox entry data (string; restore: unused)
+--   [14] restore: the ledger's points   [15] restore: the ledger's balance_after
 --
 -- Returns a flat array, 5 integers per op, in op order:
 --   code     1 awarded, 2 duplicate, 3 capped, 4 throttled,
@@ -29,7 +32,7 @@
 --            9 event id reused with different content (nothing applied)
 --   points   awarded (for 2 and 9: of the first recording)
 --   balance  the user's available points after the op (for 2: after the first recording)
---   limit    1-based index into lim of the cap that capped or clipped the award, else 0
+--   limit    1-based index into the op's limits of the cap that capped or clipped it, else 0
 --   original for 2 and 9: the first recording's code, else 0
 --
 -- Dedup record value: "code:points:balance:limit:fingerprint".
@@ -67,40 +70,43 @@ end
 
 for i = 1, #ops do
   local op = ops[i]
-  local dkey = KEYS[op.d]
+  local dkey, dx, fp, user = KEYS[op[1]], op[2], op[3], op[4]
+  local pp, qty, lim, ctr, hx = op[5], op[6], op[7], op[8], op[9]
+  local occ, iv, acc = op[10], op[11], op[12]
   local prev = redis.call('GET', dkey)
   if prev then
-    local code, points, balance, limit, fp = string.match(prev, '^(%d+):(%-?%d+):(%-?%d+):(%d+):(.*)$')
-    if fp == op.f then
+    local code, points, balance, limit, first_fp =
+      string.match(prev, '^(%d+):(%-?%d+):(%-?%d+):(%d+):(.*)$')
+    if first_fp == fp then
       emit(2, tonumber(points), tonumber(balance), tonumber(limit), tonumber(code))
     else
       emit(9, tonumber(points), tonumber(balance), tonumber(limit), tonumber(code))
     end
   else
-    local avail_field = op.u .. '|a'
+    local avail_field = user .. '|a'
     local code = 0
     local limit = 0
     local points
     local acc_total
     if restore then
-      points = op.fp
-    elseif op.acc then
-      local unit = op.acc[3]
-      local before = hget_number(KEYS[op.acc[1]], op.acc[2])
-      acc_total = before + op.q
-      points = op.pp * (math.floor(acc_total / unit) - math.floor(before / unit))
+      points = op[14]
+    elseif acc ~= 0 then
+      local unit = acc[3]
+      local before = hget_number(KEYS[acc[1]], acc[2])
+      acc_total = before + qty
+      points = pp * (math.floor(acc_total / unit) - math.floor(before / unit))
     else
-      points = op.pp * op.q
+      points = pp * qty
     end
 
     if not restore then
-      if op.iv then
-        local last = redis.call('GET', KEYS[op.iv[1]])
-        if last and math.abs(op.o - tonumber(last)) < op.iv[2] then code = 4 end
+      if iv ~= 0 then
+        local last = redis.call('GET', KEYS[iv[1]])
+        if last and math.abs(occ - tonumber(last)) < iv[2] then code = 4 end
       end
       if code == 0 then
-        for j = 1, #op.lim do
-          local l = op.lim[j]
+        for j = 1, #lim do
+          local l = lim[j]
           local used = hget_number(KEYS[l[1]], l[2])
           if l[4] == 'c' then
             if used + 1 > l[3] then code = 3; limit = j; break end
@@ -120,21 +126,21 @@ for i = 1, #ops do
       emit(7, 0, 0, 0, 0)
     elseif code ~= 0 then
       local balance = hget_number(KEYS[2], avail_field)
-      redis.call('SET', dkey, code .. ':0:' .. balance .. ':' .. limit .. ':' .. op.f, 'EXAT', op.dx)
+      redis.call('SET', dkey, code .. ':0:' .. balance .. ':' .. limit .. ':' .. fp, 'EXAT', dx)
       emit(code, 0, balance, limit, 0)
     else
-      if op.acc and acc_total then redis.call('HSET', KEYS[op.acc[1]], op.acc[2], acc_total) end
-      for j = 1, #op.lim do
-        local l = op.lim[j]
+      if acc_total then redis.call('HSET', KEYS[acc[1]], acc[2], acc_total) end
+      for j = 1, #lim do
+        local l = lim[j]
         redis.call('HINCRBY', KEYS[l[1]], l[2], amount(l[4], points))
       end
-      for j = 1, #op.ctr do
-        local c = op.ctr[j]
+      for j = 1, #ctr do
+        local c = ctr[j]
         local by = amount(c[3], points)
         if by ~= 0 then redis.call('HINCRBY', KEYS[c[1]], c[2], by) end
       end
-      for j = 1, #op.hx do
-        local h = op.hx[j]
+      for j = 1, #hx do
+        local h = hx[j]
         if not expiry_set[h[1]] then
           expiry_set[h[1]] = true
           redis.call('EXPIREAT', KEYS[h[1]], h[2])
@@ -142,22 +148,23 @@ for i = 1, #ops do
       end
       local balance
       if restore then
-        balance = op.fb
+        balance = op[15]
       else
         balance = redis.call('HINCRBY', KEYS[2], avail_field, points)
         if points ~= 0 then
-          redis.call('HINCRBY', KEYS[2], op.u .. '|e', points)
-          redis.call('XADD', KEYS[3], '*', 'k', op.k, 'u', op.u, 'p', points, 'b', balance, 'm', op.m)
+          redis.call('HINCRBY', KEYS[2], user .. '|e', points)
+          redis.call('XADD', KEYS[3], '*', 'p', points, 'b', balance, 'd', op[13])
           outbox_len = outbox_len + 1
         end
-        if op.iv then
-          local ivkey = KEYS[op.iv[1]]
+        if iv ~= 0 then
+          local ivkey = KEYS[iv[1]]
           local last = tonumber(redis.call('GET', ivkey) or '0')
-          redis.call('SET', ivkey, math.max(last, op.o), 'PX', op.iv[3])
+          redis.call('SET', ivkey, math.max(last, occ), 'PX', iv[3])
         end
       end
-      if op.dx > 0 then
-        redis.call('SET', dkey, '1:' .. points .. ':' .. balance .. ':' .. limit .. ':' .. op.f, 'EXAT', op.dx)
+      if dx > 0 then
+        redis.call('SET', dkey, '1:' .. points .. ':' .. balance .. ':' .. limit .. ':' .. fp,
+          'EXAT', dx)
       end
       emit(1, points, balance, limit, 0)
     end

@@ -3,8 +3,10 @@
 Concurrent callers (unary RPCs, batches, streams) enqueue operations; a
 dispatcher sends whatever is queued as one pipelined round trip of Lua calls,
 one call per (tenant, shard) chunk. While `inflight_max` round trips are out,
-new operations wait and join the next one (group commit), so batches grow with
-load and a lone call still goes out at once.
+new operations wait and join the next one (group commit). When fewer than
+`coalesce_ops` operations are queued, the dispatcher waits up to
+`coalesce_us` for more: one RPC per event then shares a round trip with its
+neighbours instead of paying one each.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import asyncio
 import json
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
 from service.domain import CreditOp, CreditResult, PeriodRef, StoreCode
-from storage.entries import encode_award_meta
+from storage.entries import award_data
 from storage.keys import Shard, Topology, counter_field
 from storage.redis.scripts import Call, LuaScript
 
@@ -28,6 +30,7 @@ __all__ = ["AwardStore", "RestoreOp"]
 # Throttle keys outlive the interval by this much, so events that arrive a bit
 # late (occurred_at is compared, not arrival time) are still throttled.
 _INTERVAL_TTL_MARGIN_MS = 600_000
+_CODES = {c.value: c for c in StoreCode}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +43,13 @@ class RestoreOp:
 
 
 @dataclass(slots=True)
-class _Queued:
-    op: CreditOp
-    future: asyncio.Future[CreditResult]
+class _Request:
+    """One caller's operations; may be split over several round trips."""
+
+    ops: Sequence[CreditOp]
+    future: asyncio.Future[list[CreditResult]]
+    results: list[CreditResult | None] = field(default_factory=list)
+    missing: int = 0
 
 
 class AwardStore:
@@ -54,7 +61,9 @@ class AwardStore:
         outbox_entries_max: int,
         ops_per_call_max: int = 100,
         ops_per_round_trip_max: int = 2000,
-        inflight_max: int = 2,
+        inflight_max: int = 1,
+        coalesce_us: int = 0,
+        coalesce_ops: int = 64,
     ) -> None:
         self.redis = redis
         self.topology = topology
@@ -62,10 +71,15 @@ class AwardStore:
         self.ops_per_call_max = ops_per_call_max
         self.ops_per_round_trip_max = ops_per_round_trip_max
         self.inflight_max = inflight_max
+        self.coalesce_s = coalesce_us / 1e6
+        self.coalesce_ops = coalesce_ops
         self.script = LuaScript("storage.redis", "award.lua")
-        self._queue: deque[_Queued] = deque()
+        # (request, first op index) slices waiting for a round trip.
+        self._queue: deque[tuple[_Request, int]] = deque()
+        self._queued_ops = 0
         self._inflight = 0
-        self._dispatch_scheduled = False
+        self._dispatch_at: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._dispatch_soon = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -80,18 +94,18 @@ class AwardStore:
         """
         if not ops:
             return []
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[CreditResult]] = []
-        for op in ops:
-            future: asyncio.Future[CreditResult] = loop.create_future()
-            self._queue.append(_Queued(op, future))
-            futures.append(future)
+        request = _Request(ops, asyncio.get_running_loop().create_future())
+        request.results = [None] * len(ops)
+        request.missing = len(ops)
+        self._queue.append((request, 0))
+        self._queued_ops += len(ops)
         self._schedule()
-        return list(await asyncio.gather(*futures))
+        return await request.future
 
     async def restore(self, ops: Sequence[RestoreOp]) -> list[CreditResult]:
         """Replay ledger entries (rebuild): dedup records and counters only."""
-        return await self._execute([r.op for r in ops], "restore", list(ops))
+        pairs = [(r.op, r) for r in ops]
+        return await self._execute(pairs, "restore")
 
     async def drain(self) -> None:
         """Wait until every queued operation has been sent and answered."""
@@ -102,77 +116,97 @@ class AwardStore:
                 await asyncio.sleep(0)
 
     def _schedule(self) -> None:
-        if self._dispatch_scheduled or not self._queue or self._inflight >= self.inflight_max:
+        if not self._queue or self._inflight >= self.inflight_max:
             return
-        self._dispatch_scheduled = True
-        # call_soon, not now: every handler runnable in this loop tick gets to
-        # enqueue first, so they share one round trip.
-        asyncio.get_running_loop().call_soon(self._dispatch)
+        loop = asyncio.get_running_loop()
+        if self._queued_ops >= self.coalesce_ops or not self.coalesce_s:
+            if self._dispatch_soon:
+                return
+            if self._dispatch_at is not None:
+                self._dispatch_at.cancel()
+            # call_soon, not now: every handler runnable in this loop tick
+            # gets to enqueue first, so they share one round trip.
+            self._dispatch_soon = True
+            self._dispatch_at = loop.call_soon(self._dispatch)
+        elif self._dispatch_at is None:
+            # Few operations queued: wait a moment for more (one RPC per event
+            # would otherwise pay a Redis round trip each).
+            self._dispatch_at = loop.call_later(self.coalesce_s, self._dispatch)
 
     def _dispatch(self) -> None:
-        self._dispatch_scheduled = False
+        self._dispatch_at = None
+        self._dispatch_soon = False
         while self._queue and self._inflight < self.inflight_max:
-            n = min(len(self._queue), self.ops_per_round_trip_max)
-            batch = [self._queue.popleft() for _ in range(n)]
+            room = self.ops_per_round_trip_max
+            batch: list[tuple[_Request, int, int]] = []
+            while self._queue and room > 0:
+                request, start = self._queue.popleft()
+                end = min(len(request.ops), start + room)
+                batch.append((request, start, end))
+                room -= end - start
+                self._queued_ops -= end - start
+                if end < len(request.ops):
+                    self._queue.appendleft((request, end))
             self._inflight += 1
             task = asyncio.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[_Queued]) -> None:
+    async def _run(self, batch: list[tuple[_Request, int, int]]) -> None:
+        pairs = [(req.ops[i], (req, i)) for req, start, end in batch for i in range(start, end)]
         try:
-            results = await self._execute([q.op for q in batch], "apply", None)
+            results = await self._execute(pairs, "apply")
         except Exception as exc:
-            for q in batch:
-                if not q.future.done():
-                    q.future.set_exception(exc)
+            for request, _, _ in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
         else:
-            for q, result in zip(batch, results, strict=True):
-                if not q.future.done():
-                    q.future.set_result(result)
+            for (_op, (request, i)), result in zip(pairs, results, strict=True):
+                request.results[i] = result
+                request.missing -= 1
+                if request.missing == 0 and not request.future.done():
+                    request.future.set_result(request.results)  # type: ignore[arg-type]
         finally:
             self._inflight -= 1
             self._schedule()
 
     async def _execute(
-        self, ops: Sequence[CreditOp], mode: str, restore: list[RestoreOp] | None
+        self, pairs: Sequence[tuple[CreditOp, Any]], mode: str
     ) -> list[CreditResult]:
         by_shard: dict[Shard, list[int]] = {}
-        for i, op in enumerate(ops):
-            by_shard.setdefault(self.topology.user_shard(op.tenant_id, op.user_id), []).append(i)
+        user_shard = self.topology.user_shard
+        for i, (op, _) in enumerate(pairs):
+            by_shard.setdefault(user_shard(op.tenant_id, op.user_id), []).append(i)
         calls: list[Call] = []
         call_ops: list[list[int]] = []
         for shard, indexes in by_shard.items():
             for start in range(0, len(indexes), self.ops_per_call_max):
                 chunk = indexes[start : start + self.ops_per_call_max]
-                calls.append(self._encode(shard, ops, chunk, mode, restore))
+                calls.append(self._encode(shard, pairs, chunk, mode))
                 call_ops.append(chunk)
         replies = await self.script.run_many(self.redis, calls)
-        results: list[CreditResult | None] = [None] * len(ops)
+        results: list[CreditResult] = [None] * len(pairs)  # type: ignore[list-item]
         for chunk, reply in zip(call_ops, replies, strict=True):
             for j, i in enumerate(chunk):
                 code, points, balance, limit, original = reply[5 * j : 5 * j + 5]
                 results[i] = CreditResult(
-                    code=StoreCode(int(code)),
+                    code=_CODES[int(code)],
                     points=int(points),
                     balance=int(balance),
                     limit_index=int(limit),
-                    original=StoreCode(int(original)) if int(original) else None,
+                    original=_CODES[int(original)] if original else None,
                 )
-        return [r for r in results if r is not None]
+        return results
 
     def _encode(
-        self,
-        shard: Shard,
-        ops: Sequence[CreditOp],
-        chunk: list[int],
-        mode: str,
-        restore: list[RestoreOp] | None,
+        self, shard: Shard, pairs: Sequence[tuple[CreditOp, Any]], chunk: list[int], mode: str
     ) -> Call:
         keys = _KeyTable([shard.maintenance, shard.balances, shard.outbox])
-        encoded: list[dict[str, Any]] = []
+        restoring = mode == "restore"
+        encoded: list[list[Any]] = []
         for i in chunk:
-            op = ops[i]
+            op, extra = pairs[i]
+            user = op.user_id
             expiry: dict[int, int] = {}
 
             def counters(period: PeriodRef, expiry: dict[int, int] = expiry) -> int:
@@ -181,40 +215,43 @@ class AwardStore:
                     expiry[idx] = period.expires_at_s
                 return idx
 
-            user = op.user_id
-            item: dict[str, Any] = {
-                "d": keys.index(shard.dedup(op.event_id, op.role.letter)),
-                "dx": op.dedup_expires_at_s,
-                "f": op.fingerprint,
-                "u": user,
-                "pp": op.points_per_unit,
-                "q": op.quantity,
-                "lim": [
-                    [counters(lim.period), counter_field(user, lim.counter), lim.max, lim.metric[0]]
-                    for lim in op.limits
-                ],
-                "ctr": [
-                    [counters(c.period), counter_field(user, c.counter), c.metric[0]]
-                    for c in op.counters
-                ],
-                "o": op.occurred_at_ms,
-                "k": op.entry_key,
-            }
-            if op.accumulator is not None:
-                acc = op.accumulator
-                item["acc"] = [counters(acc.period), counter_field(user, acc.counter), acc.unit]
+            limits = [
+                [counters(lim.period), counter_field(user, lim.counter), lim.max, lim.metric[0]]
+                for lim in op.limits
+            ]
+            bumps = [
+                [counters(c.period), counter_field(user, c.counter), c.metric[0]]
+                for c in op.counters
+            ]
+            throttle: Any = 0
             if op.interval_ms:
-                item["iv"] = [
+                throttle = [
                     keys.index(shard.interval(user, op.interval_key)),
                     op.interval_ms,
                     op.interval_ms + _INTERVAL_TTL_MARGIN_MS,
                 ]
-            if restore is not None:
-                item["fp"] = restore[i].points
-                item["fb"] = restore[i].balance_after
+            accumulate: Any = 0
+            if op.accumulator is not None:
+                acc = op.accumulator
+                accumulate = [counters(acc.period), counter_field(user, acc.counter), acc.unit]
+            item: list[Any] = [
+                keys.index(shard.dedup(op.event_id, op.role.letter)),
+                op.dedup_expires_at_s,
+                op.fingerprint,
+                user,
+                op.points_per_unit,
+                op.quantity,
+                limits,
+                bumps,
+                [[idx, at] for idx, at in expiry.items()],
+                op.occurred_at_ms,
+                throttle,
+                accumulate,
+            ]
+            if restoring:
+                item += ["", extra.points, extra.balance_after]
             else:
-                item["m"] = encode_award_meta(op)
-            item["hx"] = [[idx, at] for idx, at in expiry.items()]
+                item.append(award_data(op))
             encoded.append(item)
         args: list[str | int] = [
             mode,

@@ -1,4 +1,5 @@
-"""Run `pointsd` as a child process against the test servers."""
+"""Child processes for load tests, benchmarks and tests: `pointsd` (or another
+gRPC server) on a loopback port, with a rule file written for given tenants."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.rules import load_rule_file
-from tests.conftest import Servers
+
+__all__ = [
+    "ROOT",
+    "ServerProcess",
+    "free_port",
+    "pointsd_env",
+    "run_cli",
+    "write_rules",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +37,7 @@ def free_port() -> int:
 
 
 def write_rules(path: Path, tenants: dict[str, dict[str, Any]]) -> Path:
+    """The default rule set for `tenants` (id -> {"timezone", "shards"})."""
     doc = load_rule_file(None)
     doc["tenants"] = [
         {"id": t, "timezone": o.get("timezone", "Asia/Shanghai"), "shards": o.get("shards", 1)}
@@ -37,13 +47,15 @@ def write_rules(path: Path, tenants: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
-def pointsd_env(servers: Servers, rules: Path, tmp: Path, **extra: str) -> dict[str, str]:
+def pointsd_env(
+    redis_url: str, database_url: str, rules: Path, data_dir: Path, **extra: str
+) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        REDIS_URL=servers.redis_url,
-        DATABASE_URL=servers.database_url,
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
         POINTS_RULES_FILE=str(rules),
-        POINTS_DATA_DIR=str(tmp / "data"),
+        POINTS_DATA_DIR=str(data_dir),
         POINTS_MIGRATE_ON_START="false",
         POINTS_LOG_LEVEL="WARNING",
         PYTHONPATH=str(ROOT),
@@ -66,31 +78,42 @@ def run_cli(
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+    """A gRPC server child process (default `pointsd serve`) on 127.0.0.1:port,
+    ready once its health service answers SERVING."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int,
+        log: Path,
+        argv: list[str] | None = None,
+    ) -> None:
         self.env = {**env, "POINTS_LISTEN": f"127.0.0.1:{port}"}
         self.port = port
         self.log = log
+        self.argv = argv or [sys.executable, "-m", "service.cli", "serve"]
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log_fh: Any = None
+        self._log_fh: IO[bytes] | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def start(self, timeout_s: float = 60) -> None:
         self._close_log()
         self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed on exit
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=self._log_fh,
-            stderr=subprocess.STDOUT,
+            self.argv, env=self.env, cwd=ROOT, stdout=self._log_fh, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"pointsd exited: {self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
             try:
                 with grpc.insecure_channel(self.target) as ch:
                     resp = health_pb2_grpc.HealthStub(ch).Check(
@@ -101,7 +124,7 @@ class ServerProcess:
             except grpc.RpcError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"pointsd did not become healthy: {self.log.read_text()[-3000:]}")
+        raise RuntimeError(f"server did not become healthy: {self.log.read_text()[-3000:]}")
 
     def _close_log(self) -> None:
         if self._log_fh is not None:
