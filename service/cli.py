@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from service.config import ConfigError, Settings
+from service.supervisor import die_with_supervisor
 
 __all__ = ["main"]
 
@@ -54,6 +57,11 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
+# SIGTERM before the flusher's loop runs (a server stopping right after it
+# started its flusher child) must still end in a drain, not a silent death.
+_early_stop = threading.Event()
+
+
 async def _flush(settings: Settings, drain: bool) -> int:
     from service.app import App
 
@@ -67,8 +75,15 @@ async def _flush(settings: Settings, drain: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if _early_stop.is_set():
+            stop.set()
         await app.flusher.run(stop)
-        await app.flusher.drain(settings.shutdown_grace_s)
+        drained = await app.flusher.drain(settings.shutdown_grace_s)
+        log.info(
+            "outbox %s on shutdown (%s)",
+            "drained" if drained else "NOT drained, the next flusher takes over",
+            app.flusher.summary(),
+        )
         return 0
     finally:
         await app.close()
@@ -196,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--target", help="host:port (default: POINTS_LISTEN)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     ns = parser.parse_args(argv)
+    if ns.command == "flush" and not ns.drain:
+        signal.signal(signal.SIGTERM, lambda *_: _early_stop.set())
+    die_with_supervisor(os.environ)
 
     try:
         settings = Settings.from_env()

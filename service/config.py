@@ -53,7 +53,9 @@ class Settings:
     # Outbox entries per shard above which awards are refused (RESOURCE_EXHAUSTED).
     outbox_entries_max: int = 2_000_000
     # Ledger flusher.
-    flusher_enabled: bool = True
+    # Where the ledger flusher runs under `serve`: "process" (a child process,
+    # the default), "inline" (in the server's event loop) or "off".
+    flusher: str = "process"
     flush_interval_ms: int = 200
     flush_batch_rows_max: int = 5000
     flush_claim_idle_ms: int = 30_000
@@ -119,6 +121,10 @@ class Settings:
         if self.event_future_skew_s < 0 or self.outbox_entries_max < 0:
             raise ConfigError(
                 "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
+            )
+        if self.flusher not in ("process", "inline", "off"):
+            raise ConfigError(
+                f"POINTS_FLUSHER: must be process, inline or off, got {self.flusher!r}"
             )
         if ":" not in self.listen:
             raise ConfigError(f"POINTS_LISTEN must be host:port, got {self.listen!r}")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,10 +22,12 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
-from service.app import App
+from service.app import App, resolve_urls
 from service.config import Settings
 from service.metrics import OUTBOX_BACKLOG, serve_metrics
 from service.servicer import PointsServicer
+from service.supervisor import Child
+from storage.postgres import migrate
 
 __all__ = ["SERVICE_NAMES", "Running", "serve", "start_server"]
 
@@ -43,6 +46,8 @@ class Running:
     stop_flusher: asyncio.Event
     health_task: asyncio.Task[None]
     flusher_task: asyncio.Task[None] | None
+    # A flusher child process (POINTS_FLUSHER=process) or None.
+    children: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.app.settings.shutdown_grace_s if grace_s is None else grace_s
@@ -58,7 +63,10 @@ class Running:
             return_exceptions=True,
         )
         remaining = max(1.0, grace - (time.monotonic() - started))
-        if self.app.settings.flusher_enabled:
+        if self.children:
+            # A flusher child drains the outbox on SIGTERM before exiting.
+            await asyncio.gather(*self.children, return_exceptions=True)
+        if self.flusher_task is not None:
             drained = await self.app.flusher.drain(remaining)
             log.info(
                 "outbox %s on shutdown (%s)",
@@ -88,8 +96,12 @@ async def _watch_health(app: App, servicer: health.aio.HealthServicer) -> None:
         await asyncio.sleep(_HEALTH_INTERVAL_S)
 
 
-async def start_server(app: App, listen: str | None = None) -> Running:
-    """Start serving `app` (tests pass listen="127.0.0.1:0")."""
+async def start_server(
+    app: App, listen: str | None = None, *, flusher_child: bool = False
+) -> Running:
+    """Start serving `app` (tests pass listen="127.0.0.1:0"). The flusher runs
+    inline with POINTS_FLUSHER=inline, as a child process with "process" when
+    `flusher_child` is set (serve), and not at all otherwise."""
     settings = app.settings
     size = settings.request_bytes_max
     server = grpc.aio.server(
@@ -117,21 +129,34 @@ async def start_server(app: App, listen: str | None = None) -> Running:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop_flusher = asyncio.Event()
     health_task = asyncio.create_task(_watch_health(app, health_servicer))
-    flusher_task = (
-        asyncio.create_task(app.flusher.run(stop_flusher)) if settings.flusher_enabled else None
+    flusher_task = None
+    children: list[asyncio.Task[None]] = []
+    if settings.flusher == "inline":
+        flusher_task = asyncio.create_task(app.flusher.run(stop_flusher))
+    elif settings.flusher == "process" and flusher_child:
+        child = Child(
+            "flusher", ["flush"], child_env(app.settings, app.redis_url, app.database_url)
+        )
+        children.append(asyncio.create_task(child.run(stop_flusher)))
+    return Running(
+        app, server, health_servicer, port, stop_flusher, health_task, flusher_task, children
     )
-    return Running(app, server, health_servicer, port, stop_flusher, health_task, flusher_task)
+
+
+def child_env(settings: Settings, redis_url: str, database_url: str) -> dict[str, str]:
+    """Environment of a child process: the resolved servers, no migrations."""
+    env = dict(os.environ)
+    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, POINTS_MIGRATE_ON_START="false")
+    return env
 
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT."""
     if settings.workers > 1:
-        from service.workers import serve_workers
-
         await serve_workers(settings)
         return
     app = await App.open(settings)
-    running = await start_server(app)
+    running = await start_server(app, flusher_child=True)
     if settings.metrics_port:
         serve_metrics(settings.metrics_port)
     host = settings.listen.rsplit(":", 1)[0]
@@ -151,6 +176,34 @@ async def serve(settings: Settings) -> None:
     log.info("shutting down (grace %.1fs)", settings.shutdown_grace_s)
     await running.stop()
     log.info("stopped")
+
+
+async def serve_workers(settings: Settings) -> None:
+    """POINTS_WORKERS > 1: this process supervises N server processes sharing
+    the port (SO_REUSEPORT) and one flusher process."""
+    redis_url, database_url, embedded = await resolve_urls(settings)
+    if settings.migrate_on_start:
+        await asyncio.to_thread(migrate.upgrade, database_url)
+    env = child_env(settings, redis_url, database_url)
+    children = []
+    for i in range(settings.workers):
+        worker_env = dict(env, POINTS_WORKERS="1", POINTS_REUSE_PORT="true", POINTS_FLUSHER="off")
+        # One metrics port per worker: base, base + 1, ...
+        worker_env["POINTS_METRICS_PORT"] = str(
+            settings.metrics_port + i if settings.metrics_port else 0
+        )
+        children.append(Child(f"worker {i}", ["serve"], worker_env))
+    if settings.flusher != "off":
+        children.append(Child("flusher", ["flush"], env))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log.info("pointsd serving on %s with %d workers", settings.listen, settings.workers)
+    await asyncio.gather(*(c.run(stopping) for c in children))
+    for server in embedded:
+        if server.owned:
+            await asyncio.to_thread(server.stop)
 
 
 def _safe(url: str) -> str:

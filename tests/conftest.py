@@ -106,6 +106,7 @@ def settings_for(servers: Servers, tmp: Path, **overrides: Any) -> Settings:
         "data_dir": tmp,
         "migrate_on_start": False,
         "flush_interval_ms": 20,
+        "flusher": "inline",
         "shutdown_grace_s": 5.0,
     }
     base.update(overrides)

@@ -39,7 +39,7 @@ INT_FIELDS = [
     f.name for f in dataclasses.fields(Settings) if type(getattr(Settings(), f.name)) is int
 ]
 FLOAT_FIELDS = ["shutdown_grace_s", "redis_timeout_s", "db_timeout_s"]
-BOOL_FIELDS = ["flusher_enabled", "migrate_on_start", "reuse_port"]
+BOOL_FIELDS = ["migrate_on_start", "reuse_port"]
 
 
 def env_var(field: str) -> str:
@@ -63,7 +63,7 @@ def test_empty_environment_gives_the_defaults() -> None:
     assert isinstance(settings.data_dir, Path)
     assert settings.shards == 1
     assert settings.event_max_age_s == 72 * 3600
-    assert settings.flusher_enabled is True
+    assert settings.flusher == "process"
     assert settings.shutdown_grace_s == 10.0
     assert settings.metrics_port == 0
 
@@ -76,7 +76,7 @@ def test_the_field_lists_of_this_test_cover_every_field() -> None:
     # Guards the tables above: a new field must be classified here.
     covered = set(INT_FIELDS) | set(FLOAT_FIELDS) | set(BOOL_FIELDS)
     others = {"listen", "redis_url", "database_url", "data_dir", "rules_file", "redis_prefix"}
-    others.add("log_level")
+    others.update({"log_level", "flusher"})
     assert covered | others == set(FIELDS)
     assert set(POSITIVE) <= set(INT_FIELDS)
 
@@ -126,6 +126,8 @@ def sample(field: str) -> tuple[str, Any]:
         return "0.0.0.0:6000", "0.0.0.0:6000"
     if field == "data_dir":
         return "/var/lib/pointsd", Path("/var/lib/pointsd")
+    if field == "flusher":
+        return "inline", "inline"
     return "some-value", "some-value"
 
 
@@ -238,7 +240,7 @@ def test_paths_are_read_as_paths(raw: str) -> None:
 
 @pytest.mark.parametrize(
     "field",
-    ["shards", "quantity_max", "event_future_skew_s", "shutdown_grace_s", "flusher_enabled"],
+    ["shards", "quantity_max", "event_future_skew_s", "shutdown_grace_s", "migrate_on_start"],
 )
 def test_empty_string_means_default(field: str) -> None:
     settings = Settings.from_env({env_var(field): ""})
@@ -260,8 +262,8 @@ def test_empty_strings_everywhere_mean_defaults() -> None:
         ("POINTS_METRICS_PORT", "none"),
         ("POINTS_SHUTDOWN_GRACE_S", "fast"),
         ("POINTS_REDIS_TIMEOUT_S", "5s"),
-        ("POINTS_FLUSHER_ENABLED", "maybe"),
-        ("POINTS_FLUSHER_ENABLED", "2"),
+        ("POINTS_FLUSHER", "maybe"),
+        ("POINTS_FLUSHER", "2"),
         ("POINTS_MIGRATE_ON_START", "y"),
         ("POINTS_MIGRATE_ON_START", "enabled"),
     ],

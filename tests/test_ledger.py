@@ -71,7 +71,7 @@ async def test_ledger_write_is_idempotent(api: Api, sql) -> None:
 async def test_entries_of_a_dead_flusher_are_claimed(
     make_api: ApiFactory, tenant: str, sql
 ) -> None:
-    api = await make_api([tenant], flusher_enabled=False)
+    api = await make_api([tenant], flusher="off")
     for i in range(20):
         await api.stub.RecordActivity(ev(tenant, f"u{i}", "login"))
     shards = api.app.shards()
@@ -105,7 +105,7 @@ async def test_entries_of_a_dead_flusher_are_claimed(
 async def test_refused_entry_is_parked_and_the_rest_flows(
     make_api: ApiFactory, tenant: str, sql, rds
 ) -> None:
-    api = await make_api([tenant], flusher_enabled=False)
+    api = await make_api([tenant], flusher="off")
     await api.stub.RecordActivity(ev(tenant, "u1", "login"))
     shard = api.app.shards()[0]
     # An entry the ledger cannot accept (points must be non-zero) and one that
@@ -148,7 +148,7 @@ async def test_refused_entry_is_parked_and_the_rest_flows(
 async def test_full_outbox_refuses_awards_without_side_effects(
     make_api: ApiFactory, tenant: str, rds
 ) -> None:
-    api = await make_api([tenant], flusher_enabled=False, outbox_entries_max=3)
+    api = await make_api([tenant], flusher="off", outbox_entries_max=3)
     for i in range(3):
         assert (await api.stub.RecordActivity(ev(tenant, "u1", "reply", event_id=f"r{i}"))).points
     before = tenant_keys(rds, tenant)
