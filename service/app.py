@@ -10,6 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.config import Settings
 from service.ingest import Ingestor
@@ -21,6 +22,9 @@ from storage.flusher import Flusher
 from storage.keys import KeySchema, Shard, Topology
 from storage.postgres import migrate
 from storage.stores import Stores
+
+if TYPE_CHECKING:
+    from service.winners import WinnersRecorder
 
 __all__ = ["App"]
 
@@ -119,6 +123,11 @@ class App:
             database_url=database_url,
             embedded=embedded,
         )
+
+    def winners_recorder(self) -> WinnersRecorder:
+        from service.winners import WinnersRecorder
+
+        return WinnersRecorder(self, self.settings.winners_delay, self.settings.winners_interval_s)
 
     def shards(self) -> list[Shard]:
         return list(self.stores.topology.all_shards())

@@ -5,6 +5,7 @@
     pointsd migrate               apply database migrations
     pointsd reconcile             Redis balances == ledger sums? exit 1 if not
     pointsd rebuild [TENANT...]   restore Redis state from the ledger
+    pointsd winners               record winners of closed weeks/months, once
     pointsd rules check [FILE]    validate a rule file
     pointsd health [--target H:P] exit 0 if a running server reports SERVING
 
@@ -77,7 +78,8 @@ async def _flush(settings: Settings, drain: bool) -> int:
             loop.add_signal_handler(sig, stop.set)
         if _early_stop.is_set():
             stop.set()
-        await app.flusher.run(stop)
+        # The flusher process also records the winners of closed periods.
+        await asyncio.gather(app.flusher.run(stop), app.winners_recorder().run(stop))
         drained = await app.flusher.drain(settings.shutdown_grace_s)
         log.info(
             "outbox %s on shutdown (%s)",
@@ -148,6 +150,18 @@ async def _rebuild(settings: Settings, tenants: list[str]) -> int:
     return 0
 
 
+async def _winners(settings: Settings) -> int:
+    from service.app import App
+
+    app = await App.open(settings)
+    try:
+        written = await app.winners_recorder().run_once()
+    finally:
+        await app.close()
+    print(f"winners: {written} closed period(s) recorded")
+    return 0
+
+
 def _rules_check(path: str | None) -> int:
     from service.rules import RuleError, load_rule_book
 
@@ -203,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--show", type=int, default=50, help="mismatches to print (default 50)")
     reb = sub.add_parser("rebuild", help="restore Redis state from the ledger")
     reb.add_argument("tenants", nargs="*", help="tenants to rebuild (default: all)")
+    sub.add_parser("winners", help="record the winners of closed weeks and months (one pass)")
     rules = sub.add_parser("rules", help="rule file tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate a rule file")
@@ -235,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(_migrate(settings))
     if ns.command == "reconcile":
         return _run(_reconcile(settings, ns.show))
+    if ns.command == "winners":
+        return _run(_winners(settings))
     if ns.command == "rebuild":
         return _run(_rebuild(settings, ns.tenants))
     parser.error(f"unknown command {ns.command}")

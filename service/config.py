@@ -60,6 +60,11 @@ class Settings:
     flush_batch_rows_max: int = 5000
     flush_claim_idle_ms: int = 30_000
     flush_backoff_max_ms: int = 5000
+    # Hall of fame: how often to look for closed weeks/months, and how long
+    # after a period ends its winners are recorded (-1: POINTS_EVENT_MAX_AGE_S
+    # + POINTS_EVENT_FUTURE_SKEW_S, when no late event can change it anymore).
+    winners_interval_s: float = 60.0
+    winners_delay_s: int = -1
     # Start-up and shutdown.
     migrate_on_start: bool = True
     shutdown_grace_s: float = 10.0
@@ -71,6 +76,12 @@ class Settings:
     # Prometheus metrics on this port; 0 = off.
     metrics_port: int = 0
     log_level: str = "INFO"
+
+    @property
+    def winners_delay(self) -> int:
+        if self.winners_delay_s >= 0:
+            return self.winners_delay_s
+        return self.event_max_age_s + self.event_future_skew_s
 
     @classmethod
     def env_name(cls, field_name: str) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 __all__ = [
     "SEP",
     "Accumulator",
+    "BoardRef",
+    "BoardUpdate",
     "CounterIncrement",
     "CreditOp",
     "CreditResult",
@@ -126,6 +128,35 @@ class Accumulator:
     unit: int
 
 
+@dataclass(frozen=True, slots=True)
+class BoardRef:
+    """One leaderboard instance: a board, a scope and a period.
+
+    scope: "t" (the tenant), "d:<department>" or "g:<group>".
+    """
+
+    board: str
+    scope: str
+    kind: Period
+    key: str
+
+
+@dataclass(slots=True)
+class BoardUpdate:
+    """Add a credit to a board: `member` gains its points (POINTS) or 1 (COUNT).
+
+    newcomer_window_ms > 0: only while the credited user's first activity (or
+    join_ms, when the event says when they joined) is less than that long ago.
+    """
+
+    ref: BoardRef
+    member: str
+    metric: Metric
+    expires_at_s: int
+    newcomer_window_ms: int = 0
+    join_ms: int = 0
+
+
 @dataclass(slots=True)
 class LedgerFacts:
     """What the ledger row records about the event besides user and points."""
@@ -165,6 +196,7 @@ class CreditOp:
     interval_ms: int = 0
     interval_key: str = ""
     facts: LedgerFacts | None = None
+    boards: tuple[BoardUpdate, ...] = ()
 
     @property
     def entry_key(self) -> str:

@@ -14,7 +14,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -132,7 +134,9 @@ async def start_server(
     flusher_task = None
     children: list[asyncio.Task[None]] = []
     if settings.flusher == "inline":
-        flusher_task = asyncio.create_task(app.flusher.run(stop_flusher))
+        flusher_task = asyncio.create_task(
+            _gather(app.flusher.run(stop_flusher), app.winners_recorder().run(stop_flusher))
+        )
     elif settings.flusher == "process" and flusher_child:
         child = Child(
             "flusher", ["flush"], child_env(app.settings, app.redis_url, app.database_url)
@@ -141,6 +145,10 @@ async def start_server(
     return Running(
         app, server, health_servicer, port, stop_flusher, health_task, flusher_task, children
     )
+
+
+async def _gather(*coros: Coroutine[Any, Any, None]) -> None:
+    await asyncio.gather(*coros)
 
 
 def child_env(settings: Settings, redis_url: str, database_url: str) -> dict[str, str]:

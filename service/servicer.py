@@ -21,13 +21,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App
+from service.boards import resolve_board
 from service.domain import Outcome, Period
-from service.errors import AlreadyExists, InvalidArgument, status_of
+from service.errors import AlreadyExists, InvalidArgument, NotFound, status_of
 from service.ingest import EventResult
 from service.metrics import EVENTS, RPC_ERRORS
 from service.rules import EARNED
 from service.validation import InvalidField, check_id, event_from_pb
 from storage.entries import KIND_AWARD, LedgerRow
+from storage.redis.boards import BoardEntry
 
 __all__ = ["PointsServicer"]
 
@@ -39,6 +41,10 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 
 _ROLES = {"a": pb.ACTOR, "t": pb.TARGET}
+BOARD_OFFSET_MAX = 10_000
+BOARD_LIMIT_MAX = 1000
+NEIGHBOURS_MAX = 50
+WINNER_PAGE_MAX = 100
 # Resolved once: a labels() lookup per event costs more than the increment.
 _EVENTS_BY_OUTCOME = {o: EVENTS.labels(o.name) for o in Outcome}
 _KINDS = {KIND_AWARD: pb.AWARD}
@@ -283,3 +289,112 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
                 else ""
             ),
         )
+
+    @unary
+    async def Leaderboard(
+        self, request: pb.LeaderboardRequest, context: Ctx
+    ) -> pb.LeaderboardResponse:
+        q = resolve_board(
+            self.app.engine, request.tenant_id, request.board, request.period,
+            request.period_offset, request.period_key, request.scope_id, request.scope_type,
+            self._now_ms(),
+        )  # fmt: skip
+        if not 0 <= request.offset <= BOARD_OFFSET_MAX:
+            raise InvalidField("offset", f"must be between 0 and {BOARD_OFFSET_MAX}")
+        limit = request.limit or 10
+        if not 1 <= limit <= BOARD_LIMIT_MAX:
+            raise InvalidField("limit", f"must be between 1 and {BOARD_LIMIT_MAX}, got {limit}")
+        ranking = await self.app.stores.boards.top(
+            q.tenant.tenant_id, q.ref, request.offset, limit, q.summed
+        )
+        return pb.LeaderboardResponse(
+            entries=[_board_entry(e) for e in ranking.entries],
+            total_members=ranking.total,
+            period_key=q.ref.key,
+        )
+
+    @unary
+    async def GetRank(self, request: pb.GetRankRequest, context: Ctx) -> pb.GetRankResponse:
+        q = resolve_board(
+            self.app.engine, request.tenant_id, request.board, request.period,
+            request.period_offset, request.period_key, request.scope_id, request.scope_type,
+            self._now_ms(),
+        )  # fmt: skip
+        member = check_id("member_id", request.member_id)
+        if not 0 <= request.neighbours <= NEIGHBOURS_MAX:
+            raise InvalidField("neighbours", f"must be between 0 and {NEIGHBOURS_MAX}")
+        around = await self.app.stores.boards.around(
+            q.tenant.tenant_id, q.ref, member, request.neighbours, q.summed
+        )
+        if around is None:
+            raise NotFound(
+                f"member_id: {member!r} has no score on board {q.board.name!r} in "
+                f"{q.ref.key} ({'tenant' if q.ref.scope == 't' else q.ref.scope})"
+            )
+        return pb.GetRankResponse(
+            rank=around.entry.rank,
+            score=around.entry.score,
+            total_members=around.total,
+            above=[_board_entry(e) for e in around.above],
+            below=[_board_entry(e) for e in around.below],
+            period_key=q.ref.key,
+        )
+
+    @unary
+    async def ListWinners(
+        self, request: pb.ListWinnersRequest, context: Ctx
+    ) -> pb.ListWinnersResponse:
+        q = resolve_board(
+            self.app.engine, request.tenant_id, request.board, request.period, 0,
+            request.period_key, request.scope_id, request.scope_type, self._now_ms(),
+            periods=(Period.WEEK, Period.MONTH),
+        )  # fmt: skip
+        size = request.page_size or 10
+        if not 1 <= size <= WINNER_PAGE_MAX:
+            raise InvalidField("page_size", f"must be between 1 and {WINNER_PAGE_MAX}, got {size}")
+        tag = _query_tag(q.tenant.tenant_id, f"{q.board.name}\0{q.ref.kind}\0{q.ref.scope}")
+        before = _decode_key_token(request.page_token, tag) if request.page_token else ""
+        records = await self.app.stores.hall_of_fame.list(
+            q.tenant.tenant_id, q.board.name, q.ref.kind.value, q.ref.scope,
+            only_key=request.period_key, before_key=before, limit=size + 1,
+        )  # fmt: skip
+        more = len(records) > size
+        records = records[:size]
+        return pb.ListWinnersResponse(
+            periods=[
+                pb.WinnersPeriod(
+                    board=r.board,
+                    period=request.period,
+                    period_key=r.period_key,
+                    scope_type=q.scope_type,  # type: ignore[arg-type]
+                    scope_id=q.scope_id,
+                    winners=[
+                        pb.LeaderboardEntry(rank=w.rank, member_id=w.member_id, score=w.score)
+                        for w in r.winners
+                    ],
+                    recorded_at=_timestamp(int(r.recorded_at.timestamp() * 1000)),
+                )
+                for r in records
+            ],
+            next_page_token=_encode_key_token(records[-1].period_key, tag) if more else "",
+        )
+
+
+def _board_entry(e: BoardEntry) -> pb.LeaderboardEntry:
+    return pb.LeaderboardEntry(rank=e.rank, member_id=e.member, score=e.score)
+
+
+def _encode_key_token(key: str, tag: str) -> str:
+    raw = json.dumps({"q": tag, "k": key})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_key_token(token: str, tag: str) -> str:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        key, got = str(raw["k"]), raw["q"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidField("page_token", "is not a token returned by ListWinners") from None
+    if got != tag:
+        raise InvalidField("page_token", "belongs to another board/period/scope query")
+    return key

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from service.domain import SEP, PeriodRef
+from service.domain import SEP, BoardRef, Period, PeriodRef
 
 __all__ = [
     "AVAILABLE",
@@ -72,6 +72,22 @@ class Shard:
     def dead_letters(self) -> str:
         """Stream of outbox entries the ledger refused (kept for an operator)."""
         return f"{self.tag}:outbox:dead"
+
+    @property
+    def first_seen(self) -> str:
+        """Hash: user -> occurred_at (ms) of the user's first award (newcomer boards)."""
+        return f"{self.tag}:first"
+
+    def board(self, ref: BoardRef) -> str:
+        """Sorted set of one board instance on this shard: member -> -score.
+
+        Scores are stored negated so that ascending order is best first with
+        ties in member order (ZRANGE's tie order), the documented ranking."""
+        return f"{self.tag}:lb:{ref.board}:{ref.kind.value}:{ref.key}:{ref.scope}"
+
+    def board_scopes(self, board: str, kind: Period, key: str) -> str:
+        """Set of the department/group scopes a board has data for in a period."""
+        return f"{self.tag}:lbs:{board}:{kind.value}:{key}"
 
     def dedup(self, event_id: str, role_letter: str) -> str:
         """String: the first outcome of one credit of one event."""

@@ -9,7 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.keys import Topology
 from storage.postgres import Ledger, create_engine
+from storage.postgres.winners import HallOfFame
 from storage.redis import AwardStore, BalanceStore, Outbox, connect_redis
+from storage.redis.boards import BoardStore
 
 __all__ = ["Stores"]
 
@@ -21,6 +23,8 @@ class Stores:
     balances: BalanceStore
     outbox: Outbox
     ledger: Ledger
+    boards: BoardStore
+    hall_of_fame: HallOfFame
     redis: Redis
     db: AsyncEngine
 
@@ -54,8 +58,10 @@ class Stores:
             coalesce_us=coalesce_us,
             coalesce_ops=coalesce_ops,
         )
+        boards = BoardStore(redis, topology)
         try:
             await awards.start()
+            await boards.start()
         except BaseException:
             await redis.aclose()
             await db.dispose()
@@ -66,6 +72,8 @@ class Stores:
             balances=BalanceStore(redis, topology),
             outbox=Outbox(redis),
             ledger=Ledger(db),
+            boards=boards,
+            hall_of_fame=HallOfFame(db),
             redis=redis,
             db=db,
         )

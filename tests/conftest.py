@@ -84,12 +84,15 @@ def rule_book(
     tenants: dict[str, dict[str, Any]] | list[str],
     *,
     actions: dict[str, Any] | None = None,
+    boards: dict[str, Any] | None = None,
 ) -> RuleBook:
     """The default rule set for `tenants` (id -> {timezone, shards}), with
-    `actions` added to or replacing the default ones."""
+    `actions` and `boards` added to or replacing the default ones."""
     doc = load_rule_file(None)
     if actions:
         doc["rule_sets"]["default"]["actions"].update(actions)
+    if boards:
+        doc["rule_sets"]["default"]["boards"].update(boards)
     if isinstance(tenants, list):
         tenants = {t: {} for t in tenants}
     doc["tenants"] = [
@@ -149,11 +152,12 @@ async def make_api(servers: Servers, tmp_path: Path) -> AsyncIterator[ApiFactory
         tenants: dict[str, dict[str, Any]] | list[str] | None = None,
         *,
         actions: dict[str, Any] | None = None,
+        boards: dict[str, Any] | None = None,
         book: RuleBook | None = None,
         **overrides: Any,
     ) -> Api:
         if book is None:
-            book = rule_book(tenants or [new_tenant()], actions=actions)
+            book = rule_book(tenants or [new_tenant()], actions=actions, boards=boards)
         app = await App.open(settings_for(servers, tmp_path, **overrides), rules=book)
         running = await start_server(app, "127.0.0.1:0")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")

@@ -62,7 +62,7 @@ def test_migrate_reconcile_and_rebuild_commands(servers: Servers, tmp_path: Path
         tmp_path,
     )
     migrated = run_cli(["migrate"], env)
-    assert migrated.returncode == 0 and "revision 0001" in migrated.stdout
+    assert migrated.returncode == 0 and "revision 0002" in migrated.stdout
     server = ServerProcess(env, free_port(), tmp_path / "log")
     server.start()
     try:

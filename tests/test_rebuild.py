@@ -20,6 +20,22 @@ async def balances(api: Api, users: list[str]) -> dict[str, tuple[int, int, int]
     return out
 
 
+async def boards(api: Api) -> list[list[tuple[int, str, int]]]:
+    out = []
+    for name, period in [
+        ("points", pb.WEEK),
+        ("points", pb.ALL_TIME),
+        ("helpers", pb.MONTH),
+        ("newcomers", pb.WEEK),
+    ]:
+        got = await api.stub.Leaderboard(
+            pb.LeaderboardRequest(tenant_id=api.tenant, board=name, period=period, limit=1000)
+        )
+        out.append([(e.rank, e.member_id, e.score) for e in got.entries])
+    assert out[0], "the boards must have content to compare"
+    return out
+
+
 @pytest.mark.slow
 async def test_rebuild_after_flushall_restores_balances_dedup_and_caps(
     make_api: ApiFactory, tenant: str, rds
@@ -44,6 +60,7 @@ async def test_rebuild_after_flushall_restores_balances_dedup_and_caps(
         events += [ev(tenant, u, "file", event_id=f"file-{u}-{k}") for k in range(6)]
     first = await api.stub.RecordActivities(pb.RecordActivitiesRequest(events=events))
     before = await balances(api, users)
+    boards_before = await boards(api)
     assert sum(v[0] for v in before.values()) == sum(r.points for r in first.results)
     assert await api.app.flusher.drain(30)
 
@@ -54,6 +71,7 @@ async def test_rebuild_after_flushall_restores_balances_dedup_and_caps(
         len([c for c in r.credits if c.points]) for r in first.results
     )
     assert await balances(api, users) == before
+    assert await boards(api) == boards_before
     assert (await reconcile(api.app)).clean
 
     # Replays are still duplicates, with their original outcome and figures.

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 from service.domain import (
     SEP,
     Accumulator,
+    BoardRef,
+    BoardUpdate,
     CounterIncrement,
     CreditOp,
     Event,
@@ -24,7 +27,16 @@ from service.domain import (
     PeriodRef,
     Role,
 )
-from service.rules.model import ActionRule, CreditRule, LimitRule, RuleBook, TenantRules
+from service.rules.model import (
+    ActionRule,
+    BoardMember,
+    BoardRule,
+    BoardScope,
+    CreditRule,
+    LimitRule,
+    RuleBook,
+    TenantRules,
+)
 from service.rules.periods import period_bounds, period_ref
 
 __all__ = ["EARNED", "SEP", "NoRule", "Plan", "Rejection", "RulesEngine", "fingerprint"]
@@ -92,8 +104,14 @@ class _Credit:
     base: str
     limits: list[_Limit]
     accumulator_counter: str
+    boards: list[BoardRule]
     earned_period: PeriodRef | None = None
     earned: tuple[CounterIncrement, ...] = ()
+
+
+# Upper bounds of period lengths, for board key expiry.
+_PERIOD_S = {Period.DAY: 86_400, Period.WEEK: 7 * 86_400, Period.MONTH: 31 * 86_400}
+_DAY_MS = 86_400_000
 
 
 class _Periods:
@@ -106,6 +124,16 @@ class _Periods:
         self.tz = tz
         self.retention_s = retention_s
         self._recent: dict[Period, list[tuple[int, int, PeriodRef]]] = {}
+
+    def join_ms(self, text: str) -> int:
+        """attributes["join_date"] (YYYY-MM-DD, tenant's zone) in ms, or 0."""
+        if not text:
+            return 0
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            return 0
+        return int(datetime.combine(day, time(0), tzinfo=self.tz).timestamp() * 1000)
 
     def get(self, kind: Period, at_ms: int) -> PeriodRef:
         recent = self._recent.setdefault(kind, [])
@@ -123,7 +151,7 @@ class _Periods:
         return ref
 
 
-def _compile(rule: ActionRule, credit: CreditRule) -> _Credit:
+def _compile(rule: ActionRule, credit: CreditRule, tenant: TenantRules) -> _Credit:
     base = SEP.join((rule.key, credit.role.letter))
     strictest: dict[tuple[Period, Metric, bool, str], LimitRule] = {}
     for lim in credit.limits:
@@ -136,7 +164,8 @@ def _compile(rule: ActionRule, credit: CreditRule) -> _Credit:
         _Limit(lim, SEP.join((base, lim.metric.value[0])), lim.label())
         for lim in strictest.values()
     ]
-    return _Credit(credit, base, limits, SEP.join((base, "q")))
+    boards = [b for b in tenant.boards.values() if b.feeds_credit(rule.key, credit.role)]
+    return _Credit(credit, base, limits, SEP.join((base, "q")), boards)
 
 
 class RulesEngine:
@@ -187,7 +216,7 @@ class RulesEngine:
         compiled = self._compiled.get((tenant.rule_set, rule.key))
         if compiled is None:
             compiled = self._compiled[(tenant.rule_set, rule.key)] = [
-                _compile(rule, credit) for credit in rule.credits
+                _compile(rule, credit, tenant) for credit in rule.credits
             ]
         periods = self._periods[tenant.tenant_id]
         fp = fingerprint(event)
@@ -195,6 +224,50 @@ class RulesEngine:
             self._credit_op(periods, rule, credit, event, fp, recorded_at_ms) for credit in compiled
         )
         return Plan(rule=rule, ops=ops)
+
+    def _board_updates(
+        self, periods: _Periods, credit: _Credit, event: Event, user: str
+    ) -> tuple[BoardUpdate, ...]:
+        at = event.occurred_at_ms
+        if credit.rule.role is Role.ACTOR:
+            department = event.department_id
+        else:
+            department = event.attributes.get("target_department_id", "")
+        join_ms = periods.join_ms(event.attributes.get("join_date", ""))
+        updates: list[BoardUpdate] = []
+        for board in credit.boards:
+            if board.member is BoardMember.GROUP:
+                member = event.group_id
+                if not member:
+                    continue
+            else:
+                member = user
+            scopes: list[str] = []
+            for kind_of_scope in board.scopes:
+                if kind_of_scope is BoardScope.TENANT:
+                    scopes.append("t")
+                elif kind_of_scope is BoardScope.DEPARTMENT and department:
+                    scopes.append("d:" + department)
+                elif kind_of_scope is BoardScope.GROUP and event.group_id:
+                    scopes.append("g:" + event.group_id)
+            window = board.newcomer_days * _DAY_MS
+            for kind in board.periods:
+                period = periods.get(kind, at)
+                expires = 0
+                if period.expires_at_s:
+                    expires = period.expires_at_s + board.keep_periods * _PERIOD_S[kind]
+                for scope in scopes:
+                    updates.append(
+                        BoardUpdate(
+                            BoardRef(board.name, scope, kind, period.key),
+                            member,
+                            board.score,
+                            expires,
+                            window,
+                            join_ms if window else 0,
+                        )
+                    )
+        return tuple(updates)
 
     def _credit_op(
         self,
@@ -255,6 +328,7 @@ class RulesEngine:
             accumulator=accumulator,
             interval_ms=cr.min_interval_ms,
             interval_key=credit.base,
+            boards=self._board_updates(periods, credit, event, user) if credit.boards else (),
             facts=LedgerFacts(
                 action=rule.key,
                 counterpart_id=counterpart,

@@ -16,7 +16,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from service.domain import Metric, Period, Role
-from service.rules.model import ActionRule, CreditRule, LimitRule, RuleBook, TenantRules
+from service.rules.model import (
+    ActionRule,
+    BoardFeed,
+    BoardMember,
+    BoardRule,
+    BoardScope,
+    CreditRule,
+    LimitRule,
+    RuleBook,
+    TenantRules,
+)
 
 __all__ = ["DEFAULT_RULES", "RuleError", "load_rule_book", "load_rule_file", "parse_rule_book"]
 
@@ -40,6 +50,18 @@ _CREDIT_KEYS = {
 }
 _LIMIT_KEYS = {"per", "count", "points", "per_counterpart", "by_attribute"}
 _ACTION_KEYS = {"description", "actor", "target", "target_required", "attributes_required"}
+_BOARD_KEYS = {
+    "description",
+    "score",
+    "member",
+    "feeds",
+    "periods",
+    "scopes",
+    "newcomer_days",
+    "keep_periods",
+    "winners",
+}
+_BOARD_PERIODS = {"day": Period.DAY, "week": Period.WEEK, "month": Period.MONTH, "all": Period.EVER}
 
 
 class RuleError(ValueError):
@@ -205,6 +227,81 @@ def _action(c: _Checker, key: str, raw: Any, path: str) -> ActionRule | None:
     )
 
 
+def _choices(
+    c: _Checker, raw: Any, path: str, allowed: dict[str, Any], default: list[str]
+) -> list[Any]:
+    values = default if raw is None else raw
+    if not isinstance(values, list) or not values:
+        c.fail(path, f"must be a non-empty list of {', '.join(allowed)}")
+        return []
+    out = []
+    for v in values:
+        if v not in allowed:
+            c.fail(path, f"{v!r} is not one of {', '.join(allowed)}")
+        elif allowed[v] not in out:
+            out.append(allowed[v])
+    return out
+
+
+def _board(
+    c: _Checker, name: Any, raw: Any, actions: dict[str, ActionRule], path: str
+) -> BoardRule | None:
+    if not (isinstance(name, str) and ACTION_RE.match(name)):
+        c.fail(path, "board names are 1-64 chars of a-z 0-9 . _ - starting with a letter or digit")
+        return None
+    m = c.mapping(raw, path)
+    if m is None:
+        return None
+    c.unknown(m, _BOARD_KEYS, path)
+    score = m.get("score", "points")
+    if score not in ("points", "count"):
+        c.fail(f"{path}.score", f"must be points or count, got {score!r}")
+    member = m.get("member", "user")
+    if member not in ("user", "group"):
+        c.fail(f"{path}.member", f"must be user or group, got {member!r}")
+    feeds: list[BoardFeed] = []
+    raw_feeds = m.get("feeds", [{"action": "*"}])
+    if not isinstance(raw_feeds, list) or not raw_feeds:
+        c.fail(f"{path}.feeds", "must be a non-empty list of {action, role}")
+        raw_feeds = []
+    for i, raw_feed in enumerate(raw_feeds):
+        fpath = f"{path}.feeds[{i}]"
+        f = c.mapping(raw_feed, fpath)
+        if f is None:
+            continue
+        c.unknown(f, {"action", "role"}, fpath)
+        action = f.get("action", "*")
+        if action != "*" and action not in actions:
+            c.fail(f"{fpath}.action", f"no action {action!r} in this rule set")
+        role = f.get("role")
+        if role not in (None, "actor", "target"):
+            c.fail(f"{fpath}.role", f"must be actor or target, got {role!r}")
+            role = None
+        feeds.append(BoardFeed(str(action), Role[role.upper()] if role else None))
+    periods = _choices(c, m.get("periods"), f"{path}.periods", _BOARD_PERIODS, [])
+    scopes = _choices(
+        c, m.get("scopes"), f"{path}.scopes", {s.value: s for s in BoardScope}, ["tenant"]
+    )
+    if member == "group" and BoardScope.GROUP in scopes:
+        c.fail(f"{path}.scopes", "a board of groups cannot also be scoped per group")
+    description = m.get("description", name)
+    if not isinstance(description, str) or len(description) > 200:
+        c.fail(f"{path}.description", "must be one line of at most 200 characters")
+        description = name
+    return BoardRule(
+        name=name,
+        description=description,
+        score=Metric.POINTS if score == "points" else Metric.COUNT,
+        member=BoardMember.GROUP if member == "group" else BoardMember.USER,
+        feeds=tuple(feeds),
+        periods=tuple(periods),
+        scopes=tuple(scopes),
+        newcomer_days=c.integer(m.get("newcomer_days", 0), f"{path}.newcomer_days", 0, 3650),
+        keep_periods=c.integer(m.get("keep_periods", 3), f"{path}.keep_periods", 1, 100),
+        winners=c.integer(m.get("winners", 10), f"{path}.winners", 0, 100),
+    )
+
+
 def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
     """Validate a parsed rule document; raise RuleError listing every problem."""
     c = _Checker()
@@ -213,10 +310,11 @@ def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
     if root.get("version", 1) != 1:
         c.fail("$.version", "only version 1 is supported")
     rule_sets: dict[str, dict[str, ActionRule]] = {}
+    board_sets: dict[str, dict[str, BoardRule]] = {}
     for name, raw_set in (c.mapping(root.get("rule_sets", {}), "$.rule_sets") or {}).items():
         path = f"$.rule_sets.{name}"
         rs = c.mapping(raw_set, path) or {}
-        c.unknown(rs, {"actions"}, path)
+        c.unknown(rs, {"actions", "boards"}, path)
         actions: dict[str, ActionRule] = {}
         raw_actions = c.mapping(rs.get("actions", {}), f"{path}.actions") or {}
         for key, raw_action in raw_actions.items():
@@ -224,6 +322,13 @@ def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
             if action is not None:
                 actions[key] = action
         rule_sets[str(name)] = actions
+        boards: dict[str, BoardRule] = {}
+        raw_boards = c.mapping(rs.get("boards", {}), f"{path}.boards") or {}
+        for key, raw_board in raw_boards.items():
+            board = _board(c, key, raw_board, actions, f"{path}.boards.{key}")
+            if board is not None:
+                boards[key] = board
+        board_sets[str(name)] = boards
     tenants: dict[str, TenantRules] = {}
     raw_tenants = root.get("tenants", [])
     if not isinstance(raw_tenants, list) or not raw_tenants:
@@ -258,6 +363,7 @@ def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
             shards=c.integer(t.get("shards", default_shards), f"{path}.shards", 1, SHARDS_MAX),
             rule_set=str(rule_set),
             actions=rule_sets.get(str(rule_set), {}),
+            boards=board_sets.get(str(rule_set), {}),
         )
     if c.problems:
         raise RuleError(c.problems)

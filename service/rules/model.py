@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from service.domain import Metric, Period, Role
 
-__all__ = ["ActionRule", "CreditRule", "LimitRule", "RuleBook", "TenantRules"]
+__all__ = [
+    "ActionRule",
+    "BoardFeed",
+    "BoardMember",
+    "BoardRule",
+    "BoardScope",
+    "CreditRule",
+    "LimitRule",
+    "RuleBook",
+    "TenantRules",
+]
 
 _PERIOD_WORDS = {
     Period.DAY: "a day",
@@ -85,6 +96,7 @@ class TenantRules:
     shards: int
     rule_set: str
     actions: Mapping[str, ActionRule] = field(default_factory=dict)
+    boards: Mapping[str, BoardRule] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +105,52 @@ class RuleBook:
 
     def tenant(self, tenant_id: str) -> TenantRules | None:
         return self.tenants.get(tenant_id)
+
+
+class BoardMember(enum.StrEnum):
+    USER = "user"
+    GROUP = "group"
+
+
+class BoardScope(enum.StrEnum):
+    TENANT = "tenant"
+    DEPARTMENT = "department"
+    GROUP = "group"
+
+
+@dataclass(frozen=True, slots=True)
+class BoardFeed:
+    """Credits of `action` ("*" = any) to `role` (None = either) feed the board."""
+
+    action: str
+    role: Role | None = None
+
+    def matches(self, action: str, role: Role) -> bool:
+        return (self.action in ("*", action)) and (self.role is None or self.role is role)
+
+
+@dataclass(frozen=True, slots=True)
+class BoardRule:
+    """A leaderboard: who is ranked, by what, over which periods and scopes.
+
+    score "points": the points of each awarded credit; "count": 1 per awarded
+    credit. member "group": the event's group is ranked (its members' credits
+    add up). newcomer_days > 0: only credits within that many days of the
+    user's first activity (or attributes["join_date"], YYYY-MM-DD) count.
+    keep_periods: how many past periods stay readable. winners: top N per
+    closed week/month written to the hall of fame (0 = none).
+    """
+
+    name: str
+    description: str
+    score: Metric
+    member: BoardMember
+    feeds: tuple[BoardFeed, ...]
+    periods: tuple[Period, ...]
+    scopes: tuple[BoardScope, ...]
+    newcomer_days: int = 0
+    keep_periods: int = 3
+    winners: int = 10
+
+    def feeds_credit(self, action: str, role: Role) -> bool:
+        return any(f.matches(action, role) for f in self.feeds)

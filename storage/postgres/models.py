@@ -11,8 +11,10 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKeyConstraint,
     Identity,
     Index,
+    Integer,
     MetaData,
     Text,
     UniqueConstraint,
@@ -22,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "LedgerEntry", "metadata"]
+__all__ = ["Base", "LedgerEntry", "Winner", "WinnerPeriod", "metadata"]
 
 metadata = MetaData(
     naming_convention={
@@ -71,3 +73,46 @@ class LedgerEntry(Base):
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     flushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WinnerPeriod(Base):
+    """A closed period whose winners are recorded: the row is the claim that
+    makes recording happen exactly once, whoever gets there first."""
+
+    __tablename__ = "winner_periods"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    board: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    # "t" (tenant), "d:<department>" or "g:<group>"
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class Winner(Base):
+    __tablename__ = "winners"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "board", "period_kind", "period_key", "scope"],
+            [
+                "winner_periods.tenant_id",
+                "winner_periods.board",
+                "winner_periods.period_kind",
+                "winner_periods.period_key",
+                "winner_periods.scope",
+            ],
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    board: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    member_id: Mapped[str] = mapped_column(Text)
+    score: Mapped[int] = mapped_column(BigInteger)

@@ -5,8 +5,10 @@
 -- KEYS[2]  balances          hash  "<user>|a" available, "<user>|e" earned, "<user>|s" spent (points)
 -- KEYS[3]  outbox            stream of ledger entries: fields p (points), b (balance
 --                            after), d (the op's entry data, opaque here)
--- KEYS[4..] referenced by index from the ops: dedup records (string),
---           per-period counter hashes, throttle keys (string, ms)
+-- KEYS[4]  first award        hash  user -> occurred_at (ms) of the user's first award
+-- KEYS[5..] referenced by index from the ops: dedup records (string),
+--           per-period counter hashes, throttle keys (string, ms), board
+--           sorted sets (member -> -score), board scope sets
 --
 -- ARGV[1]  mode: "apply", or "restore" (rebuild from the ledger: no checks,
 --          no balance change, no outbox; points and balance come from the op)
@@ -25,6 +27,10 @@
 --        pay points per whole unit crossed
 --   [13] outbox entry data (string; restore: unused)
 --   [14] restore: the ledger's points   [15] restore: the ledger's balance_after
+--   [16] boards [[key idx, member, "c"|"p", expire-at (0 = never), newcomer window ms
+--        (0 = any user), join ms (0 = unknown), scope set idx (0 = none), scope], ...]
+--        updated on award with points > 0: score -= 1 ("c") or -= points ("p"), so
+--        ascending order is best first and ties sort by member
 --
 -- Returns a flat array, 5 integers per op, in op order:
 --   code     1 awarded, 2 duplicate, 3 capped, 4 throttled,
@@ -160,6 +166,32 @@ for i = 1, #ops do
           local ivkey = KEYS[iv[1]]
           local last = tonumber(redis.call('GET', ivkey) or '0')
           redis.call('SET', ivkey, math.max(last, occ), 'PX', iv[3])
+        end
+      end
+      local boards = op[16]
+      if points > 0 and #boards > 0 then
+        local first = tonumber(redis.call('HGET', KEYS[4], user) or '0')
+        if first == 0 or occ < first then
+          redis.call('HSET', KEYS[4], user, occ)
+          first = occ
+        end
+        for j = 1, #boards do
+          local b = boards[j]
+          local eligible = true
+          if b[5] > 0 then
+            local since = first
+            if b[6] > 0 then since = b[6] end
+            eligible = occ - since < b[5]
+          end
+          if eligible then
+            redis.call('ZINCRBY', KEYS[b[1]], -amount(b[3], points), b[2])
+            if b[7] ~= 0 then redis.call('SADD', KEYS[b[7]], b[8]) end
+            if b[4] > 0 and not expiry_set[b[1]] then
+              expiry_set[b[1]] = true
+              redis.call('EXPIREAT', KEYS[b[1]], b[4])
+              if b[7] ~= 0 then redis.call('EXPIREAT', KEYS[b[7]], b[4]) end
+            end
+          end
         end
       end
       if dx > 0 then

@@ -201,7 +201,7 @@ class AwardStore:
     def _encode(
         self, shard: Shard, pairs: Sequence[tuple[CreditOp, Any]], chunk: list[int], mode: str
     ) -> Call:
-        keys = _KeyTable([shard.maintenance, shard.balances, shard.outbox])
+        keys = _KeyTable([shard.maintenance, shard.balances, shard.outbox, shard.first_seen])
         restoring = mode == "restore"
         encoded: list[list[Any]] = []
         for i in chunk:
@@ -251,7 +251,24 @@ class AwardStore:
             if restoring:
                 item += ["", extra.points, extra.balance_after]
             else:
-                item.append(award_data(op))
+                item += [award_data(op), 0, 0]
+            item.append(
+                [
+                    [
+                        keys.index(shard.board(b.ref)),
+                        b.member,
+                        b.metric[0],
+                        b.expires_at_s,
+                        b.newcomer_window_ms,
+                        b.join_ms,
+                        0
+                        if b.ref.scope == "t"
+                        else keys.index(shard.board_scopes(b.ref.board, b.ref.kind, b.ref.key)),
+                        b.ref.scope,
+                    ]
+                    for b in op.boards
+                ]
+            )
             encoded.append(item)
         args: list[str | int] = [
             mode,

@@ -30,6 +30,21 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENTRY_KIND_UNSPECIFIED: _ClassVar[EntryKind]
     AWARD: _ClassVar[EntryKind]
+
+class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PERIOD_UNSPECIFIED: _ClassVar[Period]
+    DAY: _ClassVar[Period]
+    WEEK: _ClassVar[Period]
+    MONTH: _ClassVar[Period]
+    ALL_TIME: _ClassVar[Period]
+
+class ScopeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCOPE_TYPE_UNSPECIFIED: _ClassVar[ScopeType]
+    TENANT: _ClassVar[ScopeType]
+    DEPARTMENT: _ClassVar[ScopeType]
+    GROUP: _ClassVar[ScopeType]
 OUTCOME_UNSPECIFIED: Outcome
 AWARDED: Outcome
 DUPLICATE: Outcome
@@ -42,6 +57,15 @@ ACTOR: Role
 TARGET: Role
 ENTRY_KIND_UNSPECIFIED: EntryKind
 AWARD: EntryKind
+PERIOD_UNSPECIFIED: Period
+DAY: Period
+WEEK: Period
+MONTH: Period
+ALL_TIME: Period
+SCOPE_TYPE_UNSPECIFIED: ScopeType
+TENANT: ScopeType
+DEPARTMENT: ScopeType
+GROUP: ScopeType
 
 class ActivityEvent(_message.Message):
     __slots__ = ("tenant_id", "event_id", "user_id", "action", "occurred_at", "target_user_id", "group_id", "department_id", "quantity", "attributes")
@@ -208,3 +232,129 @@ class ListLedgerResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class LeaderboardRequest(_message.Message):
+    __slots__ = ("tenant_id", "board", "period", "period_offset", "period_key", "scope_id", "scope_type", "offset", "limit")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    board: str
+    period: Period
+    period_offset: int
+    period_key: str
+    scope_id: str
+    scope_type: ScopeType
+    offset: int
+    limit: int
+    def __init__(self, tenant_id: _Optional[str] = ..., board: _Optional[str] = ..., period: _Optional[_Union[Period, str]] = ..., period_offset: _Optional[int] = ..., period_key: _Optional[str] = ..., scope_id: _Optional[str] = ..., scope_type: _Optional[_Union[ScopeType, str]] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class LeaderboardEntry(_message.Message):
+    __slots__ = ("rank", "member_id", "score")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    member_id: str
+    score: int
+    def __init__(self, rank: _Optional[int] = ..., member_id: _Optional[str] = ..., score: _Optional[int] = ...) -> None: ...
+
+class LeaderboardResponse(_message.Message):
+    __slots__ = ("entries", "total_members", "period_key")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LeaderboardEntry]
+    total_members: int
+    period_key: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ..., total_members: _Optional[int] = ..., period_key: _Optional[str] = ...) -> None: ...
+
+class GetRankRequest(_message.Message):
+    __slots__ = ("tenant_id", "board", "period", "period_offset", "period_key", "scope_id", "scope_type", "member_id", "neighbours")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    board: str
+    period: Period
+    period_offset: int
+    period_key: str
+    scope_id: str
+    scope_type: ScopeType
+    member_id: str
+    neighbours: int
+    def __init__(self, tenant_id: _Optional[str] = ..., board: _Optional[str] = ..., period: _Optional[_Union[Period, str]] = ..., period_offset: _Optional[int] = ..., period_key: _Optional[str] = ..., scope_id: _Optional[str] = ..., scope_type: _Optional[_Union[ScopeType, str]] = ..., member_id: _Optional[str] = ..., neighbours: _Optional[int] = ...) -> None: ...
+
+class GetRankResponse(_message.Message):
+    __slots__ = ("rank", "score", "total_members", "above", "below", "period_key")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ABOVE_FIELD_NUMBER: _ClassVar[int]
+    BELOW_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    score: int
+    total_members: int
+    above: _containers.RepeatedCompositeFieldContainer[LeaderboardEntry]
+    below: _containers.RepeatedCompositeFieldContainer[LeaderboardEntry]
+    period_key: str
+    def __init__(self, rank: _Optional[int] = ..., score: _Optional[int] = ..., total_members: _Optional[int] = ..., above: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ..., below: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ..., period_key: _Optional[str] = ...) -> None: ...
+
+class ListWinnersRequest(_message.Message):
+    __slots__ = ("tenant_id", "board", "period", "period_key", "scope_id", "scope_type", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    board: str
+    period: Period
+    period_key: str
+    scope_id: str
+    scope_type: ScopeType
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., board: _Optional[str] = ..., period: _Optional[_Union[Period, str]] = ..., period_key: _Optional[str] = ..., scope_id: _Optional[str] = ..., scope_type: _Optional[_Union[ScopeType, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class WinnersPeriod(_message.Message):
+    __slots__ = ("board", "period", "period_key", "scope_type", "scope_id", "winners", "recorded_at")
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    WINNERS_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    board: str
+    period: Period
+    period_key: str
+    scope_type: ScopeType
+    scope_id: str
+    winners: _containers.RepeatedCompositeFieldContainer[LeaderboardEntry]
+    recorded_at: _timestamp_pb2.Timestamp
+    def __init__(self, board: _Optional[str] = ..., period: _Optional[_Union[Period, str]] = ..., period_key: _Optional[str] = ..., scope_type: _Optional[_Union[ScopeType, str]] = ..., scope_id: _Optional[str] = ..., winners: _Optional[_Iterable[_Union[LeaderboardEntry, _Mapping]]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListWinnersResponse(_message.Message):
+    __slots__ = ("periods", "next_page_token")
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    periods: _containers.RepeatedCompositeFieldContainer[WinnersPeriod]
+    next_page_token: str
+    def __init__(self, periods: _Optional[_Iterable[_Union[WinnersPeriod, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

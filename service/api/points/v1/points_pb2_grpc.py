@@ -61,6 +61,21 @@ class PointsServiceStub:
                 request_serializer=points_dot_v1_dot_points__pb2.ListLedgerRequest.SerializeToString,
                 response_deserializer=points_dot_v1_dot_points__pb2.ListLedgerResponse.FromString,
                 _registered_method=True)
+        self.Leaderboard = channel.unary_unary(
+                '/points.v1.PointsService/Leaderboard',
+                request_serializer=points_dot_v1_dot_points__pb2.LeaderboardRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.LeaderboardResponse.FromString,
+                _registered_method=True)
+        self.GetRank = channel.unary_unary(
+                '/points.v1.PointsService/GetRank',
+                request_serializer=points_dot_v1_dot_points__pb2.GetRankRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.GetRankResponse.FromString,
+                _registered_method=True)
+        self.ListWinners = channel.unary_unary(
+                '/points.v1.PointsService/ListWinners',
+                request_serializer=points_dot_v1_dot_points__pb2.ListWinnersRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListWinnersResponse.FromString,
+                _registered_method=True)
 
 
 class PointsServiceServicer:
@@ -106,6 +121,30 @@ class PointsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leaderboard(self, request, context):
+        """A page of a leaderboard: ranks (competition ranking: 1, 2, 2, 4), members
+        and scores, for a board, a period and a scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRank(self, request, context):
+        """One member's rank and score, with the members just above and below.
+        NOT_FOUND when the member has no score on that board in that period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWinners(self, request, context):
+        """The top members of closed weeks and months ("hall of fame"), kept in
+        PostgreSQL long after the boards themselves expire. Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PointsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +172,21 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.ListLedger,
                     request_deserializer=points_dot_v1_dot_points__pb2.ListLedgerRequest.FromString,
                     response_serializer=points_dot_v1_dot_points__pb2.ListLedgerResponse.SerializeToString,
+            ),
+            'Leaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leaderboard,
+                    request_deserializer=points_dot_v1_dot_points__pb2.LeaderboardRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.LeaderboardResponse.SerializeToString,
+            ),
+            'GetRank': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRank,
+                    request_deserializer=points_dot_v1_dot_points__pb2.GetRankRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.GetRankResponse.SerializeToString,
+            ),
+            'ListWinners': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWinners,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListWinnersRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListWinnersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,6 +326,87 @@ class PointsService:
             '/points.v1.PointsService/ListLedger',
             points_dot_v1_dot_points__pb2.ListLedgerRequest.SerializeToString,
             points_dot_v1_dot_points__pb2.ListLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.PointsService/Leaderboard',
+            points_dot_v1_dot_points__pb2.LeaderboardRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.LeaderboardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.PointsService/GetRank',
+            points_dot_v1_dot_points__pb2.GetRankRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.GetRankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWinners(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.PointsService/ListWinners',
+            points_dot_v1_dot_points__pb2.ListWinnersRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListWinnersResponse.FromString,
             options,
             channel_credentials,
             insecure,

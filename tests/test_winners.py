@@ -1,0 +1,99 @@
+"""Hall of fame: winners of a closed week written exactly once, even with two
+processes racing, and readable through ListWinners."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import grpc
+import pytest
+
+from scripts.procs import ROOT, pointsd_env, write_rules
+from service.api.points.v1 import points_pb2 as pb
+from tests.conftest import ApiFactory, Servers
+from tests.helpers import ev
+
+TZ = ZoneInfo("Asia/Shanghai")
+
+
+@pytest.mark.subprocess
+async def test_winners_of_a_closed_week_are_written_once_by_racing_processes(
+    make_api: ApiFactory, servers: Servers, tenant: str, tmp_path: Path, sql
+) -> None:
+    api = await make_api([tenant], event_max_age_s=10 * 86_400)
+    today = datetime.now(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
+    last_sunday = today - timedelta(days=today.weekday() + 1) + timedelta(hours=12)
+    at = int(last_sunday.timestamp() * 1000)
+    week = f"{last_sunday.isocalendar().year}-W{last_sunday.isocalendar().week:02d}"
+    # 12 users, so the top 10 cuts a tie: scores 30, 27, ..., 3 (replies, 3 each).
+    for i in range(12):
+        for _ in range(10 - min(i, 9)):
+            await api.stub.RecordActivity(
+                ev(tenant, f"u{i:02d}", "reply", at_ms=at, department_id="rd" if i < 3 else "ops")
+            )
+    env = pointsd_env(
+        servers.redis_url,
+        servers.database_url,
+        write_rules(tmp_path / "rules.yaml", {tenant: {}}),
+        tmp_path,
+        POINTS_WINNERS_DELAY_S="0",
+    )
+
+    def winners_pass() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "winners"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    racers = await asyncio.gather(*(asyncio.to_thread(winners_pass) for _ in range(2)))
+    assert all(p.returncode == 0 for p in racers), [p.stdout + p.stderr for p in racers]
+    counts = [re.search(r"(\d+) closed", p.stdout) for p in racers]
+    recorded = sum(int(m[1]) for m in counts if m)
+    rows = sql(
+        "SELECT board, scope, COUNT(*) FROM winner_periods WHERE tenant_id = :t "
+        "AND period_kind = 'week' AND period_key = :w GROUP BY board, scope",
+        t=tenant,
+        w=week,
+    )
+    assert {(b, s): n for b, s, n in rows} == {
+        ("points", "t"): 1,
+        ("points", "d:rd"): 1,
+        ("points", "d:ops"): 1,
+        ("helpers", "t"): 1,
+        ("newcomers", "t"): 1,
+        # no group took part: the groups board has no winners to keep
+    }
+    assert recorded == len(rows)  # the two racers split the work, nothing twice
+    winners = sql(
+        "SELECT rank, member_id, score FROM winners WHERE tenant_id = :t AND "
+        "board = 'points' AND scope = 't' AND period_key = :w ORDER BY position",
+        t=tenant,
+        w=week,
+    )
+    expected = [(i + 1, f"u{i:02d}", 30 - 3 * i) for i in range(9)] + [(10, "u09", 3)]
+    assert [tuple(r) for r in winners] == expected  # top 10; u10, u11 tie at 3 but fall outside
+
+    resp = await api.stub.ListWinners(
+        pb.ListWinnersRequest(tenant_id=tenant, board="points", period=pb.WEEK)
+    )
+    assert [p.period_key for p in resp.periods] == [week]
+    assert [(w.rank, w.member_id, w.score) for w in resp.periods[0].winners] == expected
+    rd = await api.stub.ListWinners(
+        pb.ListWinnersRequest(tenant_id=tenant, board="points", period=pb.WEEK, scope_id="rd")
+    )
+    assert [w.member_id for w in rd.periods[0].winners] == ["u00", "u01", "u02"]
+
+    # A later pass finds nothing left to record.
+    again = await asyncio.to_thread(winners_pass)
+    assert "0 closed period(s) recorded" in again.stdout
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.ListWinners(
+            pb.ListWinnersRequest(tenant_id=tenant, board="points", period=pb.DAY)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
