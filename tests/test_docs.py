@@ -19,7 +19,7 @@ def test_every_environment_variable_is_in_readme(name: str) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["serve", "flush", "migrate", "reconcile", "rebuild", "rules check", "health"],
+    ["serve", "flush", "migrate", "reconcile", "rebuild", "winners", "rules check", "health"],
 )
 def test_every_command_is_in_readme(command: str) -> None:
     assert f"`pointsd {command}" in README

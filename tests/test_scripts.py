@@ -121,3 +121,36 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
         "batch_vs_naive_postgres",
         "unary_vs_naive_postgres",
     }
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_board_bench_runs(servers: Servers) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.bench_boards",
+            "--members",
+            "5000",
+            "--duration",
+            "1",
+            "--concurrency",
+            "8",
+            "--json",
+        ],
+        env=_env(servers),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["results"]) == {
+        "top100_sharded",
+        "top100_unsharded",
+        "rank10_sharded",
+        "rank10_unsharded",
+    }
+    assert all(r["queries"] > 0 and r["errors"] == 0 for r in report["results"].values())
