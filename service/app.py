@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from service.config import Settings
 from service.ingest import Ingestor
 from service.metrics import observe_flush
+from service.redeem import Redemptions
 from service.rules import RuleBook, RulesEngine, load_rule_book
 from service.validation import Limits
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -59,6 +60,7 @@ class App:
     limits: Limits
     stores: Stores
     ingestor: Ingestor
+    redemptions: Redemptions
     flusher: Flusher
     redis_url: str
     database_url: str
@@ -95,6 +97,7 @@ class App:
         engine = RulesEngine(
             rules, state_retention_s=retention_s, dedup_retention_s=retention_s + _DEDUP_MARGIN_S
         )
+        ingestor = Ingestor(engine, stores.awards)
         shards = list(topology.all_shards())
         flusher = Flusher(
             stores.outbox,
@@ -117,7 +120,15 @@ class App:
                 quantity_max=settings.quantity_max,
             ),
             stores=stores,
-            ingestor=Ingestor(engine, stores.awards),
+            ingestor=ingestor,
+            redemptions=Redemptions(
+                stores,
+                engine,
+                # Through the ingestor, so tests that move its clock move this one.
+                lambda: ingestor.clock_ms(),
+                recovery_after_s=settings.redeem_recovery_after_s,
+                recovery_interval_s=settings.redeem_recovery_interval_s,
+            ),
             flusher=flusher,
             redis_url=redis_url,
             database_url=database_url,

@@ -65,6 +65,10 @@ class Settings:
     # + POINTS_EVENT_FUTURE_SKEW_S, when no late event can change it anymore).
     winners_interval_s: float = 60.0
     winners_delay_s: int = -1
+    # Redemptions a process left half-way (it died) are finished by a sweep
+    # every interval, once idle this long.
+    redeem_recovery_interval_s: float = 10.0
+    redeem_recovery_after_s: float = 30.0
     # Start-up and shutdown.
     migrate_on_start: bool = True
     shutdown_grace_s: float = 10.0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from service.app import App
 from service.domain import CreditOp, Event, Role
+from service.redeem import restoring_change
 from service.rules import Plan, fingerprint
 from storage.entries import KIND_AWARD, LedgerRow
 from storage.redis import BalanceView, RestoreOp
@@ -178,6 +179,10 @@ async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
             chunk: list[RestoreOp] = []
             async for row in stores.ledger.entries(tenant_id):
                 report.entries += 1
+                change = restoring_change(row)
+                if change is not None:
+                    await stores.balances.change(change, restore=True)
+                    continue
                 restore = _restore_op(app, row, now_s)
                 if restore is not None:
                     chunk.append(restore)

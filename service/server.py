@@ -27,6 +27,7 @@ from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App, resolve_urls
 from service.config import Settings
 from service.metrics import OUTBOX_BACKLOG, serve_metrics
+from service.rewards import AdminServicer
 from service.servicer import PointsServicer
 from service.supervisor import Child
 from storage.postgres import migrate
@@ -35,7 +36,10 @@ __all__ = ["SERVICE_NAMES", "Running", "serve", "start_server"]
 
 log = logging.getLogger("pointsd")
 
-SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name["PointsService"].full_name]
+SERVICE_NAMES = [
+    pb.DESCRIPTOR.services_by_name["PointsService"].full_name,
+    pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
+]
 _HEALTH_INTERVAL_S = 2.0
 
 
@@ -118,6 +122,9 @@ async def start_server(
     pb_grpc.add_PointsServiceServicer_to_server(  # type: ignore[no-untyped-call]
         PointsServicer(app), server
     )
+    pb_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        AdminServicer(app), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -130,7 +137,9 @@ async def start_server(
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop_flusher = asyncio.Event()
-    health_task = asyncio.create_task(_watch_health(app, health_servicer))
+    health_task = asyncio.create_task(
+        _gather(_watch_health(app, health_servicer), app.redemptions.run_recovery(stop_flusher))
+    )
     flusher_task = None
     children: list[asyncio.Task[None]] = []
     if settings.flusher == "inline":

@@ -8,37 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from service import rewards
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App
 from service.boards import resolve_board
 from service.domain import Outcome, Period
-from service.errors import AlreadyExists, InvalidArgument, NotFound, status_of
+from service.errors import AlreadyExists, InvalidArgument, NotFound
 from service.ingest import EventResult
-from service.metrics import EVENTS, RPC_ERRORS
+from service.metrics import EVENTS
+from service.rpc import Ctx, abort, unary
 from service.rules import EARNED
 from service.validation import InvalidField, check_id, event_from_pb
-from storage.entries import KIND_AWARD, LedgerRow
+from storage.entries import KIND_ADJUST, KIND_AWARD, KIND_REFUND, KIND_SPEND, LedgerRow
 from storage.redis.boards import BoardEntry
 
 __all__ = ["PointsServicer"]
 
 log = logging.getLogger("pointsd.rpc")
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Ctx = grpc.aio.ServicerContext[Any, Any]
-Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 
 _ROLES = {"a": pb.ACTOR, "t": pb.TARGET}
 BOARD_OFFSET_MAX = 10_000
@@ -47,34 +44,8 @@ NEIGHBOURS_MAX = 50
 WINNER_PAGE_MAX = 100
 # Resolved once: a labels() lookup per event costs more than the increment.
 _EVENTS_BY_OUTCOME = {o: EVENTS.labels(o.name) for o in Outcome}
-_KINDS = {KIND_AWARD: pb.AWARD}
-
-
-async def _abort(context: Ctx, method: str, exc: BaseException) -> None:
-    mapped = status_of(exc)
-    if mapped is None:
-        log.exception("%s failed unexpectedly", method, exc_info=exc)
-        code, message = grpc.StatusCode.INTERNAL, "internal error"
-    else:
-        code, message = mapped
-        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE):
-            log.warning("%s: %s", method, exc)
-    RPC_ERRORS.labels(method, code.name).inc()
-    await context.abort(code, message)
-
-
-def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort(context, method.__name__, exc)
-            raise AssertionError("unreachable: abort raises") from exc
-
-    return wrapper
+_KINDS = {KIND_AWARD: pb.AWARD, KIND_SPEND: pb.SPEND, KIND_REFUND: pb.REFUND,
+          KIND_ADJUST: pb.ADJUSTMENT}  # fmt: skip
 
 
 def _timestamp(ms: int) -> Timestamp:
@@ -150,6 +121,69 @@ def decode_page_token(token: str, tenant_id: str, user_id: str) -> tuple[int, in
 class PointsServicer(pb_grpc.PointsServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
+
+    @unary
+    async def ListRewards(
+        self, request: pb.ListRewardsRequest, context: Ctx
+    ) -> pb.ListRewardsResponse:
+        rewards.check_tenant(self.app, request.tenant_id)
+        check_id("user_id", request.user_id, required=False)
+        now = datetime.fromtimestamp(self._now_ms() / 1000, tz=UTC)
+        items = [
+            i for i in await self.app.stores.catalog.list_items(
+                request.tenant_id, include_disabled=False)
+            if not i.inactive_reason(now) and (i.stock is None or i.stock > 0)
+        ]  # fmt: skip
+        used: dict[str, int] = {}
+        if request.user_id:
+            keys = {
+                i.item_id: key
+                for i in items
+                if (key := self.app.redemptions.limit_period_key(request.tenant_id, i))
+            }
+            used = await self.app.stores.catalog.used_quantities(
+                request.tenant_id, request.user_id, keys
+            )
+        return pb.ListRewardsResponse(
+            rewards=[
+                pb.Reward(
+                    item=rewards.item_to_pb(i),
+                    **(rewards.reward_remaining(i, used) if request.user_id else {}),
+                )
+                for i in items
+            ]
+        )
+
+    @unary
+    async def Redeem(self, request: pb.RedeemRequest, context: Ctx) -> pb.RedeemResponse:
+        rewards.check_tenant(self.app, request.tenant_id)
+        user_id = check_id("user_id", request.user_id)
+        item_id = check_id("item_id", request.item_id)
+        request_id = check_id("request_id", request.request_id)
+        quantity = rewards.quantity_of(request.quantity)
+        r = await self.app.redemptions.redeem(
+            request.tenant_id, user_id, item_id, quantity, request_id
+        )
+        item = await self.app.stores.catalog.get_item(request.tenant_id, item_id)
+        return pb.RedeemResponse(
+            redemption_id=r.redemption_id,
+            status=rewards.redemption_to_pb(r).status,
+            points_spent=r.points,
+            balance=r.balance_after or 0,
+            item=rewards.item_to_pb(item) if item else None,
+            redemption=rewards.redemption_to_pb(r),
+        )
+
+    @unary
+    async def ListRedemptions(
+        self, request: pb.ListRedemptionsRequest, context: Ctx
+    ) -> pb.ListRedemptionsResponse:
+        rewards.check_tenant(self.app, request.tenant_id)
+        user_id = check_id("user_id", request.user_id)
+        return await rewards.list_redemptions(
+            self.app, request.tenant_id, user_id, "", rewards.page_size(request.page_size),
+            request.page_token,
+        )  # fmt: skip
 
     def _now_ms(self) -> int:
         return self.app.ingestor.clock_ms()
@@ -243,7 +277,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            await _abort(context, "StreamActivities", exc)
+            await abort(context, "StreamActivities", exc)
         finally:
             read_task.cancel()
 

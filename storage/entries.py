@@ -13,9 +13,24 @@ from typing import Any
 
 from service.domain import SEP, CreditOp
 
-__all__ = ["KIND_AWARD", "LedgerRow", "award_data", "decode_entry"]
+__all__ = [
+    "KIND_ADJUST",
+    "KIND_AWARD",
+    "KIND_REFUND",
+    "KIND_SPEND",
+    "LedgerRow",
+    "award_data",
+    "decode_entry",
+    "entry_data",
+]
 
+# Entry kinds and what they move besides `available`: awards and adjustments
+# move lifetime `earned`; spends (negative) and refunds (positive) move `spent`.
 KIND_AWARD = "award"
+KIND_SPEND = "spend"
+KIND_REFUND = "refund"
+KIND_ADJUST = "adjust"
+EARNED_KINDS = (KIND_AWARD, KIND_ADJUST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +81,22 @@ def award_data(op: CreditOp) -> str:
             str(op.recorded_at_ms), attributes, reason,
         )
     )  # fmt: skip
+
+
+def entry_data(
+    kind: str,
+    entry_key: str,
+    user_id: str,
+    event_id: str,
+    action: str,
+    reason: str,
+    occurred_at_ms: int,
+    recorded_at_ms: int,
+) -> str:
+    """The `d` field of a spend, refund or adjustment entry."""
+    parts = (_VERSION, kind, entry_key, user_id, event_id, "", action, "", "", "", "0",
+             str(occurred_at_ms), str(recorded_at_ms), "", reason)  # fmt: skip
+    return SEP.join(parts)
 
 
 def _text(value: bytes | str) -> str:

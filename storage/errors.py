@@ -3,7 +3,13 @@ each is translated here-ish (`raise StorageUnavailable(...) from exc`)."""
 
 from __future__ import annotations
 
-__all__ = ["LedgerDataError", "StorageError", "StorageUnavailable"]
+__all__ = [
+    "LedgerDataError",
+    "RecordExists",
+    "RecordMissing",
+    "StorageError",
+    "StorageUnavailable",
+]
 
 
 class StorageError(Exception):
@@ -20,3 +26,11 @@ class StorageUnavailable(StorageError):
 
 class LedgerDataError(StorageError):
     """PostgreSQL refused a ledger row for its content (not connectivity)."""
+
+
+class RecordExists(StorageError):
+    """A record with this key exists already."""
+
+
+class RecordMissing(StorageError):
+    """No record with this key."""

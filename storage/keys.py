@@ -93,6 +93,10 @@ class Shard:
         """String: the first outcome of one credit of one event."""
         return f"{self.tag}:ev:{role_letter}:{event_id}"
 
+    def change(self, entry_key: str) -> str:
+        """String: the outcome of one balance change (spend, refund, adjustment)."""
+        return f"{self.tag}:chg:{entry_key}"
+
     def counters(self, period: PeriodRef) -> str:
         """Hash of per-user counters for one period: "<user>SEP<counter>" -> int."""
         return f"{self.tag}:c:{period.kind.value}:{period.key}"

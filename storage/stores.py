@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.keys import Topology
 from storage.postgres import Ledger, create_engine
+from storage.postgres.catalog import CatalogStore
 from storage.postgres.winners import HallOfFame
 from storage.redis import AwardStore, BalanceStore, Outbox, connect_redis
 from storage.redis.boards import BoardStore
@@ -24,6 +25,7 @@ class Stores:
     outbox: Outbox
     ledger: Ledger
     boards: BoardStore
+    catalog: CatalogStore
     hall_of_fame: HallOfFame
     redis: Redis
     db: AsyncEngine
@@ -59,9 +61,11 @@ class Stores:
             coalesce_ops=coalesce_ops,
         )
         boards = BoardStore(redis, topology)
+        balances = BalanceStore(redis, topology, outbox_entries_max)
         try:
             await awards.start()
             await boards.start()
+            await balances.start()
         except BaseException:
             await redis.aclose()
             await db.dispose()
@@ -69,7 +73,8 @@ class Stores:
         return cls(
             topology=topology,
             awards=awards,
-            balances=BalanceStore(redis, topology),
+            balances=balances,
+            catalog=CatalogStore(db),
             outbox=Outbox(redis),
             ledger=Ledger(db),
             boards=boards,

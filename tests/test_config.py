@@ -38,7 +38,14 @@ POSITIVE = [
 INT_FIELDS = [
     f.name for f in dataclasses.fields(Settings) if type(getattr(Settings(), f.name)) is int
 ]
-FLOAT_FIELDS = ["shutdown_grace_s", "redis_timeout_s", "db_timeout_s", "winners_interval_s"]
+FLOAT_FIELDS = [
+    "shutdown_grace_s",
+    "redis_timeout_s",
+    "db_timeout_s",
+    "winners_interval_s",
+    "redeem_recovery_interval_s",
+    "redeem_recovery_after_s",
+]
 BOOL_FIELDS = ["migrate_on_start", "reuse_port"]
 
 

@@ -60,8 +60,8 @@ _PAGE = text(
 _SUMS = text(
     """
     SELECT user_id,
-           COALESCE(SUM(points) FILTER (WHERE kind = 'award'), 0),
-           COALESCE(-SUM(points) FILTER (WHERE kind <> 'award'), 0),
+           COALESCE(SUM(points) FILTER (WHERE kind IN ('award', 'adjust')), 0),
+           COALESCE(-SUM(points) FILTER (WHERE kind IN ('spend', 'refund')), 0),
            COALESCE(SUM(points), 0)
     FROM ledger_entries
     WHERE tenant_id = :tenant_id

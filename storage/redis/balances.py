@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -9,10 +10,11 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from service.domain import PeriodRef
+from storage.entries import EARNED_KINDS
 from storage.keys import AVAILABLE, EARNED, SPENT, Shard, Topology, balance_field, counter_field
-from storage.redis.scripts import redis_errors
+from storage.redis.scripts import LuaScript, redis_errors
 
-__all__ = ["BalanceStore", "BalanceView"]
+__all__ = ["BalanceChange", "BalanceStore", "BalanceView", "ChangeCode", "ChangeResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +25,74 @@ class BalanceView:
     earned_in_period: int = 0
 
 
+class ChangeCode(enum.IntEnum):
+    APPLIED = 1
+    DUPLICATE = 2
+    INSUFFICIENT = 5
+    BACKPRESSURE = 7
+    MAINTENANCE = 8
+    KEY_REUSED = 9
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChange:
+    """One idempotent change of a user's balance, identified by `entry_key`
+    (also the ledger entry's key). `floor`: refuse to go below zero."""
+
+    tenant_id: str
+    user_id: str
+    entry_key: str
+    kind: str
+    delta: int
+    floor: bool
+    fingerprint: str
+    dedup_expires_at_s: int
+    data: str
+    balance_after: int = 0  # restore mode only
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    code: ChangeCode
+    balance: int
+    available_before: int
+
+
 def _int(value: bytes | str | None) -> int:
     return int(value) if value is not None else 0
 
 
 class BalanceStore:
-    def __init__(self, redis: Redis, topology: Topology) -> None:
+    def __init__(self, redis: Redis, topology: Topology, outbox_entries_max: int = 0) -> None:
         self.redis = redis
         self.topology = topology
+        self.outbox_entries_max = outbox_entries_max
+        self.script = LuaScript("storage.redis", "balance.lua")
+
+    async def start(self) -> None:
+        await self.script.load(self.redis)
+
+    async def change(self, ch: BalanceChange, *, restore: bool = False) -> ChangeResult:
+        """Apply (or, restoring, only remember) one change, atomically."""
+        shard = self.topology.user_shard(ch.tenant_id, ch.user_id)
+        lifetime = "e" if ch.kind in EARNED_KINDS else "s"
+        code, balance, before = await self.script.run(
+            self.redis,
+            [shard.maintenance, shard.balances, shard.outbox, shard.change(ch.entry_key)],
+            [
+                "restore" if restore else "apply",
+                ch.user_id,
+                ch.delta,
+                lifetime,
+                "1" if ch.floor else "0",
+                ch.dedup_expires_at_s,
+                ch.fingerprint,
+                ch.data,
+                self.outbox_entries_max,
+                ch.balance_after,
+            ],
+        )
+        return ChangeResult(ChangeCode(int(code)), int(balance), int(before))
 
     async def get(
         self, tenant_id: str, user_id: str, period: PeriodRef, earned_counter: str

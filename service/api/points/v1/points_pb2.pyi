@@ -30,6 +30,9 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENTRY_KIND_UNSPECIFIED: _ClassVar[EntryKind]
     AWARD: _ClassVar[EntryKind]
+    SPEND: _ClassVar[EntryKind]
+    REFUND: _ClassVar[EntryKind]
+    ADJUSTMENT: _ClassVar[EntryKind]
 
 class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +48,23 @@ class ScopeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TENANT: _ClassVar[ScopeType]
     DEPARTMENT: _ClassVar[ScopeType]
     GROUP: _ClassVar[ScopeType]
+
+class ItemKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ITEM_KIND_UNSPECIFIED: _ClassVar[ItemKind]
+    VIRTUAL: _ClassVar[ItemKind]
+    PHYSICAL: _ClassVar[ItemKind]
+    BENEFIT: _ClassVar[ItemKind]
+    DONATION: _ClassVar[ItemKind]
+
+class RedemptionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REDEMPTION_STATUS_UNSPECIFIED: _ClassVar[RedemptionStatus]
+    PENDING: _ClassVar[RedemptionStatus]
+    COMPLETED: _ClassVar[RedemptionStatus]
+    FAILED: _ClassVar[RedemptionStatus]
+    REFUNDING: _ClassVar[RedemptionStatus]
+    REFUNDED: _ClassVar[RedemptionStatus]
 OUTCOME_UNSPECIFIED: Outcome
 AWARDED: Outcome
 DUPLICATE: Outcome
@@ -57,6 +77,9 @@ ACTOR: Role
 TARGET: Role
 ENTRY_KIND_UNSPECIFIED: EntryKind
 AWARD: EntryKind
+SPEND: EntryKind
+REFUND: EntryKind
+ADJUSTMENT: EntryKind
 PERIOD_UNSPECIFIED: Period
 DAY: Period
 WEEK: Period
@@ -66,6 +89,17 @@ SCOPE_TYPE_UNSPECIFIED: ScopeType
 TENANT: ScopeType
 DEPARTMENT: ScopeType
 GROUP: ScopeType
+ITEM_KIND_UNSPECIFIED: ItemKind
+VIRTUAL: ItemKind
+PHYSICAL: ItemKind
+BENEFIT: ItemKind
+DONATION: ItemKind
+REDEMPTION_STATUS_UNSPECIFIED: RedemptionStatus
+PENDING: RedemptionStatus
+COMPLETED: RedemptionStatus
+FAILED: RedemptionStatus
+REFUNDING: RedemptionStatus
+REFUNDED: RedemptionStatus
 
 class ActivityEvent(_message.Message):
     __slots__ = ("tenant_id", "event_id", "user_id", "action", "occurred_at", "target_user_id", "group_id", "department_id", "quantity", "attributes")
@@ -358,3 +392,223 @@ class ListWinnersResponse(_message.Message):
     periods: _containers.RepeatedCompositeFieldContainer[WinnersPeriod]
     next_page_token: str
     def __init__(self, periods: _Optional[_Iterable[_Union[WinnersPeriod, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Item(_message.Message):
+    __slots__ = ("tenant_id", "item_id", "name", "description", "kind", "cost", "stock", "per_user_limit", "limit_period", "starts_at", "ends_at", "enabled", "created_at", "updated_at")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    STOCK_FIELD_NUMBER: _ClassVar[int]
+    PER_USER_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    STARTS_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDS_AT_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    item_id: str
+    name: str
+    description: str
+    kind: ItemKind
+    cost: int
+    stock: int
+    per_user_limit: int
+    limit_period: Period
+    starts_at: _timestamp_pb2.Timestamp
+    ends_at: _timestamp_pb2.Timestamp
+    enabled: bool
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, tenant_id: _Optional[str] = ..., item_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[ItemKind, str]] = ..., cost: _Optional[int] = ..., stock: _Optional[int] = ..., per_user_limit: _Optional[int] = ..., limit_period: _Optional[_Union[Period, str]] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Reward(_message.Message):
+    __slots__ = ("item", "user_remaining")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    USER_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    user_remaining: int
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ..., user_remaining: _Optional[int] = ...) -> None: ...
+
+class ListRewardsRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class ListRewardsResponse(_message.Message):
+    __slots__ = ("rewards",)
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    rewards: _containers.RepeatedCompositeFieldContainer[Reward]
+    def __init__(self, rewards: _Optional[_Iterable[_Union[Reward, _Mapping]]] = ...) -> None: ...
+
+class Redemption(_message.Message):
+    __slots__ = ("redemption_id", "tenant_id", "request_id", "user_id", "item_id", "item_name", "quantity", "points", "status", "reason", "balance_after", "refund_reason", "created_at", "updated_at")
+    REDEMPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REFUND_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    redemption_id: str
+    tenant_id: str
+    request_id: str
+    user_id: str
+    item_id: str
+    item_name: str
+    quantity: int
+    points: int
+    status: RedemptionStatus
+    reason: str
+    balance_after: int
+    refund_reason: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, redemption_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., item_name: _Optional[str] = ..., quantity: _Optional[int] = ..., points: _Optional[int] = ..., status: _Optional[_Union[RedemptionStatus, str]] = ..., reason: _Optional[str] = ..., balance_after: _Optional[int] = ..., refund_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RedeemRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "item_id", "quantity", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    item_id: str
+    quantity: int
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., quantity: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RedeemResponse(_message.Message):
+    __slots__ = ("redemption_id", "status", "points_spent", "balance", "item", "redemption")
+    REDEMPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    POINTS_SPENT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    REDEMPTION_FIELD_NUMBER: _ClassVar[int]
+    redemption_id: str
+    status: RedemptionStatus
+    points_spent: int
+    balance: int
+    item: Item
+    redemption: Redemption
+    def __init__(self, redemption_id: _Optional[str] = ..., status: _Optional[_Union[RedemptionStatus, str]] = ..., points_spent: _Optional[int] = ..., balance: _Optional[int] = ..., item: _Optional[_Union[Item, _Mapping]] = ..., redemption: _Optional[_Union[Redemption, _Mapping]] = ...) -> None: ...
+
+class ListRedemptionsRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRedemptionsResponse(_message.Message):
+    __slots__ = ("redemptions", "next_page_token")
+    REDEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    redemptions: _containers.RepeatedCompositeFieldContainer[Redemption]
+    next_page_token: str
+    def __init__(self, redemptions: _Optional[_Iterable[_Union[Redemption, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CreateItemRequest(_message.Message):
+    __slots__ = ("item",)
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
+
+class UpdateItemRequest(_message.Message):
+    __slots__ = ("item",)
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
+
+class DisableItemRequest(_message.Message):
+    __slots__ = ("tenant_id", "item_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    item_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., item_id: _Optional[str] = ...) -> None: ...
+
+class ListItemsRequest(_message.Message):
+    __slots__ = ("tenant_id", "include_disabled")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DISABLED_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    include_disabled: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., include_disabled: _Optional[bool] = ...) -> None: ...
+
+class ListItemsResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+
+class AdminListRedemptionsRequest(_message.Message):
+    __slots__ = ("tenant_id", "item_id", "user_id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    item_id: str
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., item_id: _Optional[str] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class RefundRedemptionRequest(_message.Message):
+    __slots__ = ("tenant_id", "redemption_id", "reason")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REDEMPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    redemption_id: str
+    reason: str
+    def __init__(self, tenant_id: _Optional[str] = ..., redemption_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AdjustPointsRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "points", "reason", "idempotency_key")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    points: int
+    reason: str
+    idempotency_key: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., points: _Optional[int] = ..., reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class AdjustPointsResponse(_message.Message):
+    __slots__ = ("entry_id", "points", "balance", "duplicate")
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    points: int
+    balance: int
+    duplicate: bool
+    def __init__(self, entry_id: _Optional[str] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...

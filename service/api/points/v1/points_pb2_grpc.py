@@ -76,6 +76,21 @@ class PointsServiceStub:
                 request_serializer=points_dot_v1_dot_points__pb2.ListWinnersRequest.SerializeToString,
                 response_deserializer=points_dot_v1_dot_points__pb2.ListWinnersResponse.FromString,
                 _registered_method=True)
+        self.ListRewards = channel.unary_unary(
+                '/points.v1.PointsService/ListRewards',
+                request_serializer=points_dot_v1_dot_points__pb2.ListRewardsRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListRewardsResponse.FromString,
+                _registered_method=True)
+        self.Redeem = channel.unary_unary(
+                '/points.v1.PointsService/Redeem',
+                request_serializer=points_dot_v1_dot_points__pb2.RedeemRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.RedeemResponse.FromString,
+                _registered_method=True)
+        self.ListRedemptions = channel.unary_unary(
+                '/points.v1.PointsService/ListRedemptions',
+                request_serializer=points_dot_v1_dot_points__pb2.ListRedemptionsRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListRedemptionsResponse.FromString,
+                _registered_method=True)
 
 
 class PointsServiceServicer:
@@ -145,6 +160,31 @@ class PointsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRewards(self, request, context):
+        """Rewards the tenant offers now (enabled, inside their window, in stock),
+        with the remaining stock and, given a user, what the user may still take.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Redeem(self, request, context):
+        """Spend points on a reward. Atomic and idempotent by (tenant_id,
+        request_id): a replay returns the original outcome and spends nothing.
+        FAILED_PRECONDITION with the reason when it cannot be done (not enough
+        points, out of stock, limit reached, item not active).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRedemptions(self, request, context):
+        """A user's redemptions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PointsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +227,21 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.ListWinners,
                     request_deserializer=points_dot_v1_dot_points__pb2.ListWinnersRequest.FromString,
                     response_serializer=points_dot_v1_dot_points__pb2.ListWinnersResponse.SerializeToString,
+            ),
+            'ListRewards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRewards,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListRewardsRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListRewardsResponse.SerializeToString,
+            ),
+            'Redeem': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redeem,
+                    request_deserializer=points_dot_v1_dot_points__pb2.RedeemRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.RedeemResponse.SerializeToString,
+            ),
+            'ListRedemptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRedemptions,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListRedemptionsRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListRedemptionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +462,427 @@ class PointsService:
             '/points.v1.PointsService/ListWinners',
             points_dot_v1_dot_points__pb2.ListWinnersRequest.SerializeToString,
             points_dot_v1_dot_points__pb2.ListWinnersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRewards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.PointsService/ListRewards',
+            points_dot_v1_dot_points__pb2.ListRewardsRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListRewardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redeem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.PointsService/Redeem',
+            points_dot_v1_dot_points__pb2.RedeemRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.RedeemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRedemptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.PointsService/ListRedemptions',
+            points_dot_v1_dot_points__pb2.ListRedemptionsRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListRedemptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminServiceStub:
+    """Operator calls: the reward catalog, refunds, manual adjustments.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateItem = channel.unary_unary(
+                '/points.v1.AdminService/CreateItem',
+                request_serializer=points_dot_v1_dot_points__pb2.CreateItemRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Item.FromString,
+                _registered_method=True)
+        self.UpdateItem = channel.unary_unary(
+                '/points.v1.AdminService/UpdateItem',
+                request_serializer=points_dot_v1_dot_points__pb2.UpdateItemRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Item.FromString,
+                _registered_method=True)
+        self.DisableItem = channel.unary_unary(
+                '/points.v1.AdminService/DisableItem',
+                request_serializer=points_dot_v1_dot_points__pb2.DisableItemRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Item.FromString,
+                _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/points.v1.AdminService/ListItems',
+                request_serializer=points_dot_v1_dot_points__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListItemsResponse.FromString,
+                _registered_method=True)
+        self.ListRedemptions = channel.unary_unary(
+                '/points.v1.AdminService/ListRedemptions',
+                request_serializer=points_dot_v1_dot_points__pb2.AdminListRedemptionsRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListRedemptionsResponse.FromString,
+                _registered_method=True)
+        self.RefundRedemption = channel.unary_unary(
+                '/points.v1.AdminService/RefundRedemption',
+                request_serializer=points_dot_v1_dot_points__pb2.RefundRedemptionRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Redemption.FromString,
+                _registered_method=True)
+        self.AdjustPoints = channel.unary_unary(
+                '/points.v1.AdminService/AdjustPoints',
+                request_serializer=points_dot_v1_dot_points__pb2.AdjustPointsRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.AdjustPointsResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """Operator calls: the reward catalog, refunds, manual adjustments.
+    """
+
+    def CreateItem(self, request, context):
+        """Add a reward; ALREADY_EXISTS if the item id is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateItem(self, request, context):
+        """Replace a reward's definition (stock included); NOT_FOUND if unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableItem(self, request, context):
+        """Stop offering a reward (redemptions made stay valid).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListItems(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRedemptions(self, request, context):
+        """Redemptions of a tenant, optionally of one item or one user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundRedemption(self, request, context):
+        """Give back the points and the stock of a completed redemption, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustPoints(self, request, context):
+        """Grant (points > 0) or deduct (points < 0) points, idempotent by
+        idempotency_key; a deduction below zero is refused (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateItem,
+                    request_deserializer=points_dot_v1_dot_points__pb2.CreateItemRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Item.SerializeToString,
+            ),
+            'UpdateItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateItem,
+                    request_deserializer=points_dot_v1_dot_points__pb2.UpdateItemRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Item.SerializeToString,
+            ),
+            'DisableItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableItem,
+                    request_deserializer=points_dot_v1_dot_points__pb2.DisableItemRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Item.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListItemsRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListItemsResponse.SerializeToString,
+            ),
+            'ListRedemptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRedemptions,
+                    request_deserializer=points_dot_v1_dot_points__pb2.AdminListRedemptionsRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListRedemptionsResponse.SerializeToString,
+            ),
+            'RefundRedemption': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundRedemption,
+                    request_deserializer=points_dot_v1_dot_points__pb2.RefundRedemptionRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Redemption.SerializeToString,
+            ),
+            'AdjustPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustPoints,
+                    request_deserializer=points_dot_v1_dot_points__pb2.AdjustPointsRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.AdjustPointsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'points.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('points.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """Operator calls: the reward catalog, refunds, manual adjustments.
+    """
+
+    @staticmethod
+    def CreateItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/CreateItem',
+            points_dot_v1_dot_points__pb2.CreateItemRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Item.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/UpdateItem',
+            points_dot_v1_dot_points__pb2.UpdateItemRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Item.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/DisableItem',
+            points_dot_v1_dot_points__pb2.DisableItemRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Item.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/ListItems',
+            points_dot_v1_dot_points__pb2.ListItemsRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRedemptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/ListRedemptions',
+            points_dot_v1_dot_points__pb2.AdminListRedemptionsRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListRedemptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundRedemption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/RefundRedemption',
+            points_dot_v1_dot_points__pb2.RefundRedemptionRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Redemption.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/AdjustPoints',
+            points_dot_v1_dot_points__pb2.AdjustPointsRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.AdjustPointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

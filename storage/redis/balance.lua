@@ -1,0 +1,58 @@
+-- balance.lua: one idempotent balance change on ONE (tenant, shard): a
+-- redemption's spend, a refund, or an administrator's adjustment.
+--
+-- KEYS[1]  maintenance flag  string; while it exists nothing is applied
+-- KEYS[2]  balances          hash  "<user>|a" available, "<user>|e" earned, "<user>|s" spent
+-- KEYS[3]  outbox            stream of ledger entries (fields p, b, d)
+-- KEYS[4]  dedup record      string "code:delta:balance:fingerprint"
+--
+-- ARGV[1]  mode: "apply", or "restore" (rebuild: only the dedup record is written)
+-- ARGV[2]  user id
+-- ARGV[3]  delta (points, signed, not 0)
+-- ARGV[4]  lifetime field that moves with it: "e" (earned: adjustments) or
+--          "s" (spent: spends count +, refunds -)
+-- ARGV[5]  "1": refuse a change that would take available below 0
+-- ARGV[6]  dedup expire-at (unix s)
+-- ARGV[7]  fingerprint of the change (a replay with other content is refused)
+-- ARGV[8]  outbox entry data (opaque here)
+-- ARGV[9]  outbox length bound (entries; 0 = none)
+-- ARGV[10] restore mode: the ledger's balance_after
+--
+-- Returns {code, balance, available_before}:
+--   code 1 applied, 2 duplicate (balance as after the first), 5 insufficient
+--   (recorded: a replay says so again), 7 outbox full, 8 maintenance,
+--   9 key reused with different content; 7, 8, 9 apply nothing.
+
+local mode, user, delta, lifetime = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local floor, expire_at, fp = ARGV[5] == '1', ARGV[6], ARGV[7]
+
+local prev = redis.call('GET', KEYS[4])
+if prev then
+  local code, _, balance, first_fp = string.match(prev, '^(%d+):(%-?%d+):(%-?%d+):(.*)$')
+  if first_fp ~= fp then return {9, tonumber(balance), 0} end
+  if tonumber(code) == 5 then return {5, tonumber(balance), tonumber(balance)} end
+  return {2, tonumber(balance), 0}
+end
+if mode == 'restore' then
+  redis.call('SET', KEYS[4], '1:' .. delta .. ':' .. ARGV[10] .. ':' .. fp, 'EXAT', expire_at)
+  return {1, tonumber(ARGV[10]), 0}
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {8, 0, 0} end
+
+local available = tonumber(redis.call('HGET', KEYS[2], user .. '|a') or '0')
+if floor and available + delta < 0 then
+  redis.call('SET', KEYS[4], '5:0:' .. available .. ':' .. fp, 'EXAT', expire_at)
+  return {5, available, available}
+end
+local outbox_max = tonumber(ARGV[9])
+if outbox_max > 0 and redis.call('XLEN', KEYS[3]) >= outbox_max then return {7, available, available} end
+
+local balance = redis.call('HINCRBY', KEYS[2], user .. '|a', delta)
+if lifetime == 's' then
+  redis.call('HINCRBY', KEYS[2], user .. '|s', -delta)
+else
+  redis.call('HINCRBY', KEYS[2], user .. '|e', delta)
+end
+redis.call('XADD', KEYS[3], '*', 'p', delta, 'b', balance, 'd', ARGV[8])
+redis.call('SET', KEYS[4], '1:' .. delta .. ':' .. balance .. ':' .. fp, 'EXAT', expire_at)
+return {1, balance, available}
