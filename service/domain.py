@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 __all__ = [
     "SEP",
     "Accumulator",
+    "BoardPlan",
     "BoardRef",
-    "BoardUpdate",
+    "BoardSlot",
+    "BoardTemplate",
     "CounterIncrement",
     "CreditOp",
     "CreditResult",
@@ -141,19 +143,46 @@ class BoardRef:
     key: str
 
 
-@dataclass(slots=True)
-class BoardUpdate:
-    """Add a credit to a board: `member` gains its points (POINTS) or 1 (COUNT).
+@dataclass(frozen=True, slots=True)
+class BoardSlot:
+    """One board instance a credit feeds, whoever the user is.
 
+    scope: "t" (tenant), "d" (the credit's department) or "g" (the event's
+    group); the department or group id comes with each credit (BoardPlan).
+    group_member: the event's group is ranked instead of the user.
     newcomer_window_ms > 0: only while the credited user's first activity (or
-    join_ms, when the event says when they joined) is less than that long ago.
+    the join date the event carries) is less than that long ago.
     """
 
-    ref: BoardRef
-    member: str
+    board: str
+    kind: Period
+    period_key: str
+    scope: str
     metric: Metric
     expires_at_s: int
     newcomer_window_ms: int = 0
+    group_member: bool = False
+
+    def ref(self, scope_id: str = "") -> BoardRef:
+        return BoardRef(
+            self.board, f"{self.scope}:{scope_id}" if scope_id else "t", self.kind, self.period_key
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BoardTemplate:
+    """The board slots of one kind of credit in the current periods; shared by
+    every such credit until a period turns over, so stores can describe it
+    once per batch and credits just point at it."""
+
+    slots: tuple[BoardSlot, ...]
+
+
+@dataclass(slots=True)
+class BoardPlan:
+    template: BoardTemplate
+    department: str = ""
+    group: str = ""
     join_ms: int = 0
 
 
@@ -196,7 +225,7 @@ class CreditOp:
     interval_ms: int = 0
     interval_key: str = ""
     facts: LedgerFacts | None = None
-    boards: tuple[BoardUpdate, ...] = ()
+    boards: BoardPlan | None = None
 
     @property
     def entry_key(self) -> str:

@@ -221,7 +221,7 @@ async def test_batch_mixes_good_and_bad_events_in_order(api: Api, rds) -> None:
     # Nothing of the rejected events reached Redis.
     keys = b" ".join(tenant_keys(rds, t))
     for bad in (b"b{2}", b"b3", b"b4", b"b5", b"b6", b"b8"):
-        assert bad not in keys
+        assert b":ev:a:" + bad not in keys and b":ev:t:" + bad not in keys
 
 
 async def test_batch_over_the_limit_is_refused_whole(api: Api, rds) -> None:

@@ -8,15 +8,16 @@ storage, which prefixes them with the user and files them per period.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 from service.domain import (
     SEP,
     Accumulator,
-    BoardRef,
-    BoardUpdate,
+    BoardPlan,
+    BoardSlot,
+    BoardTemplate,
     CounterIncrement,
     CreditOp,
     Event,
@@ -107,11 +108,15 @@ class _Credit:
     boards: list[BoardRule]
     earned_period: PeriodRef | None = None
     earned: tuple[CounterIncrement, ...] = ()
+    # Period kinds the boards use, and templates per tuple of their periods.
+    board_kinds: tuple[Period, ...] = ()
+    templates: dict[tuple[PeriodRef, ...], BoardTemplate] = field(default_factory=dict)
 
 
 # Upper bounds of period lengths, for board key expiry.
 _PERIOD_S = {Period.DAY: 86_400, Period.WEEK: 7 * 86_400, Period.MONTH: 31 * 86_400}
 _DAY_MS = 86_400_000
+_SCOPE_LETTER = {BoardScope.TENANT: "t", BoardScope.DEPARTMENT: "d", BoardScope.GROUP: "g"}
 
 
 class _Periods:
@@ -165,7 +170,8 @@ def _compile(rule: ActionRule, credit: CreditRule, tenant: TenantRules) -> _Cred
         for lim in strictest.values()
     ]
     boards = [b for b in tenant.boards.values() if b.feeds_credit(rule.key, credit.role)]
-    return _Credit(credit, base, limits, SEP.join((base, "q")), boards)
+    kinds = tuple(dict.fromkeys(k for b in boards for k in b.periods))
+    return _Credit(credit, base, limits, SEP.join((base, "q")), boards, board_kinds=kinds)
 
 
 class RulesEngine:
@@ -225,49 +231,40 @@ class RulesEngine:
         )
         return Plan(rule=rule, ops=ops)
 
-    def _board_updates(
-        self, periods: _Periods, credit: _Credit, event: Event, user: str
-    ) -> tuple[BoardUpdate, ...]:
+    def _board_plan(self, periods: _Periods, credit: _Credit, event: Event, user: str) -> BoardPlan:
         at = event.occurred_at_ms
+        refs = tuple(periods.get(kind, at) for kind in credit.board_kinds)
+        template = credit.templates.get(refs)
+        if template is None:
+            if len(credit.templates) > 16:  # periods turned over: forget old ones
+                credit.templates.clear()
+            by_kind = dict(zip(credit.board_kinds, refs, strict=True))
+            slots = []
+            for board in credit.boards:
+                for kind in board.periods:
+                    period = by_kind[kind]
+                    expires = 0
+                    if period.expires_at_s:
+                        expires = period.expires_at_s + board.keep_periods * _PERIOD_S[kind]
+                    for scope in board.scopes:
+                        slots.append(
+                            BoardSlot(
+                                board.name, kind, period.key, _SCOPE_LETTER[scope], board.score,
+                                expires, board.newcomer_days * _DAY_MS,
+                                board.member is BoardMember.GROUP,
+                            )
+                        )  # fmt: skip
+            template = credit.templates[refs] = BoardTemplate(tuple(slots))
         if credit.rule.role is Role.ACTOR:
             department = event.department_id
         else:
             department = event.attributes.get("target_department_id", "")
-        join_ms = periods.join_ms(event.attributes.get("join_date", ""))
-        updates: list[BoardUpdate] = []
-        for board in credit.boards:
-            if board.member is BoardMember.GROUP:
-                member = event.group_id
-                if not member:
-                    continue
-            else:
-                member = user
-            scopes: list[str] = []
-            for kind_of_scope in board.scopes:
-                if kind_of_scope is BoardScope.TENANT:
-                    scopes.append("t")
-                elif kind_of_scope is BoardScope.DEPARTMENT and department:
-                    scopes.append("d:" + department)
-                elif kind_of_scope is BoardScope.GROUP and event.group_id:
-                    scopes.append("g:" + event.group_id)
-            window = board.newcomer_days * _DAY_MS
-            for kind in board.periods:
-                period = periods.get(kind, at)
-                expires = 0
-                if period.expires_at_s:
-                    expires = period.expires_at_s + board.keep_periods * _PERIOD_S[kind]
-                for scope in scopes:
-                    updates.append(
-                        BoardUpdate(
-                            BoardRef(board.name, scope, kind, period.key),
-                            member,
-                            board.score,
-                            expires,
-                            window,
-                            join_ms if window else 0,
-                        )
-                    )
-        return tuple(updates)
+        return BoardPlan(
+            template,
+            department,
+            event.group_id,
+            periods.join_ms(event.attributes.get("join_date", "")),
+        )
 
     def _credit_op(
         self,
@@ -328,7 +325,7 @@ class RulesEngine:
             accumulator=accumulator,
             interval_ms=cr.min_interval_ms,
             interval_key=credit.base,
-            boards=self._board_updates(periods, credit, event, user) if credit.boards else (),
+            boards=self._board_plan(periods, credit, event, user) if credit.boards else None,
             facts=LedgerFacts(
                 action=rule.key,
                 counterpart_id=counterpart,

@@ -27,10 +27,19 @@
 --        pay points per whole unit crossed
 --   [13] outbox entry data (string; restore: unused)
 --   [14] restore: the ledger's points   [15] restore: the ledger's balance_after
---   [16] boards [[key idx, member, "c"|"p", expire-at (0 = never), newcomer window ms
---        (0 = any user), join ms (0 = unknown), scope set idx (0 = none), scope], ...]
---        updated on award with points > 0: score -= 1 ("c") or -= points ("p"), so
---        ascending order is best first and ties sort by member
+--   [16] boards: [template no., department id, group id, join ms (0 = unknown)], or 0
+--        for none; updated on award with points > 0: score -= 1 ("c") or -= points
+--        ("p"), so ascending order is best first and ties sort by member
+-- ARGV[4]  JSON array of board templates (numbered from 1), each a list of slots:
+--          [metric "c"|"p", newcomer window ms (0 = any user), group member 0|1,
+--           scope "t"|"d"|"g", key idx ("t") or {department/group id: key idx},
+--           expire-at (0 = never), scope set idx (0 for "t")]
+--          A "d" slot uses the op's department, a "g" slot its group; a slot with
+--          group member 1 ranks the op's group instead of the user.
+--
+-- Board increments are summed per (board, member) over the batch and applied at
+-- the end: nothing in the script reads them, and a heavy user's many events in
+-- one batch then cost one ZINCRBY per board instead of one each.
 --
 -- Returns a flat array, 5 integers per op, in op order:
 --   code     1 awarded, 2 duplicate, 3 capped, 4 throttled,
@@ -46,6 +55,7 @@
 local restore = ARGV[1] == 'restore'
 local outbox_max = tonumber(ARGV[2])
 local ops = cjson.decode(ARGV[3])
+local templates = cjson.decode(ARGV[4])
 local out = {}
 
 local function emit(code, points, balance, limit, original)
@@ -64,6 +74,8 @@ end
 local outbox_len = 0
 if outbox_max > 0 then outbox_len = redis.call('XLEN', KEYS[3]) end
 local expiry_set = {}
+local board_sums = {}
+local board_order = {}
 
 local function hget_number(key, field)
   return tonumber(redis.call('HGET', key, field) or '0')
@@ -168,29 +180,34 @@ for i = 1, #ops do
           redis.call('SET', ivkey, math.max(last, occ), 'PX', iv[3])
         end
       end
-      local boards = op[16]
-      if points > 0 and #boards > 0 then
+      local plan = op[16]
+      if points > 0 and plan ~= 0 then
         local first = tonumber(redis.call('HGET', KEYS[4], user) or '0')
         if first == 0 or occ < first then
           redis.call('HSET', KEYS[4], user, occ)
           first = occ
         end
-        for j = 1, #boards do
-          local b = boards[j]
-          local eligible = true
-          if b[5] > 0 then
-            local since = first
-            if b[6] > 0 then since = b[6] end
-            eligible = occ - since < b[5]
+        local since = first
+        if plan[4] > 0 then since = plan[4] end
+        local slots = templates[plan[1]]
+        for j = 1, #slots do
+          local s = slots[j]
+          local key_idx, scope_id = s[5], 't'
+          if s[4] ~= 't' then
+            if s[4] == 'd' then scope_id = plan[2] else scope_id = plan[3] end
+            key_idx = s[5][scope_id]
           end
-          if eligible then
-            redis.call('ZINCRBY', KEYS[b[1]], -amount(b[3], points), b[2])
-            if b[7] ~= 0 then redis.call('SADD', KEYS[b[7]], b[8]) end
-            if b[4] > 0 and not expiry_set[b[1]] then
-              expiry_set[b[1]] = true
-              redis.call('EXPIREAT', KEYS[b[1]], b[4])
-              if b[7] ~= 0 then redis.call('EXPIREAT', KEYS[b[7]], b[4]) end
+          local member = user
+          if s[3] == 1 then member = plan[3] end
+          if key_idx and member ~= '' and (s[2] == 0 or occ - since < s[2]) then
+            local sums = board_sums[key_idx]
+            if not sums then
+              sums = {}
+              board_sums[key_idx] = sums
+              -- The scope set records "d:<id>" / "g:<id>", as BoardRef scopes read.
+              board_order[#board_order + 1] = {key_idx, s[6], s[7], s[4] .. ':' .. scope_id}
             end
+            sums[member] = (sums[member] or 0) + amount(s[1], points)
           end
         end
       end
@@ -200,6 +217,18 @@ for i = 1, #ops do
       end
       emit(1, points, balance, limit, 0)
     end
+  end
+end
+
+for _, b in ipairs(board_order) do
+  local key_idx, expire_at, set_idx, scope = b[1], b[2], b[3], b[4]
+  for member, by in pairs(board_sums[key_idx]) do
+    redis.call('ZINCRBY', KEYS[key_idx], -by, member)
+  end
+  if set_idx ~= 0 then redis.call('SADD', KEYS[set_idx], scope) end
+  if expire_at > 0 then
+    redis.call('EXPIREAT', KEYS[key_idx], expire_at)
+    if set_idx ~= 0 then redis.call('EXPIREAT', KEYS[set_idx], expire_at) end
   end
 end
 

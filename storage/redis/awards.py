@@ -20,7 +20,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.domain import CreditOp, CreditResult, PeriodRef, StoreCode
+from service.domain import BoardTemplate, CreditOp, CreditResult, PeriodRef, StoreCode
 from storage.entries import award_data
 from storage.keys import Shard, Topology, counter_field
 from storage.redis.scripts import Call, LuaScript
@@ -204,6 +204,10 @@ class AwardStore:
         keys = _KeyTable([shard.maintenance, shard.balances, shard.outbox, shard.first_seen])
         restoring = mode == "restore"
         encoded: list[list[Any]] = []
+        # Board templates named by the ops, numbered: described once per call,
+        # so a credit feeding a dozen boards sends four values for them.
+        template_numbers: dict[int, int] = {}
+        templates: list[list[list[Any]]] = []
         for i in chunk:
             op, extra = pairs[i]
             user = op.user_id
@@ -252,30 +256,44 @@ class AwardStore:
                 item += ["", extra.points, extra.balance_after]
             else:
                 item += [award_data(op), 0, 0]
-            item.append(
-                [
-                    [
-                        keys.index(shard.board(b.ref)),
-                        b.member,
-                        b.metric[0],
-                        b.expires_at_s,
-                        b.newcomer_window_ms,
-                        b.join_ms,
-                        0
-                        if b.ref.scope == "t"
-                        else keys.index(shard.board_scopes(b.ref.board, b.ref.kind, b.ref.key)),
-                        b.ref.scope,
-                    ]
-                    for b in op.boards
-                ]
-            )
+            plan = op.boards
+            if plan is None:
+                item.append(0)
+            else:
+                number = template_numbers.get(id(plan.template))
+                if number is None:
+                    templates.append(_encode_template(shard, keys, plan.template))
+                    number = template_numbers[id(plan.template)] = len(templates)
+                # Keys of the department and group scopes this credit feeds.
+                for slot, entry in zip(plan.template.slots, templates[number - 1], strict=True):
+                    scope_id = plan.department if slot.scope == "d" else plan.group
+                    if slot.scope != "t" and scope_id and scope_id not in entry[4]:
+                        entry[4][scope_id] = keys.index(shard.board(slot.ref(scope_id)))
+                item.append([number, plan.department, plan.group, plan.join_ms])
             encoded.append(item)
         args: list[str | int] = [
             mode,
             self.outbox_entries_max,
             json.dumps(encoded, separators=(",", ":"), ensure_ascii=False),
+            json.dumps(templates, separators=(",", ":"), ensure_ascii=False),
         ]
         return keys.keys, args
+
+
+def _encode_template(shard: Shard, keys: _KeyTable, template: BoardTemplate) -> list[list[Any]]:
+    """[metric, newcomer window ms, group member 0/1, scope, key idx (tenant) or
+    {scope id: key idx}, expire-at, scope set idx (0 for the tenant scope)]."""
+    out: list[list[Any]] = []
+    for slot in template.slots:
+        if slot.scope == "t":
+            key: Any = keys.index(shard.board(slot.ref()))
+            scopes = 0
+        else:
+            key = {}
+            scopes = keys.index(shard.board_scopes(slot.board, slot.kind, slot.period_key))
+        out.append([slot.metric[0], slot.newcomer_window_ms, int(slot.group_member), slot.scope,
+                    key, slot.expires_at_s, scopes])  # fmt: skip
+    return out
 
 
 class _KeyTable:
