@@ -132,7 +132,7 @@ async def _reconcile(settings: Settings, limit: int) -> int:
 
 async def _rebuild(settings: Settings, tenants: list[str]) -> int:
     from service.app import App
-    from service.ops import rebuild
+    from service.ops import RebuildFailed, rebuild
 
     app = await App.open(settings)
     try:
@@ -141,6 +141,9 @@ async def _rebuild(settings: Settings, tenants: list[str]) -> int:
             print(f"unknown tenants: {', '.join(unknown)}")
             return 2
         report = await rebuild(app, tenants or None)
+    except RebuildFailed as exc:
+        print(f"rebuild failed: {exc}")
+        return 1
     finally:
         await app.close()
     print(

@@ -226,11 +226,16 @@ class CreditOp:
     interval_key: str = ""
     facts: LedgerFacts | None = None
     boards: BoardPlan | None = None
+    # The event's first credit: its dedup record is the event's identity, kept
+    # under the event id alone so any credit layout of a reused id collides.
+    anchor: bool = True
 
     @property
     def entry_key(self) -> str:
-        """The ledger's unique key for this credit within the tenant."""
-        return f"e:{self.event_id}:{self.role.letter}"
+        """The ledger's unique key for this credit within the tenant. The user is
+        part of it: an event id reused for another user on another shard cannot
+        be caught atomically, and must then still leave one row per payment."""
+        return f"e:{self.event_id}:{self.role.letter}:{self.user_id}"
 
 
 class StoreCode(enum.IntEnum):

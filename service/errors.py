@@ -12,6 +12,7 @@ from storage.errors import LedgerDataError, StorageError, StorageUnavailable
 
 __all__ = [
     "AlreadyExists",
+    "Conflict",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
@@ -42,6 +43,10 @@ class FailedPrecondition(ServiceError):
     pass
 
 
+class Conflict(ServiceError):
+    """The target changed since the caller read it: read again and retry."""
+
+
 class Overloaded(ServiceError):
     """A bound was hit (outbox full, too many in flight): retry with backoff."""
 
@@ -56,6 +61,7 @@ _TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Conflict, grpc.StatusCode.ABORTED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShardBusy, grpc.StatusCode.UNAVAILABLE),
     (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),

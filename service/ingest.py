@@ -176,7 +176,8 @@ class Ingestor:
                 user_id=op.user_id,
                 role=op.role,
                 outcome=_OUTCOME_OF[res.code],
-                points=res.points,
+                # A reused id (only caught on this credit) applied nothing here.
+                points=0 if res.code is StoreCode.ID_REUSED else res.points,
                 balance=res.balance,
                 reason=_credit_reason(plan, op, res),
             )

@@ -50,6 +50,10 @@ class ReconcileReport:
         return self.drained and not self.mismatches
 
 
+class RebuildFailed(RuntimeError):
+    pass
+
+
 @dataclass
 class RebuildReport:
     tenants: int = 0
@@ -146,7 +150,10 @@ def _restore_op(app: App, row: LedgerRow, now_s: int) -> RestoreOp | None:
         interval_ms=0,
         dedup_expires_at_s=op.dedup_expires_at_s if op.dedup_expires_at_s > now_s else 0,
     )
-    if not op.limits and not op.counters and not op.dedup_expires_at_s:
+    boards_live = op.boards is not None and any(
+        not slot.expires_at_s or slot.expires_at_s > now_s for slot in op.boards.template.slots
+    )
+    if not op.limits and not op.counters and not op.dedup_expires_at_s and not boards_live:
         return None
     return RestoreOp(op, row.points, row.balance_after)
 
@@ -159,12 +166,15 @@ async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
         shards = stores.topology.tenant_shards(tenant_id)
         for shard in shards:
             await stores.balances.set_maintenance(shard, True)
+        if not await app.flusher.drain(300):
+            # Nothing was touched yet: writes may go on, the rebuild waits.
+            for shard in shards:
+                await stores.balances.set_maintenance(shard, False)
+            raise RebuildFailed(
+                f"tenant {tenant_id}: the outbox could not be drained into PostgreSQL; "
+                "rebuilding now would lose its entries. Nothing was changed."
+            )
         try:
-            if not await app.flusher.drain(300):
-                raise RuntimeError(
-                    f"tenant {tenant_id}: the outbox could not be drained into PostgreSQL; "
-                    "rebuilding now would lose its entries"
-                )
             for shard in shards:
                 report.keys_deleted += await stores.balances.wipe_state(shard)
             sums = await stores.ledger.sums(tenant_id)
@@ -195,7 +205,13 @@ async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
             log.info(
                 "rebuilt tenant %s: %d users, %d entries", tenant_id, len(sums), report.entries
             )
-        finally:
-            for shard in shards:
-                await stores.balances.set_maintenance(shard, False)
+        except Exception as exc:
+            # State is half-wiped: writes stay refused (UNAVAILABLE) until a
+            # rebuild completes; accepting them now would pay without dedup.
+            raise RebuildFailed(
+                f"tenant {tenant_id}: rebuild failed after wiping its Redis state ({exc}); "
+                "writes stay refused until `pointsd rebuild` completes"
+            ) from exc
+        for shard in shards:
+            await stores.balances.set_maintenance(shard, False)
     return report

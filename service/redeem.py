@@ -206,7 +206,9 @@ class Redemptions:
     async def adjust(
         self, tenant_id: str, user_id: str, points: int, reason: str, idempotency_key: str
     ) -> Adjustment:
-        key = f"adj:{idempotency_key}"
+        # Per user: the key is checked on the user's shard, so the same key for
+        # two users cannot be told apart atomically; each gets its own entry.
+        key = f"adj:{user_id}:{idempotency_key}"
         now_ms = self.clock_ms()
         result = await self.stores.balances.change(
             BalanceChange(
@@ -233,7 +235,10 @@ class Redemptions:
         """Finish redemptions and refunds a dead process left half-way."""
         idle_since = datetime.fromtimestamp(time.time() - self.recovery_after_s, tz=UTC)
         done = 0
+        known = self.stores.topology.shards_by_tenant
         for r in await self.stores.catalog.unfinished(idle_since):
+            if r.tenant_id not in known:
+                continue  # another deployment's tenant, or one removed from the rules
             try:
                 if r.status == "pending":
                     await self._spend(r)
@@ -252,5 +257,8 @@ class Redemptions:
                 await self.recover()
             except StorageError as exc:
                 log.warning("redemption recovery failed, retrying later: %s", exc)
+            except Exception:
+                # A bug must not end the sweep for every tenant: log, go on.
+                log.exception("redemption recovery failed unexpectedly")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.recovery_interval_s)

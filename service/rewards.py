@@ -14,11 +14,11 @@ from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App
 from service.boards import PERIODS
-from service.errors import AlreadyExists, NotFound
+from service.errors import AlreadyExists, Conflict, NotFound
 from service.redeem import QUANTITY_MAX
 from service.rpc import Ctx, unary
-from service.validation import InvalidField, check_id
-from storage.errors import RecordExists, RecordMissing
+from service.validation import InvalidField, check_id, check_text
+from storage.errors import RecordChanged, RecordExists, RecordMissing
 from storage.postgres.catalog import Item, Redemption
 
 __all__ = [
@@ -79,10 +79,8 @@ def item_from_pb(msg: pb.Item, app: App) -> Item:
     if app.engine.tenant(msg.tenant_id) is None:
         raise InvalidField("item.tenant_id", f"unknown tenant {msg.tenant_id!r}")
     check_id("item.item_id", msg.item_id)
-    if not msg.name or len(msg.name) > 200:
-        raise InvalidField("item.name", "must be 1-200 characters")
-    if len(msg.description) > 2000:
-        raise InvalidField("item.description", "must be at most 2000 characters")
+    check_text("item.name", msg.name, max_chars=200, required=True)
+    check_text("item.description", msg.description, max_chars=2000, multiline=True)
     kind = _KINDS.get(msg.kind)
     if kind is None:
         raise InvalidField("item.kind", "is required: VIRTUAL, PHYSICAL, BENEFIT or DONATION")
@@ -188,10 +186,16 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @unary
     async def UpdateItem(self, request: pb.UpdateItemRequest, context: Ctx) -> pb.Item:
         item = item_from_pb(request.item, self.app)
+        expected = _dt(request.item.updated_at) if request.item.HasField("updated_at") else None
         try:
-            return item_to_pb(await self.app.stores.catalog.update_item(item))
+            return item_to_pb(await self.app.stores.catalog.update_item(item, expected))
         except RecordMissing:
             raise NotFound(f"item.item_id: no item {item.item_id!r}") from None
+        except RecordChanged:
+            raise Conflict(
+                f"item.updated_at: {item.item_id!r} changed since it was read (a redemption "
+                "or another update); read it again and reapply the change"
+            ) from None
 
     @unary
     async def DisableItem(self, request: pb.DisableItemRequest, context: Ctx) -> pb.Item:
@@ -231,8 +235,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.Redemption:
         check_tenant(self.app, request.tenant_id)
         check_id("redemption_id", request.redemption_id)
-        if len(request.reason) > 500:
-            raise InvalidField("reason", "must be at most 500 characters")
+        check_text("reason", request.reason, max_chars=500)
         r = await self.app.redemptions.refund(
             request.tenant_id, request.redemption_id, request.reason
         )
@@ -250,10 +253,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 "points",
                 f"must be non-zero and at most {ADJUST_MAX} either way, got {request.points}",
             )
-        if not request.reason.strip() or len(request.reason) > 500:
-            raise InvalidField(
-                "reason", "is required (at most 500 characters): it goes into the ledger"
-            )
+        check_text("reason", request.reason, max_chars=500, required=True)
         done = await self.app.redemptions.adjust(
             request.tenant_id, request.user_id, request.points, request.reason,
             request.idempotency_key,

@@ -54,6 +54,7 @@ class Running:
     flusher_task: asyncio.Task[None] | None
     # A flusher child process (POINTS_FLUSHER=process) or None.
     children: list[asyncio.Task[None]] = field(default_factory=list)
+    recovery_task: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.app.settings.shutdown_grace_s if grace_s is None else grace_s
@@ -65,6 +66,7 @@ class Running:
         self.health_task.cancel()
         await asyncio.gather(
             self.health_task,
+            *([self.recovery_task] if self.recovery_task else []),
             *([self.flusher_task] if self.flusher_task else []),
             return_exceptions=True,
         )
@@ -137,9 +139,8 @@ async def start_server(
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop_flusher = asyncio.Event()
-    health_task = asyncio.create_task(
-        _gather(_watch_health(app, health_servicer), app.redemptions.run_recovery(stop_flusher))
-    )
+    health_task = asyncio.create_task(_watch_health(app, health_servicer))
+    recovery_task = asyncio.create_task(app.redemptions.run_recovery(stop_flusher))
     flusher_task = None
     children: list[asyncio.Task[None]] = []
     if settings.flusher == "inline":
@@ -152,8 +153,9 @@ async def start_server(
         )
         children.append(asyncio.create_task(child.run(stop_flusher)))
     return Running(
-        app, server, health_servicer, port, stop_flusher, health_task, flusher_task, children
-    )
+        app, server, health_servicer, port, stop_flusher, health_task, flusher_task, children,
+        recovery_task,
+    )  # fmt: skip
 
 
 async def _gather(*coros: Coroutine[Any, Any, None]) -> None:
@@ -202,22 +204,31 @@ async def serve_workers(settings: Settings) -> None:
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate.upgrade, database_url)
     env = child_env(settings, redis_url, database_url)
-    children = []
+    workers = []
     for i in range(settings.workers):
         worker_env = dict(env, POINTS_WORKERS="1", POINTS_REUSE_PORT="true", POINTS_FLUSHER="off")
         # One metrics port per worker: base, base + 1, ...
         worker_env["POINTS_METRICS_PORT"] = str(
             settings.metrics_port + i if settings.metrics_port else 0
         )
-        children.append(Child(f"worker {i}", ["serve"], worker_env))
-    if settings.flusher != "off":
-        children.append(Child("flusher", ["flush"], env))
+        workers.append(Child(f"worker {i}", ["serve"], worker_env))
     stopping = asyncio.Event()
+    flusher_stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    flusher = (
+        asyncio.create_task(Child("flusher", ["flush"], env).run(flusher_stopping))
+        if settings.flusher != "off"
+        else None
+    )
     log.info("pointsd serving on %s with %d workers", settings.listen, settings.workers)
-    await asyncio.gather(*(c.run(stopping) for c in children))
+    await asyncio.gather(*(w.run(stopping) for w in workers))
+    # Only once every worker has finished its last requests does the flusher
+    # get SIGTERM: its final drain then sees everything they accepted.
+    flusher_stopping.set()
+    if flusher is not None:
+        await flusher
     for server in embedded:
         if server.owned:
             await asyncio.to_thread(server.stop)

@@ -111,8 +111,11 @@ def decode_page_token(token: str, tenant_id: str, user_id: str) -> tuple[int, in
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor = (int(raw["o"]), int(raw["i"]))
         tag = raw["q"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise InvalidField("page_token", "is not a token returned by ListLedger") from None
+    # Within what a real cursor can hold: a timestamp in ms and a row id.
+    if not (0 <= cursor[0] < 253_402_300_800_000 and 0 <= cursor[1] < 2**63):
+        raise InvalidField("page_token", "is not a token returned by ListLedger")
     if tag != _query_tag(tenant_id, user_id):
         raise InvalidField("page_token", "belongs to another tenant_id/user_id query")
     return cursor

@@ -10,7 +10,7 @@ from service.api.points.v1 import points_pb2 as pb
 from service.domain import Event
 from service.errors import InvalidArgument
 
-__all__ = ["ID_BYTES_MAX", "InvalidField", "Limits", "check_id", "event_from_pb"]
+__all__ = ["ID_BYTES_MAX", "InvalidField", "Limits", "check_id", "check_text", "event_from_pb"]
 
 ID_BYTES_MAX = 128
 ATTRIBUTE_KEY_BYTES_MAX = 64
@@ -47,6 +47,24 @@ def check_id(field: str, value: str, *, required: bool = True) -> str:
         raise InvalidField(field, "must not contain control characters")
     if value != value.strip():
         raise InvalidField(field, "must not start or end with whitespace")
+    return value
+
+
+_LINE_BREAKS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def check_text(
+    field: str, value: str, *, max_chars: int, required: bool = False, multiline: bool = False
+) -> str:
+    """Free text (names, reasons): bounded, and without control characters
+    (PostgreSQL refuses NUL; the ledger and logs want single lines)."""
+    if required and not value.strip():
+        raise InvalidField(field, "is required")
+    if len(value) > max_chars:
+        raise InvalidField(field, f"must be at most {max_chars} characters, got {len(value)}")
+    if (_LINE_BREAKS if multiline else _CONTROL).search(value):
+        allowed = " (line breaks and tabs are fine)" if multiline else ""
+        raise InvalidField(field, f"must not contain control characters{allowed}")
     return value
 
 

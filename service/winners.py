@@ -43,6 +43,8 @@ class WinnersRecorder:
         stores = self.app.stores
         written = 0
         for tenant in self.app.rules.tenants.values():
+            if await stores.balances.in_maintenance(tenant.tenant_id):
+                continue  # a rebuild is refilling its boards: judge them later
             tz = tenant.timezone
             for board in tenant.boards.values():
                 if not board.winners:

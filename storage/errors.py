@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     "LedgerDataError",
+    "RecordChanged",
     "RecordExists",
     "RecordMissing",
     "StorageError",
@@ -34,3 +35,7 @@ class RecordExists(StorageError):
 
 class RecordMissing(StorageError):
     """No record with this key."""
+
+
+class RecordChanged(StorageError):
+    """The record changed since the caller read it (optimistic concurrency)."""

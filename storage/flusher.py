@@ -34,6 +34,7 @@ class FlushStats:
     rows_written: int = 0
     rows_redelivered: int = 0
     entries_dead: int = 0
+    conflicts: int = 0
     batches: int = 0
     failures: int = 0
     # recorded_at -> committed, of the entries of the last batch, in ms.
@@ -65,6 +66,9 @@ class Flusher:
         self.stats = FlushStats()
         self._groups_ready = False
         self._next_claim = 0.0
+        # One batch at a time: drain() and run() share this consumer's pending
+        # entries and must not both write (and park) the same ones.
+        self._batch_lock = asyncio.Lock()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush until `stop` is set; the batch in hand is finished first."""
@@ -99,6 +103,10 @@ class Flusher:
 
     async def flush_once(self, stop: asyncio.Event, claim_idle_ms: int | None = None) -> int:
         """Move one batch; returns how many stream entries it handled."""
+        async with self._batch_lock:
+            return await self._flush_once(stop, claim_idle_ms)
+
+    async def _flush_once(self, stop: asyncio.Event, claim_idle_ms: int | None) -> int:
         shards = list(self.shards())
         if not shards:
             return 0
@@ -155,14 +163,14 @@ class Flusher:
         attempt = 0
         while True:
             try:
-                written = await self.ledger.write(rows)
+                result = await self.ledger.write(rows)
                 refused: list[LedgerRow] = []
                 break
             except LedgerDataError as exc:
                 log.error(
                     "ledger refused a batch of %d rows (%s); writing one by one", len(rows), exc
                 )
-                written, refused = await self.ledger.write_each(rows)
+                result, refused = await self.ledger.write_each(rows)
                 break
             except StorageUnavailable as exc:
                 attempt += 1
@@ -171,16 +179,27 @@ class Flusher:
                     return None
                 await self._sleep(stop, self._backoff_s(attempt))
         now_ms = int(time.time() * 1000)
+        written = result.inserted
         self.stats.batches += 1
         self.stats.rows_written += written
-        self.stats.rows_redelivered += len(rows) - written - len(refused)
+        self.stats.rows_redelivered += len(rows) - written - len(refused) - len(result.conflicts)
         self.stats.failures = 0
         self.stats.lag_ms_last = [max(0, now_ms - r.recorded_at_ms) for r in rows]
         if self.on_batch is not None:
             self.on_batch(self.stats, rows)
         for row in refused:
             log.error("ledger refused entry %s of tenant %s: parked", row.entry_key, row.tenant_id)
-        return {(r.tenant_id, r.entry_key) for r in refused}
+        for row in result.conflicts:
+            self.stats.conflicts += 1
+            log.error(
+                "entry %s of tenant %s (user %s, %+d points) clashes with a different ledger "
+                "row under the same key: parked; reconcile will show the difference",
+                row.entry_key,
+                row.tenant_id,
+                row.user_id,
+                row.points,
+            )
+        return {(r.tenant_id, r.entry_key) for r in [*refused, *result.conflicts]}
 
     def _failed(self, exc: StorageError) -> None:
         self.stats.failures += 1

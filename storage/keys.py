@@ -89,9 +89,11 @@ class Shard:
         """Set of the department/group scopes a board has data for in a period."""
         return f"{self.tag}:lbs:{board}:{kind.value}:{key}"
 
-    def dedup(self, event_id: str, role_letter: str) -> str:
-        """String: the first outcome of one credit of one event."""
-        return f"{self.tag}:ev:{role_letter}:{event_id}"
+    def dedup(self, event_id: str, anchor: bool) -> str:
+        """String: the first outcome of one credit of one event. The anchor
+        (first) credit's record is the event's identity: keyed by the event id
+        alone; a second credit's record by event id and "t"."""
+        return f"{self.tag}:ev:{'e' if anchor else 't'}:{event_id}"
 
     def change(self, entry_key: str) -> str:
         """String: the outcome of one balance change (spend, refund, adjustment)."""

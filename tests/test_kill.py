@@ -98,7 +98,7 @@ async def test_sigkill_during_load_loses_nothing_and_doubles_nothing(
                 for c in r.credits:
                     if c.points > 0:
                         role = "a" if c.role == pb.ACTOR else "t"
-                        credits[f"e:{e.event_id}:{role}"] = (c.user_id, c.points)
+                        credits[f"e:{e.event_id}:{role}:{c.user_id}"] = (c.user_id, c.points)
 
         drained = run_cli(["flush", "--drain"], env)
         assert drained.returncode == 0, drained.stdout + drained.stderr

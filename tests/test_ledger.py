@@ -4,6 +4,7 @@ redelivery, dead flushers and refused entries; balances equal ledger sums."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 import pytest
@@ -31,7 +32,7 @@ async def test_every_award_reaches_the_ledger_once_and_reconciles(api: Api, sql)
         for c in r.credits:
             if c.outcome == pb.AWARDED and c.points:
                 role = "a" if c.role == pb.ACTOR else "t"
-                expected[f"e:{e.event_id}:{role}"] = (c.user_id, c.points, c.balance)
+                expected[f"e:{e.event_id}:{role}:{c.user_id}"] = (c.user_id, c.points, c.balance)
     assert await api.app.flusher.drain(30)
     rows = sql(
         "SELECT entry_key, user_id, points, balance_after FROM ledger_entries WHERE tenant_id=:t",
@@ -63,9 +64,16 @@ async def test_ledger_write_is_idempotent(api: Api, sql) -> None:
         attributes={"k": "v"},
     )
     ledger = api.app.stores.ledger
-    assert await ledger.write([row, row]) == 1
-    assert await ledger.write([row]) == 0
+    assert (await ledger.write([row, row])).inserted == 1
+    again = await ledger.write([row])
+    assert (again.inserted, again.conflicts) == (0, [])
     assert ledger_count(sql, api.tenant) == 1
+    # Same key, other content: two payments claiming one key are reported.
+    clash = dataclasses.replace(row, points=7, balance_after=12)
+    other = dataclasses.replace(row, entry_key="e:y:a:u1")
+    result = await ledger.write([clash, other])
+    assert (result.inserted, result.conflicts) == (1, [clash])
+    assert ledger_sum(sql, api.tenant) == 5 + 5
 
 
 async def test_entries_of_a_dead_flusher_are_claimed(
@@ -222,7 +230,7 @@ def test_outbox_entry_round_trip() -> None:
     )
     fields = {b"p": b"3", b"b": b"9", b"d": award_data(op).encode()}
     row = decode_entry("t", fields)
-    assert (row.entry_key, row.points, row.balance_after, row.action) == ("e:1:t", 3, 9, "reply")
+    assert (row.entry_key, row.points, row.balance_after, row.action) == ("e:1:t:u", 3, 9, "reply")
     assert (row.role, row.counterpart_id, row.quantity, row.reason) == ("t", "v", 2, "Reply")
     assert (row.occurred_at_ms, row.recorded_at_ms) == (5, 6)
     assert row.attributes == {"x": "中"}

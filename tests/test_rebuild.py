@@ -108,3 +108,48 @@ async def test_writes_are_refused_while_a_rebuild_owns_the_tenant(api: Api, rds)
     finally:
         await api.app.stores.balances.set_maintenance(shard, False)
     assert (await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))).outcome == pb.AWARDED
+
+
+async def test_old_awards_stay_on_all_time_boards_and_dead_letters_survive(api: Api, rds) -> None:
+    """Entries whose dedup records and counters expired long ago still count on
+    all-time boards after a rebuild; parked entries are not wiped."""
+    now = api.app.ingestor.clock_ms()
+    past = now - 10 * 86_400_000
+    api.app.ingestor.clock_ms = lambda: past
+    for user, n in [("carol", 2), ("dave", 1)]:
+        for _ in range(n):
+            await api.stub.RecordActivity(ev(api.tenant, user, "file", at_ms=past))
+    api.app.ingestor.clock_ms = lambda: now
+    await api.stub.RecordActivity(ev(api.tenant, "dave", "reply"))
+    request = pb.LeaderboardRequest(tenant_id=api.tenant, board="points", period=pb.ALL_TIME)
+    before = [(e.member_id, e.score) for e in (await api.stub.Leaderboard(request)).entries]
+    assert before == [("carol", 20), ("dave", 13)]
+    shard = api.app.shards()[0]
+    rds.xadd(shard.dead_letters, {"d": "kept for the operator"})
+    await rebuild(api.app)
+    after = [(e.member_id, e.score) for e in (await api.stub.Leaderboard(request)).entries]
+    assert after == before
+    assert rds.xlen(shard.dead_letters) == 1
+
+
+async def test_a_rebuild_that_fails_half_way_keeps_writes_refused(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.ops import RebuildFailed
+    from storage.errors import StorageUnavailable
+
+    await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))
+    assert await api.app.flusher.drain(30)
+
+    async def broken(tenant_id: str) -> None:
+        raise StorageUnavailable("postgresql went away")
+
+    monkeypatch.setattr(api.app.stores.ledger, "sums", broken)
+    with pytest.raises(RebuildFailed, match="writes stay refused"):
+        await rebuild(api.app)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    monkeypatch.undo()
+    await rebuild(api.app)
+    assert (await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))).balance == 20

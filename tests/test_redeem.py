@@ -392,3 +392,122 @@ async def test_redeem_refuses_what_cannot_be_done(api: Api) -> None:
         assert got_code == code and text in msg, (code, msg)
     assert (await balance(api, "ann")).available == 1000
     assert await stock_of(api, "cup") == 5
+
+
+async def test_control_characters_in_free_text_are_refused_before_anything_is_stored(
+    api: Api, rds
+) -> None:
+    code, msg = await failure(
+        admin(api).AdjustPoints(
+            pb.AdjustPointsRequest(
+                tenant_id=api.tenant,
+                user_id="bob",
+                points=100,
+                reason="bad\x00reason",
+                idempotency_key="k",
+            )
+        )
+    )
+    assert (code, msg.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "reason")
+    assert (await balance(api, "bob")).available == 0
+    for field, value in [("name", "Mug\x00"), ("description", "ok\nbut\x00not")]:
+        item = pb.Item(tenant_id=api.tenant, item_id="mug", name="Mug", kind=pb.PHYSICAL, cost=5)
+        setattr(item, field, value)
+        code, msg = await failure(admin(api).CreateItem(pb.CreateItemRequest(item=item)))
+        assert (code, msg.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, f"item.{field}")
+    multiline = pb.Item(
+        tenant_id=api.tenant,
+        item_id="mug",
+        name="Mug",
+        kind=pb.PHYSICAL,
+        cost=5,
+        description="two\nlines\tand a tab",
+        enabled=True,
+    )
+    await admin(api).CreateItem(pb.CreateItemRequest(item=multiline))
+    await grant(api, "bob", 10)
+    done = await redeem(api, "bob", "mug")
+    code, msg = await failure(
+        admin(api).RefundRedemption(
+            pb.RefundRedemptionRequest(
+                tenant_id=api.tenant, redemption_id=done.redemption_id, reason="oops\x07"
+            )
+        )
+    )
+    assert (code, msg.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "reason")
+    assert (await balance(api, "bob")).available == 5
+
+
+async def test_update_from_a_stale_read_is_refused(api: Api) -> None:
+    """An absolute stock written from a stale read would undo redemptions."""
+    read = await create_item(api, "seat", 10, 1)
+    await grant(api, "ann", 10)
+    await redeem(api, "ann", "seat")  # stock 1 -> 0, and updated_at moves
+    stale = pb.Item()
+    stale.CopyFrom(read)
+    stale.name = "Seat (renamed)"
+    code, msg = await failure(admin(api).UpdateItem(pb.UpdateItemRequest(item=stale)))
+    assert code == grpc.StatusCode.ABORTED and msg.startswith("item.updated_at")
+    assert await stock_of(api, "seat") == 0
+    fresh = next(
+        i
+        for i in (await admin(api).ListItems(pb.ListItemsRequest(tenant_id=api.tenant))).items
+        if i.item_id == "seat"
+    )
+    fresh.name = "Seat (renamed)"
+    updated = await admin(api).UpdateItem(pb.UpdateItemRequest(item=fresh))
+    assert (updated.name, updated.stock) == ("Seat (renamed)", 0)
+
+
+async def test_recovery_finishes_abandoned_redemptions_and_skips_unknown_tenants(
+    api: Api, sql
+) -> None:
+    """A process that died after step 1 of the saga left `pending` records;
+    the sweep finishes them, and a record of a tenant this deployment does not
+    serve (shared database) does not stop it."""
+    from sqlalchemy import create_engine, text
+
+    from storage.postgres import sqlalchemy_url
+
+    await create_item(api, "book", 20, 3)
+    await grant(api, "ann", 30)
+    catalog = api.app.stores.catalog
+    now = datetime.now(ZoneInfo("UTC"))
+    limit_key = api.app.redemptions._limit_key(api.tenant)
+    mine, _ = await catalog.begin_redemption(
+        api.tenant, "crash-1", "ann", "book", 1, now, limit_key
+    )
+    poor, _ = await catalog.begin_redemption(
+        api.tenant, "crash-2", "ann", "book", 1, now, limit_key
+    )
+    engine = create_engine(sqlalchemy_url(api.app.database_url))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO redemptions (redemption_id, tenant_id, request_id, user_id, item_id, "
+                "item_name, quantity, points, status) VALUES (:id, 'not-served-here', 'r', 'u', "
+                "'i', 'I', 1, 5, 'pending')"
+            ),
+            {"id": uuid.uuid4().hex},
+        )
+        conn.execute(
+            text(
+                "UPDATE redemptions SET updated_at = now() - interval '1 hour' "
+                "WHERE status = 'pending' AND (tenant_id = :t OR tenant_id = "
+                "'not-served-here')"
+            ),
+            {"t": api.tenant},
+        )
+    try:
+        assert await api.app.redemptions.recover() >= 2
+        states = dict(
+            sql("SELECT request_id, status FROM redemptions WHERE tenant_id = :t", t=api.tenant)
+        )
+        assert states == {"crash-1": "completed", "crash-2": "failed"}  # 30 points: one book
+        assert (await balance(api, "ann")).available == 10
+        assert await stock_of(api, "book") == 2
+        assert mine.status == poor.status == "pending"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM redemptions WHERE tenant_id = 'not-served-here'"))
+        engine.dispose()

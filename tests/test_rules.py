@@ -1063,8 +1063,8 @@ def test_like_plans_actor_then_target(default_engine: RulesEngine) -> None:
         assert op.facts.department_id == "d1"
         assert op.facts.attributes == {"msg": "m1"}
         assert op.facts.reason == "Like"
-    assert actor.entry_key == "e:like-1:a"
-    assert target.entry_key == "e:like-1:t"
+    assert actor.entry_key == "e:like-1:a:" + actor.user_id
+    assert target.entry_key == "e:like-1:t:" + target.user_id
     # The two credits never share a counter or an interval key.
     assert actor.interval_key != target.interval_key
     assert {c.counter for c in actor.limits}.isdisjoint(c.counter for c in target.limits)
@@ -1076,7 +1076,7 @@ def test_thanks_card_plans_one_op_for_the_target(default_engine: RulesEngine) ->
     assert (op.user_id, op.role) == ("bob", Role.TARGET)
     assert op.facts is not None
     assert op.facts.counterpart_id == "alice"
-    assert op.entry_key.endswith(":t")
+    assert op.entry_key == "e:ev-1:t:bob"
 
 
 def test_per_counterpart_counters_name_and_separate_the_counterpart(

@@ -227,11 +227,12 @@ class RulesEngine:
         periods = self._periods[tenant.tenant_id]
         fp = fingerprint(event)
         ops = tuple(
-            self._credit_op(periods, rule, credit, event, fp, recorded_at_ms) for credit in compiled
+            self._credit_op(periods, rule, credit, event, fp, recorded_at_ms, anchor=i == 0)
+            for i, credit in enumerate(compiled)
         )
         return Plan(rule=rule, ops=ops)
 
-    def _board_plan(self, periods: _Periods, credit: _Credit, event: Event, user: str) -> BoardPlan:
+    def _board_plan(self, periods: _Periods, credit: _Credit, event: Event) -> BoardPlan:
         at = event.occurred_at_ms
         refs = tuple(periods.get(kind, at) for kind in credit.board_kinds)
         template = credit.templates.get(refs)
@@ -274,6 +275,8 @@ class RulesEngine:
         event: Event,
         fp: str,
         recorded_at_ms: int,
+        *,
+        anchor: bool,
     ) -> CreditOp:
         cr = credit.rule
         if cr.role is Role.ACTOR:
@@ -325,7 +328,8 @@ class RulesEngine:
             accumulator=accumulator,
             interval_ms=cr.min_interval_ms,
             interval_key=credit.base,
-            boards=self._board_plan(periods, credit, event, user) if credit.boards else None,
+            boards=self._board_plan(periods, credit, event) if credit.boards else None,
+            anchor=anchor,
             facts=LedgerFacts(
                 action=rule.key,
                 counterpart_id=counterpart,

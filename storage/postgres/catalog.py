@@ -22,7 +22,7 @@ from sqlalchemy import exc as saexc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.errors import RecordExists, RecordMissing
+from storage.errors import RecordChanged, RecordExists, RecordMissing
 from storage.postgres.db import pg_errors
 
 __all__ = ["CatalogStore", "Item", "Redemption"]
@@ -131,7 +131,11 @@ class CatalogStore:
         result: Item = await self._run(work)
         return result
 
-    async def update_item(self, item: Item) -> Item:
+    async def update_item(self, item: Item, expected_updated_at: datetime | None = None) -> Item:
+        """Replace an item's definition. With `expected_updated_at` (the value
+        the caller read), only if nobody changed it since: an absolute stock
+        written from a stale read would undo redemptions made meanwhile."""
+
         async def work(conn: AsyncConnection) -> Item:
             row = (
                 await conn.execute(
@@ -141,12 +145,21 @@ class CatalogStore:
                         "per_user_limit = :per_user_limit, limit_period = :limit_period, "
                         "starts_at = :starts_at, ends_at = :ends_at, enabled = :enabled, "
                         "updated_at = now() WHERE tenant_id = :tenant_id AND item_id = :item_id "
+                        "AND (CAST(:expected AS timestamptz) IS NULL OR updated_at = :expected) "
                         f"RETURNING {_ITEM_COLUMNS}"
                     ),
-                    _item_params(item),
+                    {**_item_params(item), "expected": expected_updated_at},
                 )
             ).first()
             if row is None:
+                exists = (
+                    await conn.execute(
+                        text("SELECT 1 FROM catalog_items WHERE tenant_id = :t AND item_id = :i"),
+                        {"t": item.tenant_id, "i": item.item_id},
+                    )
+                ).first()
+                if exists:
+                    raise RecordChanged(f"item {item.item_id!r} changed since it was read")
                 raise RecordMissing(f"no item {item.item_id!r}")
             return _item(row)
 

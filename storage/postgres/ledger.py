@@ -20,7 +20,7 @@ from storage.entries import LedgerRow
 from storage.errors import LedgerDataError
 from storage.postgres.db import pg_errors
 
-__all__ = ["Ledger", "LedgerPage", "UserSums"]
+__all__ = ["Ledger", "LedgerPage", "UserSums", "WriteResult"]
 
 _COLUMNS = (
     "tenant_id, entry_key, user_id, points, balance_after, kind, action, event_id, role, "
@@ -42,6 +42,13 @@ _COPY = f"COPY ledger_staging ({_COLUMNS}) FROM STDIN"
 _MOVE = (
     f"INSERT INTO ledger_entries ({_COLUMNS}) SELECT {_COLUMNS} FROM ledger_staging "
     "ON CONFLICT (tenant_id, entry_key) DO NOTHING"
+)
+# A skipped row must be a redelivery of the same entry. One whose content
+# differs means two payments claimed one key: it is reported, never dropped.
+_CONFLICTS = (
+    "SELECT s.tenant_id, s.entry_key FROM ledger_staging s "
+    "JOIN ledger_entries l USING (tenant_id, entry_key) "
+    "WHERE (l.user_id, l.points, l.kind) IS DISTINCT FROM (s.user_id, s.points, s.kind)"
 )
 
 _PAGE = text(
@@ -90,6 +97,13 @@ def _dt(ms: int) -> datetime:
 
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    inserted: int
+    # Rows not written because their entry key holds a row with other content.
+    conflicts: list[LedgerRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +166,15 @@ class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def write(self, rows: Sequence[LedgerRow]) -> int:
-        """Insert rows in one transaction; returns how many were new.
+    async def write(self, rows: Sequence[LedgerRow]) -> WriteResult:
+        """Insert rows in one transaction: how many were new, and the rows
+        whose key was taken by a row with other content (not written).
 
         Raises StorageUnavailable when PostgreSQL is unreachable (nothing was
         written) and LedgerDataError when it refuses the content.
         """
         if not rows:
-            return 0
+            return WriteResult(0, [])
         try:
             async with self.engine.begin() as conn:
                 raw = await conn.get_raw_connection()
@@ -180,21 +195,32 @@ class Ledger:
                                 )
                             )  # fmt: skip
                     await cur.execute(_MOVE)
-                    return int(cur.rowcount or 0)
+                    inserted = int(cur.rowcount or 0)
+                    if inserted == len(rows):
+                        return WriteResult(inserted, [])
+                    await cur.execute(_CONFLICTS)
+                    clashing = {(str(t), str(k)) for t, k in await cur.fetchall()}
+                    return WriteResult(
+                        inserted, [r for r in rows if (r.tenant_id, r.entry_key) in clashing]
+                    )
         except (saexc.SQLAlchemyError, psycopg.Error, OSError) as exc:
             raise pg_errors(exc) from exc
 
-    async def write_each(self, rows: Sequence[LedgerRow]) -> tuple[int, list[LedgerRow]]:
-        """Insert rows one by one (after a batch was refused): returns the
-        number written and the rows PostgreSQL refuses."""
+    async def write_each(self, rows: Sequence[LedgerRow]) -> tuple[WriteResult, list[LedgerRow]]:
+        """Insert rows one by one (after a batch was refused): the combined
+        result, and the rows PostgreSQL refuses."""
         written = 0
+        conflicts: list[LedgerRow] = []
         refused: list[LedgerRow] = []
         for row in rows:
             try:
-                written += await self.write([row])
+                result = await self.write([row])
             except LedgerDataError:
                 refused.append(row)
-        return written, refused
+                continue
+            written += result.inserted
+            conflicts += result.conflicts
+        return WriteResult(written, conflicts), refused
 
     async def page(
         self, tenant_id: str, user_id: str, limit: int, cursor: tuple[int, int] | None

@@ -156,10 +156,17 @@ class AwardStore:
         pairs = [(req.ops[i], (req, i)) for req, start, end in batch for i in range(start, end)]
         try:
             results = await self._execute(pairs, "apply")
-        except Exception as exc:
+        except BaseException as exc:
+            # Callers must never wait forever: a cancelled dispatch (loop
+            # shutdown) cancels them, any other failure is theirs to see.
             for request, _, _ in batch:
                 if not request.future.done():
-                    request.future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        request.future.cancel()
+                    else:
+                        request.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
         else:
             for (_op, (request, i)), result in zip(pairs, results, strict=True):
                 request.results[i] = result
@@ -239,7 +246,7 @@ class AwardStore:
                 acc = op.accumulator
                 accumulate = [counters(acc.period), counter_field(user, acc.counter), acc.unit]
             item: list[Any] = [
-                keys.index(shard.dedup(op.event_id, op.role.letter)),
+                keys.index(shard.dedup(op.event_id, op.anchor)),
                 op.dedup_expires_at_s,
                 op.fingerprint,
                 user,

@@ -127,6 +127,16 @@ class BalanceStore:
                 BalanceView(parts.get(AVAILABLE, 0), parts.get(EARNED, 0), parts.get(SPENT, 0)),
             )
 
+    async def in_maintenance(self, tenant_id: str) -> bool:
+        try:
+            return bool(
+                await self.redis.exists(
+                    *[s.maintenance for s in self.topology.tenant_shards(tenant_id)]
+                )
+            )
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+
     async def set_maintenance(self, shard: Shard, on: bool) -> None:
         try:
             if on:
@@ -137,9 +147,9 @@ class BalanceStore:
             raise redis_errors(exc) from exc
 
     async def wipe_state(self, shard: Shard) -> int:
-        """Delete every key of the shard except the outbox and the maintenance
-        flag: the state a rebuild recreates from the ledger."""
-        keep = {shard.outbox.encode(), shard.maintenance.encode()}
+        """Delete every key of the shard except the outbox, the dead letters and
+        the maintenance flag: the state a rebuild recreates from the ledger."""
+        keep = {shard.outbox.encode(), shard.maintenance.encode(), shard.dead_letters.encode()}
         deleted = 0
         try:
             batch: list[bytes] = []

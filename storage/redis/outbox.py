@@ -116,7 +116,10 @@ class Outbox:
         if not by_shard:
             return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            # MULTI/EXEC: if Redis refuses to park an entry (out of memory:
+            # XADD is refused, XACK/XDEL are not), nothing is acknowledged or
+            # deleted; the batch comes back and is tried again.
+            async with self.redis.pipeline(transaction=bool(dead)) as pipe:
                 for entry in dead:
                     pipe.xadd(entry.shard.dead_letters, entry.fields)  # type: ignore[arg-type]
                 for shard, ids in by_shard.items():

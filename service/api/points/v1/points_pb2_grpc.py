@@ -614,6 +614,9 @@ class AdminServiceServicer:
 
     def UpdateItem(self, request, context):
         """Replace a reward's definition (stock included); NOT_FOUND if unknown.
+        With item.updated_at set (as read), only if nobody changed the item since:
+        ABORTED otherwise (a stock written from a stale read would undo
+        redemptions made meanwhile). Unset: unconditional.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
