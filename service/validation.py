@@ -16,6 +16,12 @@ ID_BYTES_MAX = 128
 ATTRIBUTE_KEY_BYTES_MAX = 64
 ATTRIBUTE_VALUE_BYTES_MAX = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_ID = re.compile(r"[{}\x00-\x1f\x7f]")
+# The same over "|"-joined ids, plus whitespace at either end of any of them.
+_BAD_IDS = re.compile(r"[{}\x00-\x1f\x7f]|(?:^|\|)\s|\s(?:\||$)")
+_ID_FIELDS = ("tenant_id", "event_id", "user_id", "action", "target_user_id", "group_id",
+              "department_id")  # fmt: skip
+_ID_REQUIRED = (True, True, True, True, False, False, False)
 
 
 class InvalidField(InvalidArgument):
@@ -38,6 +44,15 @@ def check_id(field: str, value: str, *, required: bool = True) -> str:
         if required:
             raise InvalidField(field, "is required")
         return value
+    # Checked for every id of every event: one regex for the common case,
+    # the precise complaint only when something is wrong.
+    too_long = len(value) * 4 > ID_BYTES_MAX and len(value.encode()) > ID_BYTES_MAX
+    if too_long or _BAD_ID.search(value) or value[0].isspace() or value[-1].isspace():
+        _explain_id(field, value)
+    return value
+
+
+def _explain_id(field: str, value: str) -> None:
     size = len(value.encode())
     if size > ID_BYTES_MAX:
         raise InvalidField(field, f"is {size} bytes; at most {ID_BYTES_MAX} are allowed")
@@ -45,9 +60,7 @@ def check_id(field: str, value: str, *, required: bool = True) -> str:
         raise InvalidField(field, "must not contain '{' or '}'")
     if _CONTROL.search(value):
         raise InvalidField(field, "must not contain control characters")
-    if value != value.strip():
-        raise InvalidField(field, "must not start or end with whitespace")
-    return value
+    raise InvalidField(field, "must not start or end with whitespace")
 
 
 _LINE_BREAKS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -78,13 +91,18 @@ def _duration(seconds: int) -> str:
 
 def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
     """Validate one event. Unset occurred_at means now."""
-    tenant_id = check_id("tenant_id", msg.tenant_id)
-    event_id = check_id("event_id", msg.event_id)
-    user_id = check_id("user_id", msg.user_id)
-    action = check_id("action", msg.action)
-    target = check_id("target_user_id", msg.target_user_id, required=False)
-    group = check_id("group_id", msg.group_id, required=False)
-    department = check_id("department_id", msg.department_id, required=False)
+    ids = (msg.tenant_id, msg.event_id, msg.user_id, msg.action, msg.target_user_id,
+           msg.group_id, msg.department_id)  # fmt: skip
+    tenant_id, event_id, user_id, action, target, group, department = ids
+    # Every id of every event: one scan of all of them in the common case; the
+    # per-field checks (and their precise messages) only when one looks wrong.
+    if (
+        not (tenant_id and event_id and user_id and action)
+        or max(map(len, ids)) * 4 > ID_BYTES_MAX
+        or _BAD_IDS.search("|".join(ids))
+    ):
+        for name, value, required in zip(_ID_FIELDS, ids, _ID_REQUIRED, strict=True):
+            check_id(name, value, required=required)
 
     if msg.HasField("occurred_at"):
         ts = msg.occurred_at
@@ -113,11 +131,11 @@ def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
     if quantity > limits.quantity_max:
         raise InvalidField("quantity", f"must be <= {limits.quantity_max}, got {quantity}")
 
-    if len(msg.attributes) > limits.attributes_max:
-        raise InvalidField(
-            "attributes", f"has {len(msg.attributes)} entries; at most {limits.attributes_max}"
-        )
-    for key, value in msg.attributes.items():
+    attrs = msg.attributes
+    count = len(attrs)
+    if count > limits.attributes_max:
+        raise InvalidField("attributes", f"has {count} entries; at most {limits.attributes_max}")
+    for key, value in attrs.items() if count else ():
         if not key or len(key.encode()) > ATTRIBUTE_KEY_BYTES_MAX or _CONTROL.search(key):
             raise InvalidField(
                 "attributes",
@@ -140,5 +158,5 @@ def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
         group_id=group,
         department_id=department,
         quantity=quantity or 1,
-        attributes=dict(msg.attributes),
+        attributes=dict(attrs) if count else {},
     )

@@ -12,12 +12,12 @@ neighbours instead of paying one each.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from service.domain import BoardTemplate, CreditOp, CreditResult, PeriodRef, StoreCode
@@ -278,11 +278,11 @@ class AwardStore:
                         entry[4][scope_id] = keys.index(shard.board(slot.ref(scope_id)))
                 item.append([number, plan.department, plan.group, plan.join_ms])
             encoded.append(item)
-        args: list[str | int] = [
+        args: list[str | int | bytes] = [
             mode,
             self.outbox_entries_max,
-            json.dumps(encoded, separators=(",", ":"), ensure_ascii=False),
-            json.dumps(templates, separators=(",", ":"), ensure_ascii=False),
+            orjson.dumps(encoded),
+            orjson.dumps(templates),
         ]
         return keys.keys, args
 

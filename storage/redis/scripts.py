@@ -21,7 +21,7 @@ from storage.errors import StorageError, StorageUnavailable
 
 __all__ = ["LuaScript", "redis_errors"]
 
-Call = tuple[Sequence[str], Sequence[str | int]]
+Call = tuple[Sequence[str], Sequence[str | int | bytes]]
 
 
 def redis_errors(exc: BaseException) -> StorageError:
@@ -62,7 +62,9 @@ class LuaScript:
                 raise redis_errors(reply) from reply
         return replies
 
-    async def run(self, redis: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def run(
+        self, redis: Redis, keys: Sequence[str], args: Sequence[str | int | bytes]
+    ) -> Any:
         return (await self.run_many(redis, [(keys, args)]))[0]
 
     async def _pipeline(
