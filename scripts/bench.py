@@ -104,11 +104,16 @@ async def raw_ceiling(
     for i, op in enumerate(ops):
         by_shard.setdefault(topology.user_shard(op.tenant_id, op.user_id), []).append(i)
     calls = []
+    sizes = []
     for shard, idx in by_shard.items():
         for s in range(0, len(idx), 100):
             calls.append(store._encode(shard, pairs, idx[s : s + 100], "apply"))
+            sizes.append(len(idx[s : s + 100]))
     per_trip = 20
-    trips = [calls[i : i + per_trip] for i in range(0, len(calls), per_trip)]
+    trips = [
+        (calls[i : i + per_trip], sum(sizes[i : i + per_trip]))
+        for i in range(0, len(calls), per_trip)
+    ]
     trip_queue = list(reversed(trips))
     done_ops = 0
     deadline = time.monotonic() + duration_s
@@ -116,9 +121,9 @@ async def raw_ceiling(
     async def worker() -> None:
         nonlocal done_ops
         while trip_queue and time.monotonic() < deadline:
-            trip = trip_queue.pop()
+            trip, credits = trip_queue.pop()
             await store.script.run_many(redis, trip)
-            done_ops += sum((len(json.loads(str(args[2]))) for _, args in trip))
+            done_ops += credits
 
     started = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(connections)))

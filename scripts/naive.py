@@ -1,7 +1,7 @@
 """The design a team would write first, kept as a benchmark baseline only
 (the service never uses it): one PostgreSQL transaction per credit that
-checks dedup and caps with SELECT ... FOR UPDATE, then updates counters and
-the balance and inserts the ledger row. Same rules, same events, same
+checks dedup and caps with SELECT ... FOR UPDATE, then updates counters, the
+balance and the same leaderboards, and inserts the ledger row. Same rules, same events, same
 outcomes as the service; only the storage design differs.
 
 Tables live in the schema `bench_naive`, created and emptied by `prepare`.
@@ -34,11 +34,15 @@ CREATE TABLE IF NOT EXISTS bench_naive.counters (
 CREATE TABLE IF NOT EXISTS bench_naive.balances (
     tenant_id text, user_id text, available bigint NOT NULL, earned bigint NOT NULL,
     PRIMARY KEY (tenant_id, user_id));
+CREATE TABLE IF NOT EXISTS bench_naive.boards (
+    tenant_id text, board text, period text, scope text, member text, score bigint NOT NULL,
+    PRIMARY KEY (tenant_id, board, period, scope, member));
 CREATE TABLE IF NOT EXISTS bench_naive.ledger (
     id bigserial PRIMARY KEY, tenant_id text, entry_key text, user_id text, points bigint,
     balance_after bigint, action text, occurred_at timestamptz, recorded_at timestamptz,
     UNIQUE (tenant_id, entry_key));
-TRUNCATE bench_naive.events, bench_naive.counters, bench_naive.balances, bench_naive.ledger;
+TRUNCATE bench_naive.events, bench_naive.counters, bench_naive.balances, bench_naive.boards,
+    bench_naive.ledger;
 """
 
 
@@ -116,6 +120,30 @@ class NaiveStore:
                     op.occurred_at_ms,
                 ),
             )
+            # The same leaderboards as the service keeps, one upsert per board
+            # instance (the service's newcomer window is left out: cheaper).
+            plan = op.boards
+            for slot in plan.template.slots if plan is not None else ():
+                scope_id = plan.department if slot.scope == "d" else plan.group  # type: ignore[union-attr]
+                if slot.scope != "t" and not scope_id:
+                    continue
+                member = plan.group if slot.group_member else op.user_id  # type: ignore[union-attr]
+                if not member:
+                    continue
+                ref = slot.ref(scope_id if slot.scope != "t" else "")
+                await conn.execute(
+                    "INSERT INTO bench_naive.boards VALUES (%s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (tenant_id, board, period, scope, member) "
+                    "DO UPDATE SET score = boards.score + EXCLUDED.score",
+                    (
+                        op.tenant_id,
+                        ref.board,
+                        f"{ref.kind.value}:{ref.key}",
+                        ref.scope,
+                        member,
+                        1 if slot.metric is Metric.COUNT else points,
+                    ),
+                )
             await conn.execute(
                 "UPDATE bench_naive.events SET outcome = 'AWARDED', points = %s "
                 "WHERE tenant_id = %s AND event_id = %s AND role = %s",

@@ -47,7 +47,7 @@ class Settings:
     ingest_ops_per_call_max: int = 100
     ingest_ops_per_round_trip_max: int = 2000
     ingest_inflight_max: int = 1
-    ingest_coalesce_us: int = 1000
+    ingest_coalesce_us: int = 2000
     ingest_coalesce_ops: int = 64
     stream_inflight_max: int = 512
     # Outbox entries per shard above which awards are refused (RESOURCE_EXHAUSTED).

@@ -5,13 +5,15 @@ dispatcher sends whatever is queued as one pipelined round trip of Lua calls,
 one call per (tenant, shard) chunk. While `inflight_max` round trips are out,
 new operations wait and join the next one (group commit). When fewer than
 `coalesce_ops` operations are queued, the dispatcher waits up to
-`coalesce_us` for more: one RPC per event then shares a round trip with its
-neighbours instead of paying one each.
+`coalesce_us` for more (unless requests are sparse: then it goes at once):
+one RPC per event then shares a round trip with its neighbours instead of
+paying one each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,6 +82,8 @@ class AwardStore:
         self._inflight = 0
         self._dispatch_at: asyncio.TimerHandle | asyncio.Handle | None = None
         self._dispatch_soon = False
+        self._last_request = 0.0
+        self._busy = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -99,6 +103,11 @@ class AwardStore:
         request.missing = len(ops)
         self._queue.append((request, 0))
         self._queued_ops += len(ops)
+        now = time.monotonic()
+        # Waiting for company only pays when company comes: after a quiet spell
+        # (no request within the window) go at once.
+        self._busy = now - self._last_request < self.coalesce_s
+        self._last_request = now
         self._schedule()
         return await request.future
 
@@ -119,7 +128,7 @@ class AwardStore:
         if not self._queue or self._inflight >= self.inflight_max:
             return
         loop = asyncio.get_running_loop()
-        if self._queued_ops >= self.coalesce_ops or not self.coalesce_s:
+        if self._queued_ops >= self.coalesce_ops or not self.coalesce_s or not self._busy:
             if self._dispatch_soon:
                 return
             if self._dispatch_at is not None:
