@@ -25,6 +25,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+# Children are started with fork+exec only, so gRPC's fork handlers have
+# nothing to protect; without this, gRPC logs a warning at every fork.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 from service.config import ConfigError, Settings
 from service.supervisor import die_with_supervisor
 
