@@ -35,7 +35,6 @@ transaction that closes the record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -44,6 +43,7 @@ from datetime import UTC, datetime
 
 from service.domain import Period
 from service.errors import AlreadyExists, FailedPrecondition, NotFound, Overloaded, ShardBusy
+from service.periodic import every
 from service.rules import RulesEngine
 from service.rules.periods import period_key
 from storage.entries import KIND_ADJUST, KIND_REFUND, KIND_SPEND, LedgerRow, entry_data
@@ -149,21 +149,29 @@ class Redemptions:
             raise FailedPrecondition(record.reason)
         return record
 
-    async def _spend(self, r: Redemption) -> Redemption:
-        """Steps 2-3 of the saga; safe to run any number of times."""
-        key = f"r:{r.redemption_id}"
+    async def _redemption_change(
+        self, r: Redemption, kind: str, key: str, delta: int, reason: str, occurred_ms: int
+    ) -> ChangeResult:
+        """Spend or give back a redemption's points, once per key (balance.lua)."""
         now_ms = self.clock_ms()
         result = await self.stores.balances.change(
             BalanceChange(
-                tenant_id=r.tenant_id, user_id=r.user_id, entry_key=key, kind=KIND_SPEND,
-                delta=-r.points, floor=True, fingerprint=_fingerprint(r.redemption_id, r.points),
+                tenant_id=r.tenant_id, user_id=r.user_id, entry_key=key, kind=kind, delta=delta,
+                floor=delta < 0, fingerprint=_fingerprint(r.redemption_id, r.points),
                 dedup_expires_at_s=now_ms // 1000 + CHANGE_RETENTION_S,
-                data=entry_data(KIND_SPEND, key, r.user_id, r.redemption_id, r.item_id,
-                                f"Redeemed {r.quantity} x {r.item_name}",
-                                int(r.created_at.timestamp() * 1000), now_ms),
+                data=entry_data(kind, key, r.user_id, r.redemption_id, r.item_id, reason,
+                                occurred_ms or now_ms, now_ms),
             )
         )  # fmt: skip
         _check(result)
+        return result
+
+    async def _spend(self, r: Redemption) -> Redemption:
+        """Steps 2-3 of the saga; safe to run any number of times."""
+        result = await self._redemption_change(
+            r, KIND_SPEND, f"r:{r.redemption_id}", -r.points,
+            f"Redeemed {r.quantity} x {r.item_name}", int(r.created_at.timestamp() * 1000),
+        )  # fmt: skip
         if result.code in (ChangeCode.APPLIED, ChangeCode.DUPLICATE):
             return await self.stores.catalog.complete(r, result.balance)
         if result.code is ChangeCode.INSUFFICIENT:
@@ -188,19 +196,10 @@ class Redemptions:
         return r
 
     async def _give_back(self, r: Redemption) -> Redemption:
-        key = f"rf:{r.redemption_id}"
-        now_ms = self.clock_ms()
-        result = await self.stores.balances.change(
-            BalanceChange(
-                tenant_id=r.tenant_id, user_id=r.user_id, entry_key=key, kind=KIND_REFUND,
-                delta=r.points, floor=False, fingerprint=_fingerprint(r.redemption_id, r.points),
-                dedup_expires_at_s=now_ms // 1000 + CHANGE_RETENTION_S,
-                data=entry_data(KIND_REFUND, key, r.user_id, r.redemption_id, r.item_id,
-                                f"Refund of {r.quantity} x {r.item_name}: {r.refund_reason}",
-                                now_ms, now_ms),
-            )
+        await self._redemption_change(
+            r, KIND_REFUND, f"rf:{r.redemption_id}", r.points,
+            f"Refund of {r.quantity} x {r.item_name}: {r.refund_reason}", 0,
         )  # fmt: skip
-        _check(result)
         return await self.stores.catalog.finish_refund(r)
 
     async def adjust(
@@ -252,13 +251,4 @@ class Redemptions:
         return done
 
     async def run_recovery(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.recover()
-            except StorageError as exc:
-                log.warning("redemption recovery failed, retrying later: %s", exc)
-            except Exception:
-                # A bug must not end the sweep for every tenant: log, go on.
-                log.exception("redemption recovery failed unexpectedly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.recovery_interval_s)
+        await every(self.recovery_interval_s, stop, self.recover, log, "redemption recovery")

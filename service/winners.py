@@ -11,16 +11,15 @@ of processes may run passes: PostgreSQL decides who records (exactly once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 from service.app import App
 from service.domain import BoardRef, Period
+from service.periodic import every
 from service.rules.model import BoardMember
 from service.rules.periods import period_bounds, period_key, shift_period
-from storage.errors import StorageError
 from storage.postgres.winners import WinnerRow
 
 __all__ = ["WinnersRecorder"]
@@ -90,10 +89,4 @@ class WinnersRecorder:
         return written
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except StorageError as exc:
-                log.warning("recording winners failed, retrying later: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+        await every(self.interval_s, stop, self.run_once, log, "recording winners")
