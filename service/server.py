@@ -114,7 +114,10 @@ async def start_server(
     size = settings.request_bytes_max
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", size),
+            # The transport stops what is far too big (RESOURCE_EXHAUSTED, before
+            # decoding); handlers refuse what is over the limit with
+            # INVALID_ARGUMENT and the size.
+            ("grpc.max_receive_message_length", size * 4),
             ("grpc.max_send_message_length", size * 2),
             # Off unless workers share the port: a second instance started by
             # mistake must fail to bind, not silently take half the traffic.

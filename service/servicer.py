@@ -217,6 +217,9 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
     async def RecordActivities(
         self, request: pb.RecordActivitiesRequest, context: Ctx
     ) -> pb.RecordActivitiesResponse:
+        size, size_max = request.ByteSize(), self.app.settings.request_bytes_max
+        if size > size_max:
+            raise InvalidField("events", f"request is {size} bytes; at most {size_max} per call")
         limit = self.app.settings.batch_events_max
         if len(request.events) > limit:
             raise InvalidField(

@@ -295,3 +295,25 @@ async def test_concurrent_awards_and_reads_agree(api: Api) -> None:
     expected = reference_ranking({u: 3 * (users.index(u) % 4 + 1) for u in users})
     got = await board(api, "points")
     assert [(e.rank, e.member_id, e.score) for e in got.entries] == expected
+
+
+async def test_users_ranked_within_their_group(make_api: ApiFactory, tenant: str) -> None:
+    api = await make_api(
+        {tenant: {"shards": 4}},
+        boards={"team": {"score": "points", "periods": ["week"], "scopes": ["tenant", "group"]}},
+    )
+    for user, group, action in [
+        ("ann", "g1", "file"),
+        ("bob", "g1", "reply"),
+        ("cat", "g2", "file"),
+        ("ann", "g2", "reply"),
+    ]:
+        await api.stub.RecordActivity(ev(tenant, user, action, group_id=group))
+    g1 = await board(api, "team", scope_id="g1")
+    assert [(e.rank, e.member_id, e.score) for e in g1.entries] == [(1, "ann", 10), (2, "bob", 3)]
+    g2 = await board(api, "team", scope_id="g2", scope_type=pb.GROUP)
+    assert [(e.member_id, e.score) for e in g2.entries] == [("cat", 10), ("ann", 3)]
+    whole = await board(api, "team")
+    assert [(e.member_id, e.score) for e in whole.entries] == [("ann", 13), ("cat", 10), ("bob", 3)]
+    r = await rank(api, "team", "bob", n=1, scope_id="g1")
+    assert (r.rank, [e.member_id for e in r.above]) == (2, ["ann"])

@@ -308,11 +308,17 @@ async def test_bad_input_is_invalid_argument_and_changes_nothing(
     assert ledger_count(sql, api.tenant) == 0
 
 
-async def test_oversized_message_is_refused_by_the_transport(make_api: ApiFactory) -> None:
+async def test_oversized_requests_are_refused(make_api: ApiFactory) -> None:
     api = await make_api(request_bytes_max=64 * 1024)
-    big = ev(api.tenant, "u1", "login", attributes={"k": "v" * 100_000})
+    batch = [ev(api.tenant, f"u{i}", "login", attributes={"k": "v" * 200}) for i in range(400)]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await api.stub.RecordActivity(big)
+        await api.stub.RecordActivities(pb.RecordActivitiesRequest(events=batch))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bytes; at most 65536" in (err.value.details() or "")
+    # Far over the limit, the transport refuses before anything is decoded.
+    huge = ev(api.tenant, "u1", "login", attributes={"k": "v" * 400_000})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.RecordActivity(huge)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
