@@ -88,6 +88,7 @@ class App:
             inflight_max=settings.ingest_inflight_max,
             coalesce_us=settings.ingest_coalesce_us,
             coalesce_ops=settings.ingest_coalesce_ops,
+            redis_cluster=settings.redis_cluster,
             redis_pool_max=settings.redis_pool_max,
             redis_timeout_s=settings.redis_timeout_s,
             db_pool_size=settings.db_pool_size,

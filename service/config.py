@@ -27,6 +27,8 @@ class Settings:
     # Real servers; when unset, embedded ones are started in data_dir.
     redis_url: str = ""
     database_url: str = ""
+    # REDIS_URL names a node of a Redis Cluster.
+    redis_cluster: bool = False
     data_dir: Path = Path(".pointsd")
     # Rule book YAML; empty = the packaged default (service/rules/default_rules.yaml).
     rules_file: str = ""

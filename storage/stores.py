@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.keys import Topology
 from storage.postgres import Ledger, create_engine
 from storage.postgres.catalog import CatalogStore
 from storage.postgres.winners import HallOfFame
-from storage.redis import AwardStore, BalanceStore, Outbox, connect_redis
+from storage.redis import AwardStore, BalanceStore, Outbox, RedisClient, connect_redis
 from storage.redis.boards import BoardStore
 
 __all__ = ["Stores"]
@@ -27,7 +26,7 @@ class Stores:
     boards: BoardStore
     catalog: CatalogStore
     hall_of_fame: HallOfFame
-    redis: Redis
+    redis: RedisClient
     db: AsyncEngine
 
     @classmethod
@@ -43,12 +42,15 @@ class Stores:
         inflight_max: int,
         coalesce_us: int = 0,
         coalesce_ops: int = 64,
+        redis_cluster: bool = False,
         redis_pool_max: int = 64,
         redis_timeout_s: float = 5.0,
         db_pool_size: int = 5,
         db_timeout_s: float = 5.0,
     ) -> Stores:
-        redis = connect_redis(redis_url, pool_max=redis_pool_max, timeout_s=redis_timeout_s)
+        redis = connect_redis(
+            redis_url, cluster=redis_cluster, pool_max=redis_pool_max, timeout_s=redis_timeout_s
+        )
         db = create_engine(database_url, pool_size=db_pool_size, timeout_s=db_timeout_s)
         awards = AwardStore(
             redis,

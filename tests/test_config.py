@@ -46,7 +46,7 @@ FLOAT_FIELDS = [
     "redeem_recovery_interval_s",
     "redeem_recovery_after_s",
 ]
-BOOL_FIELDS = ["migrate_on_start", "reuse_port"]
+BOOL_FIELDS = ["migrate_on_start", "reuse_port", "redis_cluster"]
 
 
 def env_var(field: str) -> str:

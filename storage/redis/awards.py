@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from service.domain import BoardTemplate, CreditOp, CreditResult, PeriodRef, StoreCode
 from storage.entries import award_data
 from storage.keys import Shard, Topology, counter_field
+from storage.redis.client import RedisClient
 from storage.redis.scripts import Call, LuaScript
 
 __all__ = ["AwardStore", "RestoreOp"]
@@ -57,7 +57,7 @@ class _Request:
 class AwardStore:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         topology: Topology,
         *,
         outbox_entries_max: int,

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from redis import exceptions as rexc
-from redis.asyncio import Redis
 
 from service.domain import PeriodRef
 from storage.entries import EARNED_KINDS
 from storage.keys import AVAILABLE, EARNED, SPENT, Shard, Topology, balance_field, counter_field
+from storage.redis.client import RedisClient
 from storage.redis.scripts import LuaScript, redis_errors
 
 __all__ = ["BalanceChange", "BalanceStore", "BalanceView", "ChangeCode", "ChangeResult"]
@@ -63,7 +63,7 @@ def _int(value: bytes | str | None) -> int:
 
 
 class BalanceStore:
-    def __init__(self, redis: Redis, topology: Topology, outbox_entries_max: int = 0) -> None:
+    def __init__(self, redis: RedisClient, topology: Topology, outbox_entries_max: int = 0) -> None:
         self.redis = redis
         self.topology = topology
         self.outbox_entries_max = outbox_entries_max
@@ -129,11 +129,11 @@ class BalanceStore:
 
     async def in_maintenance(self, tenant_id: str) -> bool:
         try:
-            return bool(
-                await self.redis.exists(
-                    *[s.maintenance for s in self.topology.tenant_shards(tenant_id)]
-                )
-            )
+            # One EXISTS per shard: the flags live in different hash slots.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for shard in self.topology.tenant_shards(tenant_id):
+                    pipe.exists(shard.maintenance)
+                return any(await pipe.execute())
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as rexc
-from redis.asyncio import Redis
 
 from service.domain import BoardRef, Period
 from storage.keys import Shard, Topology
+from storage.redis.client import RedisClient
 from storage.redis.scripts import LuaScript, redis_errors
 
 __all__ = ["Around", "BoardEntry", "BoardStore", "Ranking"]
@@ -75,7 +75,7 @@ def _ranked(
 
 
 class BoardStore:
-    def __init__(self, redis: Redis, topology: Topology) -> None:
+    def __init__(self, redis: RedisClient, topology: Topology) -> None:
         self.redis = redis
         self.topology = topology
         self.around_script = LuaScript("storage.redis", "around.lua")

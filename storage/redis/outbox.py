@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as rexc
-from redis.asyncio import Redis
 
 from storage.keys import OUTBOX_GROUP, Shard
+from storage.redis.client import RedisClient
 from storage.redis.scripts import redis_errors
 
 __all__ = ["Outbox", "OutboxEntry", "consumer_name"]
@@ -44,7 +44,7 @@ def _is_nogroup(reply: object) -> bool:
 
 
 class Outbox:
-    def __init__(self, redis: Redis, consumer: str | None = None) -> None:
+    def __init__(self, redis: RedisClient, consumer: str | None = None) -> None:
         self.redis = redis
         self.consumer = consumer or consumer_name()
 
@@ -113,19 +113,28 @@ class Outbox:
         by_shard: dict[Shard, list[bytes]] = {}
         for entry in [*entries, *dead]:
             by_shard.setdefault(entry.shard, []).append(entry.entry_id)
-        if not by_shard:
-            return
+        dead_by_shard: dict[Shard, list[OutboxEntry]] = {}
+        for entry in dead:
+            dead_by_shard.setdefault(entry.shard, []).append(entry)
         try:
-            # MULTI/EXEC: if Redis refuses to park an entry (out of memory:
-            # XADD is refused, XACK/XDEL are not), nothing is acknowledged or
-            # deleted; the batch comes back and is tried again.
-            async with self.redis.pipeline(transaction=bool(dead)) as pipe:
-                for entry in dead:
-                    pipe.xadd(entry.shard.dead_letters, entry.fields)  # type: ignore[arg-type]
-                for shard, ids in by_shard.items():
+            # A shard with entries to park: one MULTI/EXEC of its own (its keys
+            # share a hash slot). If Redis refuses to park one (out of memory:
+            # XADD is refused, XACK/XDEL are not), nothing of the shard is
+            # acknowledged or deleted; its entries come back and are retried.
+            for shard, parked in dead_by_shard.items():
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for entry in parked:
+                        pipe.xadd(shard.dead_letters, entry.fields)  # type: ignore[arg-type]
+                    ids = by_shard.pop(shard)
                     pipe.xack(shard.outbox, OUTBOX_GROUP, *ids)
                     pipe.xdel(shard.outbox, *ids)
-                await pipe.execute()
+                    await pipe.execute()
+            if by_shard:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for shard, ids in by_shard.items():
+                        pipe.xack(shard.outbox, OUTBOX_GROUP, *ids)
+                        pipe.xdel(shard.outbox, *ids)
+                    await pipe.execute()
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
 

@@ -9,15 +9,16 @@ re-sending it is safe.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from redis import exceptions as rexc
-from redis.asyncio import Redis
 
 from storage.errors import StorageError, StorageUnavailable
+from storage.redis.client import RedisClient, is_cluster
 
 __all__ = ["LuaScript", "redis_errors"]
 
@@ -41,7 +42,7 @@ class LuaScript:
         self.source = resources.files(package).joinpath(name).read_text("utf-8")
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    async def load(self, redis: Redis) -> None:
+    async def load(self, redis: RedisClient) -> None:
         try:
             sha = await redis.script_load(self.source)
         except rexc.RedisError as exc:
@@ -49,7 +50,7 @@ class LuaScript:
         if sha != self.sha:  # pragma: no cover - would mean a broken Redis
             raise StorageError(f"{self.name}: redis computed sha {sha}, expected {self.sha}")
 
-    async def run_many(self, redis: Redis, calls: Sequence[Call]) -> list[Any]:
+    async def run_many(self, redis: RedisClient, calls: Sequence[Call]) -> list[Any]:
         """EVALSHA every call in one pipelined round trip; replies in call order."""
         replies = await self._pipeline(redis, calls, range(len(calls)))
         missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
@@ -63,13 +64,17 @@ class LuaScript:
         return replies
 
     async def run(
-        self, redis: Redis, keys: Sequence[str], args: Sequence[str | int | bytes]
+        self, redis: RedisClient, keys: Sequence[str], args: Sequence[str | int | bytes]
     ) -> Any:
         return (await self.run_many(redis, [(keys, args)]))[0]
 
     async def _pipeline(
-        self, redis: Redis, calls: Sequence[Call], which: Sequence[int]
+        self, redis: RedisClient, calls: Sequence[Call], which: Sequence[int]
     ) -> list[Any]:
+        if is_cluster(redis):
+            # redis-py refuses EVALSHA in cluster pipelines: the calls go out
+            # concurrently instead, each to the node owning its keys.
+            return await self._concurrently(redis, calls, which)
         if len(which) == 1:
             # One call: skip the pipeline machinery (a large share of the CPU
             # of a small round trip in redis-py).
@@ -92,3 +97,17 @@ class LuaScript:
             raise redis_errors(exc) from exc
         except OSError as exc:
             raise redis_errors(exc) from exc
+
+    async def _concurrently(
+        self, redis: RedisClient, calls: Sequence[Call], which: Sequence[int]
+    ) -> list[Any]:
+        async def one(i: int) -> Any:
+            keys, args = calls[i]
+            try:
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            except (rexc.NoScriptError, rexc.ResponseError) as exc:
+                return exc
+            except (rexc.RedisError, OSError) as exc:
+                raise redis_errors(exc) from exc
+
+        return list(await asyncio.gather(*(one(i) for i in which)))
