@@ -13,6 +13,7 @@ rules stay once) under the current rules -> allow writes again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from service.domain import CreditOp, Event, Role
 from service.redeem import restoring_change
 from service.rules import Plan, fingerprint
 from storage.entries import KIND_AWARD, LedgerRow
+from storage.errors import StorageError
 from storage.redis import BalanceView, RestoreOp
 
 __all__ = ["Mismatch", "RebuildReport", "ReconcileReport", "rebuild", "reconcile"]
@@ -158,15 +160,38 @@ def _restore_op(app: App, row: LedgerRow, now_s: int) -> RestoreOp | None:
     return RestoreOp(op, row.points, row.balance_after)
 
 
+def _identity_op(
+    app: App, row: LedgerRow, now_s: int, balances: dict[str, dict[str, BalanceView]]
+) -> RestoreOp | None:
+    planned = app.engine.plan(_event_of(row), recorded_at_ms=row.recorded_at_ms)
+    if not isinstance(planned, Plan) or planned.ops[0].role is Role.TARGET:
+        return None  # the rule is gone, or the target credit is the anchor
+    anchor = planned.ops[0]
+    expires = anchor.dedup_expires_at_s
+    if expires <= now_s:
+        return None
+    op = replace(anchor, limits=(), counters=(), accumulator=None, interval_ms=0, boards=None)
+    shard = app.stores.topology.user_shard(row.tenant_id, anchor.user_id)
+    view = balances.get(shard.tag, {}).get(anchor.user_id, BalanceView())
+    return RestoreOp(op, 0, view.available, code=3)
+
+
 async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
     """Rebuild Redis state of `tenants` (default: all) from the ledger."""
     report = RebuildReport()
     stores = app.stores
     for tenant_id in tenants or sorted(app.rules.tenants):
         shards = stores.topology.tenant_shards(tenant_id)
-        for shard in shards:
-            await stores.balances.set_maintenance(shard, True)
-        if not await app.flusher.drain(300):
+        try:
+            for shard in shards:
+                await stores.balances.set_maintenance(shard, True)
+        except StorageError:
+            for shard in shards:  # nothing was changed: let writes go on
+                with contextlib.suppress(StorageError):
+                    await stores.balances.set_maintenance(shard, False)
+            raise
+        # This tenant's streams only: other tenants' traffic goes on meanwhile.
+        if not await app.flusher.drain(300, shards):
             # Nothing was touched yet: writes may go on, the rebuild waits.
             for shard in shards:
                 await stores.balances.set_maintenance(shard, False)
@@ -201,6 +226,15 @@ async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
                     chunk = []
             if chunk:
                 await stores.awards.restore(chunk)
+            # An event whose first credit was not paid (capped) but whose
+            # second was has no ledger row for its identity record: restore
+            # that record as CAPPED, so replays stay duplicates.
+            identities = [
+                r for row in await stores.ledger.target_only(tenant_id)
+                if (r := _identity_op(app, row, now_s, per_shard)) is not None
+            ]  # fmt: skip
+            for start in range(0, len(identities), _RESTORE_CHUNK):
+                await stores.awards.restore(identities[start : start + _RESTORE_CHUNK])
             report.tenants += 1
             log.info(
                 "rebuilt tenant %s: %d users, %d entries", tenant_id, len(sums), report.entries

@@ -115,9 +115,9 @@ async def start_server(
     server = grpc.aio.server(
         options=[
             # The transport stops what is far too big (RESOURCE_EXHAUSTED, before
-            # decoding); handlers refuse what is over the limit with
+            # decoding); RecordActivities refuses what is over the limit with
             # INVALID_ARGUMENT and the size.
-            ("grpc.max_receive_message_length", size * 4),
+            ("grpc.max_receive_message_length", size * 2),
             ("grpc.max_send_message_length", size * 2),
             # Off unless workers share the port: a second instance started by
             # mistake must fail to bind, not silently take half the traffic.

@@ -65,6 +65,8 @@ class WinnersRecorder:
                         if todo:
                             todo -= await stores.hall_of_fame.recorded_scopes(*ident)
                         for scope in sorted(todo):
+                            if await stores.balances.in_maintenance(tenant.tenant_id):
+                                return written  # a rebuild started: judge it later
                             ranking = await stores.boards.top(
                                 tenant.tenant_id,
                                 BoardRef(board.name, scope, kind, key),

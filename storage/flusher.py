@@ -87,14 +87,15 @@ class Flusher:
                 await self._sleep(stop, self.interval_ms / 1000)
         log.info("flusher %s stopped: %s", self.outbox.consumer, self.summary())
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Flush until every outbox stream is empty; False on timeout."""
+    async def drain(self, timeout_s: float, shards: Sequence[Shard] | None = None) -> bool:
+        """Flush until every outbox stream (or those of `shards`) is empty;
+        False on timeout."""
         deadline = time.monotonic() + timeout_s
         stop = asyncio.Event()
         while time.monotonic() < deadline:
             try:
                 await self.flush_once(stop, claim_idle_ms=0)
-                if await self.outbox.backlog(self.shards()) == 0:
+                if await self.outbox.backlog(shards or self.shards()) == 0:
                     return True
             except StorageError as exc:
                 self._failed(exc)

@@ -12,6 +12,7 @@ from storage.postgres.catalog import CatalogStore
 from storage.postgres.winners import HallOfFame
 from storage.redis import AwardStore, BalanceStore, Outbox, RedisClient, connect_redis
 from storage.redis.boards import BoardStore
+from storage.redis.client import gate
 
 __all__ = ["Stores"]
 
@@ -87,7 +88,8 @@ class Stores:
 
     async def ping_redis(self) -> bool:
         try:
-            return bool(await self.redis.ping())
+            async with gate(self.redis):
+                return bool(await self.redis.ping())
         except Exception:
             return False
 

@@ -198,3 +198,34 @@ async def test_boards_redemption_and_rebuild_on_a_cluster(capi: Api, cluster_url
     assert (await reconcile(capi.app)).clean
     # The scripts were flushed on every node: the next award reloads them.
     assert (await capi.stub.RecordActivity(ev(t, "late", "file"))).outcome == pb.AWARDED
+
+
+async def test_cluster_callers_wait_for_connections_instead_of_failing(
+    make_api: ApiFactory, cluster_url: str
+) -> None:
+    """redis-py's cluster pools fail when full; the service must queue instead."""
+    tenant = new_tenant("wide")
+    api = await make_api(
+        {tenant: {"shards": 256}}, redis_url=cluster_url, redis_cluster=True, redis_pool_max=4
+    )
+    events = [ev(tenant, f"w{i}", "file") for i in range(1000)]
+    resp = await api.stub.RecordActivities(pb.RecordActivitiesRequest(events=events))
+    assert all(r.outcome == pb.AWARDED for r in resp.results)
+    admin = pb_grpc.AdminServiceStub(api.channel)
+    done = await asyncio.gather(
+        *(
+            admin.AdjustPoints(
+                pb.AdjustPointsRequest(
+                    tenant_id=tenant,
+                    user_id=f"w{i}",
+                    points=5,
+                    reason="bonus",
+                    idempotency_key=f"k{i}",
+                )
+            )
+            for i in range(300)
+        )
+    )
+    assert [d.balance for d in done] == [15] * 300
+    assert await api.app.flusher.drain(60)
+    assert (await reconcile(api.app)).clean

@@ -74,6 +74,21 @@ async def test_ledger_write_is_idempotent(api: Api, sql) -> None:
     result = await ledger.write([clash, other])
     assert (result.inserted, result.conflicts) == (1, [clash])
     assert ledger_sum(sql, api.tenant) == 5 + 5
+    # Same user, points and kind but another payment (a reused id whose dedup
+    # record had expired: recorded later, another balance after): reported.
+    later = dataclasses.replace(row, balance_after=10, recorded_at_ms=1_700_000_900_000)
+    assert (await ledger.write([later])).conflicts == [later]
+    # Two different rows under one new key in one batch: the one written is
+    # not reported, the other is.
+    first = dataclasses.replace(row, entry_key="e:z:a:u1", balance_after=15)
+    second = dataclasses.replace(first, points=3, balance_after=18)
+    both = await ledger.write([first, second])
+    assert both.inserted == 1 and len(both.conflicts) == 1
+    stored = sql(
+        "SELECT points FROM ledger_entries WHERE tenant_id = :t AND entry_key = 'e:z:a:u1'",
+        t=api.tenant,
+    )[0][0]
+    assert both.conflicts[0].points != stored
 
 
 async def test_entries_of_a_dead_flusher_are_claimed(

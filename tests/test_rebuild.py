@@ -153,3 +153,29 @@ async def test_a_rebuild_that_fails_half_way_keeps_writes_refused(
     monkeypatch.undo()
     await rebuild(api.app)
     assert (await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))).balance == 20
+
+
+async def test_rebuild_keeps_the_identity_of_events_paid_only_to_their_target(
+    api: Api, rds
+) -> None:
+    """The giver's 11th like is capped and the receiver's paid: the ledger has
+    only the receiver's row, yet the event must stay a duplicate after a rebuild."""
+    t = api.tenant
+    likes = [ev(t, "giver", "like", event_id=f"lk{i}", target_user_id=f"r{i}") for i in range(11)]
+    for like in likes:
+        await api.stub.RecordActivity(like)
+    last = await api.stub.RecordActivity(likes[-1])
+    assert [c.outcome for c in last.credits] == [pb.DUPLICATE, pb.DUPLICATE]
+    assert await api.app.flusher.drain(30)
+    rds.flushall()
+    await rebuild(api.app)
+    again = await api.stub.RecordActivity(likes[-1])
+    assert (again.outcome, again.original_outcome, again.points) == (pb.DUPLICATE, pb.AWARDED, 1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.RecordActivity(
+            ev(t, "someone", "like", event_id="lk10", target_user_id="r10")
+        )
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (
+        await api.stub.GetBalance(pb.GetBalanceRequest(tenant_id=t, user_id="giver"))
+    ).available == 10

@@ -43,12 +43,13 @@ _MOVE = (
     f"INSERT INTO ledger_entries ({_COLUMNS}) SELECT {_COLUMNS} FROM ledger_staging "
     "ON CONFLICT (tenant_id, entry_key) DO NOTHING"
 )
-# A skipped row must be a redelivery of the same entry. One whose content
-# differs means two payments claimed one key: it is reported, never dropped.
-_CONFLICTS = (
-    "SELECT s.tenant_id, s.entry_key FROM ledger_staging s "
-    "JOIN ledger_entries l USING (tenant_id, entry_key) "
-    "WHERE (l.user_id, l.points, l.kind) IS DISTINCT FROM (s.user_id, s.points, s.kind)"
+# A skipped row must be a redelivery: the same outbox entry, byte for byte.
+# Anything else under an existing key (another payment: a different user,
+# amount, balance after, or moment of recording) is reported, never dropped.
+_COMPARED = "user_id, points, kind, balance_after, occurred_at, recorded_at"
+_STORED = (
+    f"SELECT tenant_id, entry_key, {_COMPARED} FROM ledger_entries l "
+    "WHERE (tenant_id, entry_key) IN (SELECT tenant_id, entry_key FROM ledger_staging)"
 )
 
 _PAGE = text(
@@ -88,7 +89,35 @@ _ENTRIES = text(
     """
 )
 
+_TARGET_ONLY = text(
+    """
+    SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
+           counterpart_id, group_id, department_id, quantity, attributes, reason,
+           occurred_at, recorded_at
+    FROM ledger_entries t
+    WHERE t.tenant_id = :tenant_id AND t.kind = 'award' AND t.role = 't'
+      AND NOT EXISTS (SELECT 1 FROM ledger_entries a WHERE a.tenant_id = t.tenant_id
+                      AND a.event_id = t.event_id AND a.kind = 'award' AND a.role = 'a')
+    """
+)
+
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _key(r: LedgerRow) -> tuple[str, str]:
+    return (r.tenant_id, r.entry_key)
+
+
+def _content(r: LedgerRow) -> tuple[object, ...]:
+    """The compared columns of a row, as PostgreSQL returns them."""
+    return (
+        r.user_id,
+        r.points,
+        r.kind,
+        r.balance_after,
+        _dt(r.occurred_at_ms),
+        _dt(r.recorded_at_ms),
+    )
 
 
 def _dt(ms: int) -> datetime:
@@ -198,10 +227,10 @@ class Ledger:
                     inserted = int(cur.rowcount or 0)
                     if inserted == len(rows):
                         return WriteResult(inserted, [])
-                    await cur.execute(_CONFLICTS)
-                    clashing = {(str(t), str(k)) for t, k in await cur.fetchall()}
+                    await cur.execute(_STORED)
+                    stored = {(str(r[0]), str(r[1])): tuple(r[2:]) for r in await cur.fetchall()}
                     return WriteResult(
-                        inserted, [r for r in rows if (r.tenant_id, r.entry_key) in clashing]
+                        inserted, [r for r in rows if stored.get(_key(r)) != _content(r)]
                     )
         except (saexc.SQLAlchemyError, psycopg.Error, OSError) as exc:
             raise pg_errors(exc) from exc
@@ -260,6 +289,16 @@ class Ledger:
                     str(user): UserSums(int(earned), int(spent), int(net))
                     for user, earned, spent, net in result.all()
                 }
+        except (saexc.SQLAlchemyError, OSError) as exc:
+            raise pg_errors(exc) from exc
+
+    async def target_only(self, tenant_id: str) -> list[LedgerRow]:
+        """Award rows paid to a target whose event paid its actor nothing
+        (capped, throttled, or a rule without an actor credit)."""
+        try:
+            async with self.engine.connect() as conn:
+                result = await conn.execute(_TARGET_ONLY, {"tenant_id": tenant_id})
+                return [_row(tenant_id, r) for r in result.all()]
         except (saexc.SQLAlchemyError, OSError) as exc:
             raise pg_errors(exc) from exc
 

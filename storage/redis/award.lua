@@ -27,6 +27,8 @@
 --        pay points per whole unit crossed
 --   [13] outbox entry data (string; restore: unused)
 --   [14] restore: the ledger's points   [15] restore: the ledger's balance_after
+--   [17] restore: the outcome code to record (default 1; 3 for a credit the ledger
+--        shows was not paid while the event's other credit was)
 --   [16] boards: [template no., department id, group id, join ms (0 = unknown)], or 0
 --        for none; updated on award with points > 0: score -= 1 ("c") or -= points
 --        ("p"), so ascending order is best first and ties sort by member
@@ -212,7 +214,9 @@ for i = 1, #ops do
         end
       end
       if dx > 0 then
-        redis.call('SET', dkey, '1:' .. points .. ':' .. balance .. ':' .. limit .. ':' .. fp,
+        local recorded = 1
+        if restore and op[17] then recorded = op[17] end
+        redis.call('SET', dkey, recorded .. ':' .. points .. ':' .. balance .. ':' .. limit .. ':' .. fp,
           'EXAT', dx)
       end
       emit(1, points, balance, limit, 0)

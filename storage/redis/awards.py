@@ -42,6 +42,8 @@ class RestoreOp:
     op: CreditOp
     points: int
     balance_after: int
+    # Outcome the restored dedup record says (1 awarded, 3 capped).
+    code: int = 1
 
 
 @dataclass(slots=True)
@@ -286,6 +288,8 @@ class AwardStore:
                     if slot.scope != "t" and scope_id and scope_id not in entry[4]:
                         entry[4][scope_id] = keys.index(shard.board(slot.ref(scope_id)))
                 item.append([number, plan.department, plan.group, plan.join_ms])
+            if restoring:
+                item.append(extra.code)
             encoded.append(item)
         args: list[str | int | bytes] = [
             mode,

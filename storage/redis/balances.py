@@ -11,7 +11,7 @@ from redis import exceptions as rexc
 from service.domain import PeriodRef
 from storage.entries import EARNED_KINDS
 from storage.keys import AVAILABLE, EARNED, SPENT, Shard, Topology, balance_field, counter_field
-from storage.redis.client import RedisClient
+from storage.redis.client import RedisClient, gate
 from storage.redis.scripts import LuaScript, redis_errors
 
 __all__ = ["BalanceChange", "BalanceStore", "BalanceView", "ChangeCode", "ChangeResult"]
@@ -100,7 +100,7 @@ class BalanceStore:
         """One round trip: the balance hash fields and the period's earned counter."""
         shard = self.topology.user_shard(tenant_id, user_id)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(
                     shard.balances,
                     [balance_field(user_id, p) for p in (AVAILABLE, EARNED, SPENT)],
@@ -115,7 +115,9 @@ class BalanceStore:
         """Every user's balance on a shard (HSCAN; consistent enough when quiet)."""
         partial: dict[str, dict[str, int]] = {}
         try:
-            async for field, value in self.redis.hscan_iter(shard.balances, count=1000):
+            async with gate(self.redis):
+                scan = [fv async for fv in self.redis.hscan_iter(shard.balances, count=1000)]
+            for field, value in scan:
                 name = field.decode() if isinstance(field, bytes) else field
                 user, _, part = name.rpartition("|")
                 partial.setdefault(user, {})[part] = int(value)
@@ -130,7 +132,7 @@ class BalanceStore:
     async def in_maintenance(self, tenant_id: str) -> bool:
         try:
             # One EXISTS per shard: the flags live in different hash slots.
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                 for shard in self.topology.tenant_shards(tenant_id):
                     pipe.exists(shard.maintenance)
                 return any(await pipe.execute())
@@ -139,10 +141,11 @@ class BalanceStore:
 
     async def set_maintenance(self, shard: Shard, on: bool) -> None:
         try:
-            if on:
-                await self.redis.set(shard.maintenance, "rebuild")
-            else:
-                await self.redis.delete(shard.maintenance)
+            async with gate(self.redis):
+                if on:
+                    await self.redis.set(shard.maintenance, "rebuild")
+                else:
+                    await self.redis.delete(shard.maintenance)
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
 
@@ -152,16 +155,20 @@ class BalanceStore:
         keep = {shard.outbox.encode(), shard.maintenance.encode(), shard.dead_letters.encode()}
         deleted = 0
         try:
+            async with gate(self.redis):
+                found = [k async for k in self.redis.scan_iter(match=shard.pattern(), count=1000)]
             batch: list[bytes] = []
-            async for key in self.redis.scan_iter(match=shard.pattern(), count=1000):
+            for key in found:
                 raw = key if isinstance(key, bytes) else str(key).encode()
                 if raw not in keep:
                     batch.append(raw)
                 if len(batch) >= 500:
-                    deleted += await self.redis.delete(*batch)
+                    async with gate(self.redis):
+                        deleted += await self.redis.delete(*batch)
                     batch.clear()
             if batch:
-                deleted += await self.redis.delete(*batch)
+                async with gate(self.redis):
+                    deleted += await self.redis.delete(*batch)
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
         return deleted
@@ -176,6 +183,7 @@ class BalanceStore:
                     mapping[balance_field(user, AVAILABLE)] = view.available
                     mapping[balance_field(user, EARNED)] = view.earned
                     mapping[balance_field(user, SPENT)] = view.spent
-                await self.redis.hset(shard.balances, mapping=mapping)  # type: ignore[arg-type]
+                async with gate(self.redis):
+                    await self.redis.hset(shard.balances, mapping=mapping)  # type: ignore[arg-type]
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc

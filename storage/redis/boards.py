@@ -24,7 +24,7 @@ from redis import exceptions as rexc
 
 from service.domain import BoardRef, Period
 from storage.keys import Shard, Topology
-from storage.redis.client import RedisClient
+from storage.redis.client import RedisClient, gate
 from storage.redis.scripts import LuaScript, redis_errors
 
 __all__ = ["Around", "BoardEntry", "BoardStore", "Ranking"]
@@ -88,7 +88,7 @@ class BoardStore:
 
     async def _pipeline(self, build: Any) -> list[Any]:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                 build(pipe)
                 return list(await pipe.execute())
         except (rexc.RedisError, OSError) as exc:
@@ -148,7 +148,8 @@ class BoardStore:
             )
         home = self.topology.user_shard(tenant_id, member)
         try:
-            score = await self.redis.zscore(home.board(ref), member)
+            async with gate(self.redis):
+                score = await self.redis.zscore(home.board(ref), member)
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
         if score is None:

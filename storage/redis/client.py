@@ -3,13 +3,28 @@ Cluster (POINTS_REDIS_CLUSTER=true, the URL of any node)."""
 
 from __future__ import annotations
 
-from typing import TypeAlias
+import asyncio
+import contextlib
+import weakref
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
-__all__ = ["RedisClient", "connect_redis", "is_cluster"]
+__all__ = ["RedisClient", "connect_redis", "gate", "is_cluster"]
 
 RedisClient: TypeAlias = Redis | RedisCluster
+
+# redis-py's cluster client fails at once (MaxConnectionsError) when a node's
+# pool is full, where a blocking pool would wait. Every operation here holds
+# the client's gate, so at most `pool_max` are under way, each using at most
+# one connection per node: callers wait, as they do on one server.
+_GATES: weakref.WeakKeyDictionary[RedisCluster, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def gate(redis: RedisClient) -> AbstractAsyncContextManager[Any]:
+    found = _GATES.get(redis) if isinstance(redis, RedisCluster) else None
+    return found if found is not None else contextlib.nullcontext()
 
 
 def is_cluster(redis: RedisClient) -> bool:
@@ -29,13 +44,15 @@ def connect_redis(
     of one credit shares a hash tag, so each script runs on one node.
     """
     if cluster:
-        return RedisCluster.from_url(
+        client = RedisCluster.from_url(
             url,
             protocol=2,
             max_connections=pool_max,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
         )
+        _GATES[client] = asyncio.Semaphore(pool_max)
+        return client
     pool = BlockingConnectionPool.from_url(
         url,
         protocol=2,

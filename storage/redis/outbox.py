@@ -19,7 +19,7 @@ from typing import Any
 from redis import exceptions as rexc
 
 from storage.keys import OUTBOX_GROUP, Shard
-from storage.redis.client import RedisClient
+from storage.redis.client import RedisClient, gate
 from storage.redis.scripts import redis_errors
 
 __all__ = ["Outbox", "OutboxEntry", "consumer_name"]
@@ -52,7 +52,7 @@ class Outbox:
         """Create the consumer group where missing, from the stream's start
         ("0", not "$": entries written before the group exists are not skipped)."""
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                 for shard in shards:
                     pipe.xgroup_create(shard.outbox, OUTBOX_GROUP, id="0", mkstream=True)
                 replies = await pipe.execute(raise_on_error=False)
@@ -122,7 +122,7 @@ class Outbox:
             # XADD is refused, XACK/XDEL are not), nothing of the shard is
             # acknowledged or deleted; its entries come back and are retried.
             for shard, parked in dead_by_shard.items():
-                async with self.redis.pipeline(transaction=True) as pipe:
+                async with gate(self.redis), self.redis.pipeline(transaction=True) as pipe:
                     for entry in parked:
                         pipe.xadd(shard.dead_letters, entry.fields)  # type: ignore[arg-type]
                     ids = by_shard.pop(shard)
@@ -130,7 +130,7 @@ class Outbox:
                     pipe.xdel(shard.outbox, *ids)
                     await pipe.execute()
             if by_shard:
-                async with self.redis.pipeline(transaction=False) as pipe:
+                async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                     for shard, ids in by_shard.items():
                         pipe.xack(shard.outbox, OUTBOX_GROUP, *ids)
                         pipe.xdel(shard.outbox, *ids)
@@ -141,7 +141,7 @@ class Outbox:
     async def backlog(self, shards: Sequence[Shard]) -> int:
         """Entries in the streams: not yet flushed, or flushed and not yet deleted."""
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                 for shard in shards:
                     pipe.xlen(shard.outbox)
                 return sum(int(n) for n in await pipe.execute())
@@ -153,7 +153,8 @@ class Outbox:
         removed = 0
         for shard in shards:
             try:
-                consumers = await self.redis.xinfo_consumers(shard.outbox, OUTBOX_GROUP)
+                async with gate(self.redis):
+                    consumers = await self.redis.xinfo_consumers(shard.outbox, OUTBOX_GROUP)
                 for c in consumers:
                     name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
                     if (
@@ -161,7 +162,8 @@ class Outbox:
                         and int(c["pending"]) == 0
                         and int(c["idle"]) > _STALE_CONSUMER_IDLE_MS
                     ):
-                        await self.redis.xgroup_delconsumer(shard.outbox, OUTBOX_GROUP, name)
+                        async with gate(self.redis):
+                            await self.redis.xgroup_delconsumer(shard.outbox, OUTBOX_GROUP, name)
                         removed += 1
             except rexc.ResponseError:
                 continue  # no stream or group yet
@@ -186,7 +188,7 @@ class Outbox:
 
     async def _pipeline(self, shards: Sequence[Shard], command: Any) -> list[Any]:
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                 for shard in shards:
                     command(pipe, shard)
                 return list(await pipe.execute(raise_on_error=False))

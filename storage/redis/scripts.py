@@ -18,7 +18,7 @@ from typing import Any
 from redis import exceptions as rexc
 
 from storage.errors import StorageError, StorageUnavailable
-from storage.redis.client import RedisClient, is_cluster
+from storage.redis.client import RedisClient, gate, is_cluster
 
 __all__ = ["LuaScript", "redis_errors"]
 
@@ -44,7 +44,8 @@ class LuaScript:
 
     async def load(self, redis: RedisClient) -> None:
         try:
-            sha = await redis.script_load(self.source)
+            async with gate(redis):
+                sha = await redis.script_load(self.source)
         except rexc.RedisError as exc:
             raise redis_errors(exc) from exc
         if sha != self.sha:  # pragma: no cover - would mean a broken Redis
@@ -80,7 +81,8 @@ class LuaScript:
             # of a small round trip in redis-py).
             keys, args = calls[which[0]]
             try:
-                return [await redis.evalsha(self.sha, len(keys), *keys, *args)]
+                async with gate(redis):
+                    return [await redis.evalsha(self.sha, len(keys), *keys, *args)]
             except rexc.NoScriptError as exc:
                 return [exc]
             except rexc.ResponseError as exc:
@@ -88,7 +90,7 @@ class LuaScript:
             except (rexc.RedisError, OSError) as exc:
                 raise redis_errors(exc) from exc
         try:
-            async with redis.pipeline(transaction=False) as pipe:
+            async with gate(redis), redis.pipeline(transaction=False) as pipe:
                 for i in which:
                     keys, args = calls[i]
                     pipe.evalsha(self.sha, len(keys), *keys, *args)
@@ -104,7 +106,8 @@ class LuaScript:
         async def one(i: int) -> Any:
             keys, args = calls[i]
             try:
-                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+                async with gate(redis):
+                    return await redis.evalsha(self.sha, len(keys), *keys, *args)
             except (rexc.NoScriptError, rexc.ResponseError) as exc:
                 return exc
             except (rexc.RedisError, OSError) as exc:
