@@ -12,7 +12,8 @@ folder. Contenders, each run for --duration seconds (and at most --events):
    service in between)
 2. unary RecordActivity through the service  vs  a gRPC echo server on the
    same stack with the same message sizes
-3. stream ingest (StreamActivities) through the service
+3. stream ingest (StreamActivities) through the service  vs  the echo
+   server's StreamActivities (one canned result per event)
 4. the service  vs  the naive design: one PostgreSQL transaction per credit
    with SELECT ... FOR UPDATE
 5. flush lag (award -> ledger row committed) during the batch run, and the
@@ -273,11 +274,19 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             concurrency=ns.unary_concurrency,
         )
 
-        # 3. stream.
+        # 3. stream through the service vs the echo server's stream.
         load(
             "stream_service",
             server.target,
             _spec("ss", tenants, ns.users, 3),
+            mode="stream",
+            concurrency=ns.streams,
+            batch=ns.stream_window,
+        )
+        load(
+            "stream_echo",
+            echo.target,
+            _spec("se", tenants, ns.users, 3),
             mode="stream",
             concurrency=ns.streams,
             batch=ns.stream_window,
@@ -316,6 +325,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         "unary_vs_echo": _ratio(
             r["unary_service"]["events_per_s"], r["unary_echo"]["events_per_s"]
         ),
+        "stream_vs_echo": _ratio(
+            r["stream_service"]["events_per_s"], r["stream_echo"]["events_per_s"]
+        ),
         "batch_vs_naive_postgres": _ratio(
             r["batch_service"]["events_per_s"], r["naive_postgres"]["events_per_s"]
         ),
@@ -335,6 +347,7 @@ def _print_table(report: dict[str, Any]) -> None:
         "unary_service",
         "unary_echo",
         "stream_service",
+        "stream_echo",
         "naive_postgres",
     ):
         row = r.get(name, {})

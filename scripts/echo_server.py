@@ -1,7 +1,8 @@
 """A gRPC echo baseline on the same stack as the service (grpc.aio, uvloop,
 the same messages): RecordActivity answers a canned ActivityResult of the
-size the service sends, doing no work. Its throughput is the ceiling of one
-RPC per event in Python on this machine.
+size the service sends, doing no work; StreamActivities answers each event
+with one. Their throughput is the ceiling of one RPC (or one stream message)
+per event in Python on this machine.
 
     python -m scripts.echo_server --listen 127.0.0.1:50099
 """
@@ -44,6 +45,10 @@ class Echo(pb_grpc.PointsServiceServicer):
         self, request: pb.RecordActivitiesRequest, context: Any
     ) -> pb.RecordActivitiesResponse:
         return pb.RecordActivitiesResponse(results=[canned(e) for e in request.events])
+
+    async def StreamActivities(self, request_iterator: Any, context: Any) -> Any:
+        async for event in request_iterator:
+            yield canned(event)
 
 
 async def main(listen: str) -> None:

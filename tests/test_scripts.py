@@ -110,6 +110,7 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
         "unary_service",
         "unary_echo",
         "stream_service",
+        "stream_echo",
         "naive_postgres",
     ):
         assert results[name]["events_per_s"] > 0, name
@@ -118,6 +119,7 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
     assert set(report["ratios"]) == {
         "batch_vs_raw_ceiling",
         "unary_vs_echo",
+        "stream_vs_echo",
         "batch_vs_naive_postgres",
         "unary_vs_naive_postgres",
     }
