@@ -1,0 +1,64 @@
+"""The wheel (what the Dockerfile installs) carries every file the service
+reads at run time: the tests run from the source tree and would not notice
+a Lua script, the default rules or a migration left out of it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from scripts.procs import ROOT
+
+
+def _source_files() -> list[str]:
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    if tracked:
+        return tracked
+    # Not a git checkout: the files on disk, minus what a build leaves.
+    skip = {"__pycache__", "build", ".venv", ".git", ".pointsd"}
+    return [
+        str(p.relative_to(ROOT))
+        for p in ROOT.rglob("*")
+        if p.is_file() and not skip & set(p.relative_to(ROOT).parts)
+        and not any(part.endswith(".egg-info") for part in p.parts)
+    ]  # fmt: skip
+
+
+@pytest.mark.subprocess
+def test_the_wheel_ships_every_module_and_data_file(tmp_path: Path) -> None:
+    # Built from a clean copy: a build/ or egg-info folder left in the
+    # checkout would otherwise supply files the package configuration misses.
+    src = tmp_path / "src"
+    files = _source_files()
+    for name in files:
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = tmp_path.glob("pointsd-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    runtime = [f for f in files if f.split("/")[0] in ("service", "storage")]
+    missing = sorted(set(runtime) - shipped)
+    assert not missing, f"left out of the wheel: {missing}"
+    for needed in (
+        "storage/redis/award.lua",
+        "service/rules/default_rules.yaml",
+        "storage/postgres/migrations/env.py",
+    ):
+        assert needed in shipped
+    entry_points = next(n for n in shipped if n.endswith("entry_points.txt"))
+    assert "pointsd = service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
