@@ -16,8 +16,9 @@ millions).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from redis import exceptions as rexc
@@ -53,6 +54,11 @@ class Around:
 
 def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _scored(pairs: Iterator[tuple[Any, Any]]) -> Iterator[tuple[int, Any]]:
+    """(member, score) pairs of a flat reply as (score, member), lazily."""
+    return ((int(float(score)), member) for member, score in pairs)
 
 
 def _pairs(flat: Sequence[Any]) -> list[tuple[int, str]]:
@@ -119,16 +125,24 @@ class BoardStore:
 
         def build(p: Any) -> None:
             for k in keys:
-                p.zrange(k, 0, want - 1, withscores=True)
+                # Flat [member, score, ...] replies (no per-pair callback):
+                # only the merged prefix is ever paired and converted.
+                p.execute_command("ZRANGE", k, 0, want - 1, "WITHSCORES")
             for k in keys:
                 p.zcard(k)
 
         replies = await self._pipeline(build)
-        lists = [[(int(s), _text(m)) for m, s in r] for r in replies[: len(keys)]]
         total = sum(int(n) for n in replies[len(keys) :])
         # Every shard's prefix of length offset+limit is known, so the merged
-        # prefix is exact, and so are ranks and ties inside it.
-        merged = list(heapq.merge(*lists))[:want]
+        # prefix is exact, and so are ranks and ties inside it. The merge is
+        # lazy and stops there: with 8 shards it reads an eighth of the
+        # replies, and converts only what it returns. Raw members order the
+        # same as decoded ones (UTF-8 byte order is code point order).
+        shards = [zip(it, it, strict=True) for it in map(iter, replies[: len(keys)])]
+        merged = [
+            (score, _text(member))
+            for score, member in islice(heapq.merge(*map(_scored, shards)), want)
+        ]
         return Ranking(_ranked(merged, 1, 0)[offset:], total)
 
     async def around(
