@@ -198,6 +198,28 @@ def rds(servers: Servers) -> Iterator[sync_redis.Redis]:
     r.close()
 
 
+LoseRedisData = Callable[..., None]
+
+
+@pytest.fixture
+def lose_redis_data(servers: Servers, rds: sync_redis.Redis) -> LoseRedisData:
+    """Redis data loss, for rebuild tests. On the suite's own embedded Redis:
+    FLUSHALL. On a server named by REDIS_URL, which may hold data that is not
+    the suite's (a developer's keys, another run's tenants): every key of the
+    given tenants, which is all the state a rebuild of them has to restore."""
+
+    def lose(*tenants: str) -> None:
+        assert tenants, "name the tenants whose data is lost"
+        if servers.embedded_redis is not None:
+            rds.flushall()
+            return
+        for t in tenants:
+            for key in rds.scan_iter(match=f"pts:{{{t}:*", count=1000):
+                rds.delete(key)
+
+    return lose
+
+
 async def wait_for(
     predicate: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, step_s: float = 0.05
 ) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from service.api.points.v1 import points_pb2 as pb
 from service.ops import rebuild, reconcile
-from tests.conftest import Api, ApiFactory
+from tests.conftest import Api, ApiFactory, LoseRedisData
 from tests.helpers import ev, tenant_keys
 
 
@@ -38,7 +38,7 @@ async def boards(api: Api) -> list[list[tuple[int, str, int]]]:
 
 @pytest.mark.slow
 async def test_rebuild_after_flushall_restores_balances_dedup_and_caps(
-    make_api: ApiFactory, tenant: str, rds
+    make_api: ApiFactory, tenant: str, rds, lose_redis_data: LoseRedisData
 ) -> None:
     api = await make_api({tenant: {"shards": 4}})
     users = [f"u{i}" for i in range(30)]
@@ -64,7 +64,7 @@ async def test_rebuild_after_flushall_restores_balances_dedup_and_caps(
     assert sum(v[0] for v in before.values()) == sum(r.points for r in first.results)
     assert await api.app.flusher.drain(30)
 
-    rds.flushall()
+    lose_redis_data(tenant)
     assert tenant_keys(rds, tenant) == []
     report = await rebuild(api.app)
     assert report.users == 30 and report.entries == sum(
@@ -156,7 +156,7 @@ async def test_a_rebuild_that_fails_half_way_keeps_writes_refused(
 
 
 async def test_rebuild_keeps_the_identity_of_events_paid_only_to_their_target(
-    api: Api, rds
+    api: Api, lose_redis_data: LoseRedisData
 ) -> None:
     """The giver's 11th like is capped and the receiver's paid: the ledger has
     only the receiver's row, yet the event must stay a duplicate after a rebuild."""
@@ -167,7 +167,7 @@ async def test_rebuild_keeps_the_identity_of_events_paid_only_to_their_target(
     last = await api.stub.RecordActivity(likes[-1])
     assert [c.outcome for c in last.credits] == [pb.DUPLICATE, pb.DUPLICATE]
     assert await api.app.flusher.drain(30)
-    rds.flushall()
+    lose_redis_data(t)
     await rebuild(api.app)
     again = await api.stub.RecordActivity(likes[-1])
     assert (again.outcome, again.original_outcome, again.points) == (pb.DUPLICATE, pb.AWARDED, 1)

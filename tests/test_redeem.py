@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.ops import rebuild, reconcile
-from tests.conftest import Api
+from tests.conftest import Api, LoseRedisData
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -319,7 +319,9 @@ async def test_refund_twice_gives_back_points_and_stock_once(api: Api, sql) -> N
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "only completed" in msg
 
 
-async def test_adjustments_are_idempotent_and_never_go_below_zero(api: Api, rds) -> None:
+async def test_adjustments_are_idempotent_and_never_go_below_zero(
+    api: Api, lose_redis_data: LoseRedisData
+) -> None:
     def adjust(points: int, key: str, reason: str = "bonus") -> Any:
         return admin(api).AdjustPoints(
             pb.AdjustPointsRequest(
@@ -350,7 +352,7 @@ async def test_adjustments_are_idempotent_and_never_go_below_zero(api: Api, rds)
     assert (b.available, b.lifetime_earned, b.spent) == (30, 30, 0)
     # After Redis data loss, a rebuild keeps adjustments idempotent.
     assert await api.app.flusher.drain(30)
-    rds.flushall()
+    lose_redis_data(api.tenant)
     await rebuild(api.app)
     replay = await adjust(50, "k1")
     assert (replay.duplicate, replay.balance) == (True, 50)
