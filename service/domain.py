@@ -29,12 +29,22 @@ __all__ = [
     "PeriodRef",
     "Role",
     "StoreCode",
+    "key_part",
 ]
 
 
 # Joins the parts of counter names and hash fields. Ids are validated to hold
 # no control characters, so a split on it is unambiguous.
 SEP = "\x1f"
+
+
+def key_part(text: str) -> str:
+    """An id as one part of a ':'-joined ledger key. Ids may hold ':', so it
+    is escaped (and '%', the escape): keys stay readable for ordinary ids and
+    two different (event, user) pairs can never make the same key."""
+    if ":" not in text and "%" not in text:
+        return text
+    return text.replace("%", "%25").replace(":", "%3A")
 
 
 class Outcome(enum.IntEnum):
@@ -235,7 +245,7 @@ class CreditOp:
         """The ledger's unique key for this credit within the tenant. The user is
         part of it: an event id reused for another user on another shard cannot
         be caught atomically, and must then still leave one row per payment."""
-        return f"e:{self.event_id}:{self.role.letter}:{self.user_id}"
+        return f"e:{key_part(self.event_id)}:{self.role.letter}:{key_part(self.user_id)}"
 
 
 class StoreCode(enum.IntEnum):

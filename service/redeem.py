@@ -35,13 +35,14 @@ transaction that closes the record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from service.domain import Period
+from service.domain import Period, key_part
 from service.errors import AlreadyExists, FailedPrecondition, NotFound, Overloaded, ShardBusy
 from service.periodic import every
 from service.rules import RulesEngine
@@ -139,12 +140,22 @@ class Redemptions:
         except RecordMissing:
             raise NotFound(f"item_id: tenant {tenant_id!r} has no item {item_id!r}") from None
         if (record.user_id, record.item_id, record.quantity) != (user_id, item_id, quantity):
+            # What it was used for only when it was this user's own request.
+            what = f" ({record.quantity} x {record.item_id!r})" if record.user_id == user_id else ""
             raise AlreadyExists(
-                f"request_id: {request_id!r} was already used for another redemption "
-                f"({record.quantity} x {record.item_id!r} for {record.user_id!r})"
+                f"request_id: {request_id!r} was already used for another redemption{what}; "
+                "use a new request_id for a new redemption"
             )
         if record.status == "pending":
-            record = await self._spend(record)
+            try:
+                record = await self._spend(record)
+            except (Overloaded, ShardBusy) as exc:
+                # The record stays pending and the sweep finishes it: the caller
+                # must learn the outcome by retrying this request id, not a new one.
+                raise type(exc)(
+                    f"{exc}; redemption {record.redemption_id} is pending and completes or "
+                    "fails exactly once: retry with the same request_id to learn which"
+                ) from None
         if record.status == "failed":
             raise FailedPrecondition(record.reason)
         return record
@@ -157,7 +168,8 @@ class Redemptions:
         result = await self.stores.balances.change(
             BalanceChange(
                 tenant_id=r.tenant_id, user_id=r.user_id, entry_key=key, kind=kind, delta=delta,
-                floor=delta < 0, fingerprint=_fingerprint(r.redemption_id, r.points),
+                floor=delta < 0, final_refusal=delta < 0,
+                fingerprint=_fingerprint(r.redemption_id, r.points),
                 dedup_expires_at_s=now_ms // 1000 + CHANGE_RETENTION_S,
                 data=entry_data(kind, key, r.user_id, r.redemption_id, r.item_id, reason,
                                 occurred_ms or now_ms, now_ms),
@@ -207,7 +219,7 @@ class Redemptions:
     ) -> Adjustment:
         # Per user: the key is checked on the user's shard, so the same key for
         # two users cannot be told apart atomically; each gets its own entry.
-        key = f"adj:{user_id}:{idempotency_key}"
+        key = f"adj:{key_part(user_id)}:{key_part(idempotency_key)}"
         now_ms = self.clock_ms()
         result = await self.stores.balances.change(
             BalanceChange(
@@ -234,10 +246,10 @@ class Redemptions:
         """Finish redemptions and refunds a dead process left half-way."""
         idle_since = datetime.fromtimestamp(time.time() - self.recovery_after_s, tz=UTC)
         done = 0
-        known = self.stores.topology.shards_by_tenant
-        for r in await self.stores.catalog.unfinished(idle_since):
-            if r.tenant_id not in known:
-                continue  # another deployment's tenant, or one removed from the rules
+        # Only this deployment's tenants: another's records (a shared database)
+        # are its own to finish, and must not fill the page.
+        tenants = sorted(self.stores.topology.shards_by_tenant)
+        for r in await self.stores.catalog.unfinished(tenants, idle_since):
             try:
                 if r.status == "pending":
                     await self._spend(r)
@@ -246,6 +258,8 @@ class Redemptions:
                 done += 1
             except (StorageError, Overloaded, ShardBusy) as exc:
                 log.warning("recovering redemption %s failed, will retry: %s", r.redemption_id, exc)
+                with contextlib.suppress(StorageError):
+                    await self.stores.catalog.postpone(r)
         if done:
             log.info("recovered %d unfinished redemption(s)", done)
         return done

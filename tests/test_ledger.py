@@ -16,7 +16,7 @@ from storage.entries import LedgerRow, award_data, decode_entry
 from storage.flusher import Flusher
 from storage.keys import OUTBOX_GROUP
 from storage.redis import Outbox
-from tests.conftest import Api, ApiFactory
+from tests.conftest import Api, ApiFactory, new_tenant
 from tests.helpers import ev, ledger_count, ledger_sum, tenant_keys
 
 
@@ -41,6 +41,24 @@ async def test_every_award_reaches_the_ledger_once_and_reconciles(api: Api, sql)
     assert {k: (u, p, b) for k, u, p, b in rows} == expected
     report = await reconcile(api.app)
     assert report.clean and report.users == 13
+
+
+async def test_ids_with_colons_never_share_a_ledger_key(make_api: ApiFactory, sql) -> None:
+    """Event "x:a:u" of user "v" and event "x" of user "u:a:v" are two
+    payments; joined with ':' unescaped they would make one entry key, and
+    the ledger would keep only one of them."""
+    api = await make_api({new_tenant(): {"shards": 4}})
+    t = api.tenant
+    events = [ev(t, "v", "file", event_id="x:a:u"), ev(t, "u:a:v", "file", event_id="x")]
+    resp = await api.stub.RecordActivities(pb.RecordActivitiesRequest(events=events))
+    assert [r.outcome for r in resp.results] == [pb.AWARDED, pb.AWARDED]
+    assert await api.app.flusher.drain(30)
+    rows = sql("SELECT entry_key, user_id FROM ledger_entries WHERE tenant_id = :t", t=t)
+    assert sorted(tuple(r) for r in rows) == [
+        ("e:x%3Aa%3Au:a:v", "v"),
+        ("e:x:a:u%3Aa%3Av", "u:a:v"),
+    ]
+    assert (await reconcile(api.app)).clean
 
 
 async def test_ledger_write_is_idempotent(api: Api, sql) -> None:

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.ops import rebuild, reconcile
-from tests.conftest import Api, LoseRedisData
+from tests.conftest import Api, ApiFactory, LoseRedisData
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -465,8 +465,9 @@ async def test_recovery_finishes_abandoned_redemptions_and_skips_unknown_tenants
     api: Api, sql
 ) -> None:
     """A process that died after step 1 of the saga left `pending` records;
-    the sweep finishes them, and a record of a tenant this deployment does not
-    serve (shared database) does not stop it."""
+    the sweep finishes them, and older records of a tenant this deployment
+    does not serve (shared database), more than a sweep's page, do not
+    starve them."""
     from sqlalchemy import create_engine, text
 
     from storage.postgres import sqlalchemy_url
@@ -487,21 +488,20 @@ async def test_recovery_finishes_abandoned_redemptions_and_skips_unknown_tenants
         conn.execute(
             text(
                 "INSERT INTO redemptions (redemption_id, tenant_id, request_id, user_id, item_id, "
-                "item_name, quantity, points, status) VALUES (:id, 'not-served-here', 'r', 'u', "
-                "'i', 'I', 1, 5, 'pending')"
-            ),
-            {"id": uuid.uuid4().hex},
+                "item_name, quantity, points, status, updated_at) SELECT md5(random()::text), "
+                "'not-served-here', 'r' || g, 'u', 'i', 'I', 1, 5, 'pending', "
+                "now() - interval '2 hours' FROM generate_series(1, 600) g"
+            )
         )
         conn.execute(
             text(
                 "UPDATE redemptions SET updated_at = now() - interval '1 hour' "
-                "WHERE status = 'pending' AND (tenant_id = :t OR tenant_id = "
-                "'not-served-here')"
+                "WHERE status = 'pending' AND tenant_id = :t"
             ),
             {"t": api.tenant},
         )
     try:
-        assert await api.app.redemptions.recover() >= 2
+        assert await api.app.redemptions.recover() == 2
         states = dict(
             sql("SELECT request_id, status FROM redemptions WHERE tenant_id = :t", t=api.tenant)
         )
@@ -515,3 +515,108 @@ async def test_recovery_finishes_abandoned_redemptions_and_skips_unknown_tenants
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM redemptions WHERE tenant_id = 'not-served-here'"))
         engine.dispose()
+
+
+async def test_adjustment_keys_of_different_users_never_collide(
+    make_api: ApiFactory, tenant: str, sql
+) -> None:
+    """Ids may hold ':'; ("a", "b:c") and ("a:b", "c") are different
+    adjustments, on one shard or several, and both reach the ledger."""
+    for shards in (1, 4):
+        api = await make_api({f"{tenant}-{shards}": {"shards": shards}})
+        for user, key, points in (("a", "b:c", 10), ("a:b", "c", 20), ("a%3Ab", "c", 30)):
+            done = await admin(api).AdjustPoints(
+                pb.AdjustPointsRequest(
+                    tenant_id=api.tenant, user_id=user, points=points, reason="r",
+                    idempotency_key=key,
+                )
+            )  # fmt: skip
+            assert (done.duplicate, done.balance) == (False, points)
+        assert await api.app.flusher.drain(30)
+        rows = sql(
+            "SELECT user_id, points FROM ledger_entries WHERE tenant_id = :t ORDER BY points",
+            t=api.tenant,
+        )
+        assert [tuple(r) for r in rows] == [("a", 10), ("a:b", 20), ("a%3Ab", 30)]
+        assert (await reconcile(api.app)).clean
+
+
+async def test_a_refused_deduction_can_be_retried_once_the_points_are_there(api: Api) -> None:
+    def fine() -> Any:
+        return admin(api).AdjustPoints(
+            pb.AdjustPointsRequest(
+                tenant_id=api.tenant, user_id="ann", points=-10, reason="fine",
+                idempotency_key="fine-1",
+            )
+        )  # fmt: skip
+
+    code, msg = await failure(fine())
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "(has 0)" in msg
+    await grant(api, "ann", 100)
+    done = await fine()
+    assert (done.duplicate, done.balance) == (False, 90)
+    assert ((await fine()).duplicate, (await balance(api, "ann")).available) == (True, 90)
+
+
+async def test_a_redemption_gives_back_only_the_stock_it_took(api: Api) -> None:
+    """Made while the item was unlimited, then the admin starts counting
+    stock: neither a refund nor a failed replay adds stock never taken."""
+    await create_item(api, "mug", 10)
+    await grant(api, "ann", 10)
+    done = await redeem(api, "ann", "mug")
+    crashed, _ = await api.app.stores.catalog.begin_redemption(
+        api.tenant, "crash", "bob", "mug", 3, datetime.now(ZoneInfo("UTC")),
+        api.app.redemptions._limit_key(api.tenant),
+    )  # fmt: skip
+    assert crashed.stock_taken == 0
+    fresh = next(
+        i
+        for i in (await admin(api).ListItems(pb.ListItemsRequest(tenant_id=api.tenant))).items
+        if i.item_id == "mug"
+    )
+    fresh.stock = 5
+    await admin(api).UpdateItem(pb.UpdateItemRequest(item=fresh))
+    await admin(api).RefundRedemption(
+        pb.RefundRedemptionRequest(
+            tenant_id=api.tenant, redemption_id=done.redemption_id, reason="broken"
+        )
+    )
+    # Bob has no points: the replay fails the pending record.
+    code, _ = await failure(redeem(api, "bob", "mug", quantity=3, request_id="crash"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert await stock_of(api, "mug") == 5
+    # Stock that was taken comes back, exactly.
+    await grant(api, "cy", 20)
+    taken = await redeem(api, "cy", "mug", quantity=2)
+    assert await stock_of(api, "mug") == 3
+    await admin(api).RefundRedemption(
+        pb.RefundRedemptionRequest(
+            tenant_id=api.tenant, redemption_id=taken.redemption_id, reason="x"
+        )
+    )
+    assert await stock_of(api, "mug") == 5
+
+
+async def test_a_redemption_cut_short_by_a_rebuild_completes_once_on_retry(api: Api, sql) -> None:
+    """UNAVAILABLE mid-saga leaves the record pending (stock held, nothing
+    spent); the message says to retry the same request id, which finishes it."""
+    await create_item(api, "pen", 10, 2)
+    await grant(api, "ann", 25)
+    shard = api.app.shards()[0]
+    await api.app.stores.balances.set_maintenance(shard, True)
+    try:
+        code, msg = await failure(redeem(api, "ann", "pen", request_id="req-1"))
+    finally:
+        await api.app.stores.balances.set_maintenance(shard, False)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert "pending" in msg and "same request_id" in msg
+    assert (await balance(api, "ann")).available == 25
+    assert await stock_of(api, "pen") == 1
+    done = await redeem(api, "ann", "pen", request_id="req-1")
+    again = await redeem(api, "ann", "pen", request_id="req-1")
+    assert done == again and done.points_spent == 10 and done.balance == 15
+    assert await stock_of(api, "pen") == 1
+    assert await api.app.flusher.drain(30)
+    assert sql(
+        "SELECT count(*) FROM ledger_entries WHERE tenant_id = :t AND points < 0", t=api.tenant
+    ) == [(1,)]

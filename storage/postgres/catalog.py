@@ -13,7 +13,7 @@ service/redeem.py for the whole saga and its recovery.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +75,9 @@ class Redemption:
     refund_reason: str
     created_at: datetime
     updated_at: datetime
+    # Stock units step 1 took (0: none, the item was unlimited or the
+    # redemption failed at once); None for records older than migration 0004.
+    stock_taken: int | None = None
 
 
 _ITEM_COLUMNS = (
@@ -83,7 +86,8 @@ _ITEM_COLUMNS = (
 )
 _REDEMPTION_COLUMNS = (
     "redemption_id, tenant_id, request_id, user_id, item_id, item_name, quantity, points, "
-    "status, reason, balance_after, limit_period_key, refund_reason, created_at, updated_at"
+    "status, reason, balance_after, limit_period_key, refund_reason, created_at, updated_at, "
+    "stock_taken"
 )
 
 
@@ -301,7 +305,8 @@ class CatalogStore:
                 await conn.execute(
                     text(
                         f"INSERT INTO redemptions ({_REDEMPTION_COLUMNS}) VALUES (:id, :t, :r, "
-                        ":u, :i, :name, :q, :points, :status, :reason, NULL, :pk, '', :now, :now) "
+                        ":u, :i, :name, :q, :points, :status, :reason, NULL, :pk, '', :now, :now, "
+                        ":taken) "
                         f"ON CONFLICT (tenant_id, request_id) DO NOTHING "
                         f"RETURNING {_REDEMPTION_COLUMNS}"
                     ),
@@ -318,6 +323,7 @@ class CatalogStore:
                         "reason": reason,
                         "pk": period_key,
                         "now": now,
+                        "taken": quantity if status == "pending" and item.stock is not None else 0,
                     },
                 )
             ).first()
@@ -384,15 +390,19 @@ class CatalogStore:
                 current = await _by_id(conn, r.tenant_id, r.redemption_id)
                 assert current is not None
                 return current
-            if restock:
+            moved = _redemption(row)
+            # Exactly what step 1 took: an item made counted after it took
+            # nothing must not gain stock from the give-back.
+            taken = moved.quantity if moved.stock_taken is None else moved.stock_taken
+            if restock and taken:
                 await conn.execute(
                     text(
                         "UPDATE catalog_items SET stock = stock + :q, updated_at = now() "
                         "WHERE tenant_id = :t AND item_id = :i AND stock IS NOT NULL"
                     ),
-                    {"q": r.quantity, "t": r.tenant_id, "i": r.item_id},
+                    {"q": taken, "t": r.tenant_id, "i": r.item_id},
                 )
-            return _redemption(row)
+            return moved
 
         result: Redemption = await self._run(work)
         return result
@@ -438,23 +448,42 @@ class CatalogStore:
         result: list[Redemption] = await self._run(work, write=False)
         return result
 
-    async def unfinished(self, older_than: datetime, limit: int = 500) -> list[Redemption]:
-        """Pending and refunding records not touched since `older_than` (a
-        process died mid-way): the recovery sweep drives them to the end."""
+    async def unfinished(
+        self, tenants: Sequence[str], older_than: datetime, limit: int = 500
+    ) -> list[Redemption]:
+        """Pending and refunding records of `tenants` not touched since
+        `older_than` (a process died mid-way), oldest first: the recovery
+        sweep drives them to the end. Other tenants' records (a shared
+        database) never fill the page."""
 
         async def work(conn: AsyncConnection) -> list[Redemption]:
             rows = await conn.execute(
                 text(
                     f"SELECT {_REDEMPTION_COLUMNS} FROM redemptions "
                     "WHERE status IN ('pending', 'refunding') AND updated_at < :at "
-                    "ORDER BY updated_at LIMIT :n"
+                    "AND tenant_id = ANY(:ts) ORDER BY updated_at LIMIT :n"
                 ),
-                {"at": older_than, "n": limit},
+                {"at": older_than, "ts": list(tenants), "n": limit},
             )
             return [_redemption(r) for r in rows]
 
         result: list[Redemption] = await self._run(work, write=False)
         return result
+
+    async def postpone(self, r: Redemption) -> None:
+        """Send a record the sweep could not finish to the back of its queue,
+        so records behind it are not starved."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                text(
+                    "UPDATE redemptions SET updated_at = now() "
+                    "WHERE redemption_id = :id AND status = :s"
+                ),
+                {"id": r.redemption_id, "s": r.status},
+            )
+
+        await self._run(work)
 
 
 def _item_params(item: Item) -> dict[str, Any]:

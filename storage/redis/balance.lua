@@ -11,7 +11,9 @@
 -- ARGV[3]  delta (points, signed, not 0)
 -- ARGV[4]  lifetime field that moves with it: "e" (earned: adjustments) or
 --          "s" (spent: spends count +, refunds -)
--- ARGV[5]  "1": refuse a change that would take available below 0
+-- ARGV[5]  "1": refuse a change that would take available below 0; "2": the
+--          same, and record the refusal so that every replay is refused too
+--          (a redemption's spend: once it failed, it must never apply later)
 -- ARGV[6]  dedup expire-at (unix s)
 -- ARGV[7]  fingerprint of the change (a replay with other content is refused)
 -- ARGV[8]  outbox entry data (opaque here)
@@ -20,11 +22,12 @@
 --
 -- Returns {code, balance, available_before}:
 --   code 1 applied, 2 duplicate (balance as after the first), 5 insufficient
---   (recorded: a replay says so again), 7 outbox full, 8 maintenance,
---   9 key reused with different content; 7, 8, 9 apply nothing.
+--   (with ARGV[5] "2" recorded: a replay says so again), 7 outbox full,
+--   8 maintenance, 9 key reused with different content; 5, 7, 8, 9 apply nothing.
 
 local mode, user, delta, lifetime = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local floor, expire_at, fp = ARGV[5] == '1', ARGV[6], ARGV[7]
+local floor, expire_at, fp = ARGV[5] ~= '0', ARGV[6], ARGV[7]
+local record_refusal = ARGV[5] == '2'
 
 local prev = redis.call('GET', KEYS[4])
 if prev then
@@ -41,7 +44,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {8, 0, 0} end
 
 local available = tonumber(redis.call('HGET', KEYS[2], user .. '|a') or '0')
 if floor and available + delta < 0 then
-  redis.call('SET', KEYS[4], '5:0:' .. available .. ':' .. fp, 'EXAT', expire_at)
+  if record_refusal then
+    redis.call('SET', KEYS[4], '5:0:' .. available .. ':' .. fp, 'EXAT', expire_at)
+  end
   return {5, available, available}
 end
 local outbox_max = tonumber(ARGV[9])

@@ -37,7 +37,10 @@ class ChangeCode(enum.IntEnum):
 @dataclass(frozen=True, slots=True)
 class BalanceChange:
     """One idempotent change of a user's balance, identified by `entry_key`
-    (also the ledger entry's key). `floor`: refuse to go below zero."""
+    (also the ledger entry's key). `floor`: refuse to go below zero.
+    `final_refusal`: a refusal is remembered like an outcome, so every replay
+    of the key is refused too (a failed redemption must never spend later);
+    otherwise a refused change leaves nothing and may be retried."""
 
     tenant_id: str
     user_id: str
@@ -49,6 +52,7 @@ class BalanceChange:
     dedup_expires_at_s: int
     data: str
     balance_after: int = 0  # restore mode only
+    final_refusal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,7 @@ class BalanceStore:
                 ch.user_id,
                 ch.delta,
                 lifetime,
-                "1" if ch.floor else "0",
+                ("2" if ch.final_refusal else "1") if ch.floor else "0",
                 ch.dedup_expires_at_s,
                 ch.fingerprint,
                 ch.data,
