@@ -191,7 +191,15 @@ async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
                     await stores.balances.set_maintenance(shard, False)
             raise
         # This tenant's streams only: other tenants' traffic goes on meanwhile.
-        if not await app.flusher.drain(300, shards):
+        try:
+            drained = await app.flusher.drain(300, shards)
+        except BaseException:
+            # Failed or cancelled before anything was touched: let writes go on.
+            for shard in shards:
+                with contextlib.suppress(StorageError):
+                    await stores.balances.set_maintenance(shard, False)
+            raise
+        if not drained:
             # Nothing was touched yet: writes may go on, the rebuild waits.
             for shard in shards:
                 await stores.balances.set_maintenance(shard, False)

@@ -111,6 +111,11 @@ def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
         raise ValueError(f"outbox entry has {len(parts)} parts, version {parts[0]!r}")
     (_, kind, entry_key, user_id, event_id, role, action, counterpart, group, department,
      quantity, occurred, recorded, attributes, reason) = parts  # fmt: skip
+    attrs = json.loads(attributes) if attributes else {}
+    if not isinstance(attrs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
+    ):
+        raise ValueError("outbox entry attributes are not a string map")
     return LedgerRow(
         tenant_id=tenant_id,
         entry_key=entry_key,
@@ -126,7 +131,18 @@ def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
         department_id=department,
         quantity=int(quantity or 0),
         reason=reason,
-        occurred_at_ms=int(occurred),
-        recorded_at_ms=int(recorded),
-        attributes=json.loads(attributes) if attributes else {},
+        occurred_at_ms=_time_ms(occurred),
+        recorded_at_ms=_time_ms(recorded),
+        attributes=attrs,
     )
+
+
+# Timestamps a ledger row can hold: 1970-01-01 up to the year 9999.
+_MS_MAX = 253_402_300_799_999
+
+
+def _time_ms(text: str) -> int:
+    ms = int(text)
+    if not 0 <= ms <= _MS_MAX:
+        raise ValueError(f"outbox entry time {ms} ms is out of range")
+    return ms

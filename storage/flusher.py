@@ -91,16 +91,22 @@ class Flusher:
         """Flush until every outbox stream (or those of `shards`) is empty;
         False on timeout."""
         deadline = time.monotonic() + timeout_s
+        # Set at the deadline: a write retrying while PostgreSQL is down gives
+        # up then (its entries stay pending) instead of outliving the timeout.
         stop = asyncio.Event()
-        while time.monotonic() < deadline:
-            try:
-                await self.flush_once(stop, claim_idle_ms=0)
-                if await self.outbox.backlog(shards or self.shards()) == 0:
-                    return True
-            except StorageError as exc:
-                self._failed(exc)
-                await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        return False
+        timer = asyncio.get_running_loop().call_later(timeout_s, stop.set)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    await self.flush_once(stop, claim_idle_ms=0)
+                    if await self.outbox.backlog(shards or self.shards()) == 0:
+                        return True
+                except StorageError as exc:
+                    self._failed(exc)
+                    await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            return False
+        finally:
+            timer.cancel()
 
     async def flush_once(self, stop: asyncio.Event, claim_idle_ms: int | None = None) -> int:
         """Move one batch; returns how many stream entries it handled."""

@@ -186,6 +186,41 @@ async def test_refused_entry_is_parked_and_the_rest_flows(
     assert report.clean
 
 
+def _entry(occurred_ms: str = "1700000000000", attributes: str = "") -> dict[str, str]:
+    parts = ["1", "award", "e:odd:a:u1", "u1", "odd", "a", "login", "", "", "", "1",
+             occurred_ms, "1700000000000", attributes, "x"]  # fmt: skip
+    return {"p": "5", "b": "5", "d": "\x1f".join(parts)}
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        _entry(occurred_ms=str(10**17)),  # a year datetime cannot hold
+        _entry(occurred_ms=str(10**20)),  # fromtimestamp: OSError, not an outage
+        _entry(attributes="[1]"),  # attributes not a map
+    ],
+    ids=["year-3170843", "year-overflow", "attributes-list"],
+)
+async def test_entries_no_row_can_hold_are_parked_not_fatal(
+    make_api: ApiFactory, tenant: str, sql, rds, odd: dict[str, str]
+) -> None:
+    api = await make_api([tenant], flusher="off", flush_backoff_max_ms=200)
+    shard = api.app.shards()[0]
+    rds.xadd(shard.outbox, odd)
+    await api.stub.RecordActivity(ev(tenant, "u2", "login"))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(api.app.flusher.run(stop))
+    try:
+        assert await api.app.flusher.drain(30)
+        assert not runner.done()  # the flusher lives on
+    finally:
+        stop.set()
+        await runner
+    assert ledger_count(sql, tenant) == 1
+    assert rds.xlen(shard.dead_letters) == 1
+    assert (await reconcile(api.app)).clean
+
+
 async def test_full_outbox_refuses_awards_without_side_effects(
     make_api: ApiFactory, tenant: str, rds
 ) -> None:

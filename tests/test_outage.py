@@ -85,3 +85,51 @@ async def test_postgres_down_during_ingest_loses_nothing(
         sql("SELECT DISTINCT entry_key FROM ledger_entries WHERE tenant_id=:t", t=tenant)
     )
     assert (await reconcile(api.app)).clean
+
+
+async def test_drain_reconcile_and_rebuild_give_up_in_time_while_postgres_is_down(
+    make_api: ApiFactory, tenant: str, outage: Outage, rds
+) -> None:
+    """The drain's timeout holds while PostgreSQL is away: reconcile says
+    "not drained", and a rebuild refuses and lifts its maintenance flag, so
+    the tenant's writes go on. Cancelling a rebuild lifts the flag too."""
+    from service.ops import RebuildFailed, rebuild
+
+    api = await make_api(
+        [tenant], database_url=outage.database_url, flusher="off", flush_backoff_max_ms=200,
+        db_timeout_s=1,
+    )  # fmt: skip
+    await api.stub.RecordActivity(ev(tenant, "u1", "login"))
+    await outage.stop()
+    try:
+        # Hang guards only: each call must return by itself, near its timeout.
+        assert not await asyncio.wait_for(api.app.flusher.drain(1.0), 60)
+        assert not (await asyncio.wait_for(reconcile(api.app, drain_timeout_s=1.0), 60)).drained
+        shard = api.app.shards()[0]
+        api.app.flusher.drain = _short(api.app.flusher.drain)  # type: ignore[method-assign]
+        with pytest.raises(RebuildFailed, match="could not be drained"):
+            await asyncio.wait_for(rebuild(api.app, [tenant]), 60)
+        assert not rds.exists(shard.maintenance)
+        assert (await api.stub.RecordActivity(ev(tenant, "u2", "login"))).outcome == pb.AWARDED
+        task = asyncio.create_task(rebuild(api.app, [tenant]))
+        for _ in range(200):
+            if rds.exists(shard.maintenance):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not rds.exists(shard.maintenance)
+    finally:
+        await outage.start()
+    assert await api.app.flusher.drain(60)
+    assert (await reconcile(api.app)).clean
+
+
+def _short(drain: Any) -> Any:
+    """A rebuild waits up to 300 s for the outbox; a test need not."""
+
+    async def short(timeout_s: float, shards: Any = None) -> bool:
+        return bool(await drain(min(timeout_s, 1.0), shards))
+
+    return short

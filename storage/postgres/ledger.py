@@ -205,6 +205,22 @@ class Ledger:
         if not rows:
             return WriteResult(0, [])
         try:
+            copied = [
+                (
+                    r.tenant_id, r.entry_key, r.user_id, r.points,
+                    r.balance_after, r.kind, r.action, r.event_id, r.role,
+                    r.counterpart_id, r.group_id, r.department_id, r.quantity,
+                    json.dumps(dict(r.attributes), ensure_ascii=False)
+                    if r.attributes else "{}",
+                    r.reason, _dt(r.occurred_at_ms), _dt(r.recorded_at_ms),
+                )
+                for r in rows
+            ]  # fmt: skip
+        except (ValueError, TypeError, OverflowError, OSError) as exc:
+            # A row no table could hold: the content's fault, not an outage
+            # (fromtimestamp raises OSError for far-off years).
+            raise LedgerDataError(f"a ledger row cannot be stored: {exc}") from exc
+        try:
             async with self.engine.begin() as conn:
                 raw = await conn.get_raw_connection()
                 pg: Any = raw.driver_connection
@@ -212,17 +228,8 @@ class Ledger:
                     # Every time: a rolled-back first transaction takes the table with it.
                     await cur.execute(_STAGING)
                     async with cur.copy(_COPY) as copy:
-                        for r in rows:
-                            await copy.write_row(
-                                (
-                                    r.tenant_id, r.entry_key, r.user_id, r.points,
-                                    r.balance_after, r.kind, r.action, r.event_id, r.role,
-                                    r.counterpart_id, r.group_id, r.department_id, r.quantity,
-                                    json.dumps(dict(r.attributes), ensure_ascii=False)
-                                    if r.attributes else "{}",
-                                    r.reason, _dt(r.occurred_at_ms), _dt(r.recorded_at_ms),
-                                )
-                            )  # fmt: skip
+                        for row in copied:
+                            await copy.write_row(row)
                     await cur.execute(_MOVE)
                     inserted = int(cur.rowcount or 0)
                     if inserted == len(rows):

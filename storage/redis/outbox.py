@@ -20,7 +20,7 @@ from redis import exceptions as rexc
 
 from storage.keys import OUTBOX_GROUP, Shard
 from storage.redis.client import RedisClient, gate
-from storage.redis.scripts import redis_errors
+from storage.redis.scripts import LuaScript, redis_errors
 
 __all__ = ["Outbox", "OutboxEntry", "consumer_name"]
 
@@ -47,6 +47,7 @@ class Outbox:
     def __init__(self, redis: RedisClient, consumer: str | None = None) -> None:
         self.redis = redis
         self.consumer = consumer or consumer_name()
+        self._ack_script = LuaScript("storage.redis", "ack.lua")
 
     async def ensure_groups(self, shards: Sequence[Shard]) -> None:
         """Create the consumer group where missing, from the stream's start
@@ -109,34 +110,26 @@ class Outbox:
         return entries
 
     async def ack(self, entries: Sequence[OutboxEntry], dead: Sequence[OutboxEntry] = ()) -> None:
-        """Acknowledge and delete flushed entries; park `dead` ones first."""
-        by_shard: dict[Shard, list[bytes]] = {}
+        """Acknowledge and delete flushed entries, parking `dead` ones first:
+        one ack.lua call per shard (atomic there), pipelined over shards."""
+        ids: dict[Shard, list[bytes]] = {}
+        parked: dict[Shard, list[bytes | int]] = {}
         for entry in [*entries, *dead]:
-            by_shard.setdefault(entry.shard, []).append(entry.entry_id)
-        dead_by_shard: dict[Shard, list[OutboxEntry]] = {}
+            ids.setdefault(entry.shard, []).append(entry.entry_id)
         for entry in dead:
-            dead_by_shard.setdefault(entry.shard, []).append(entry)
-        try:
-            # A shard with entries to park: one MULTI/EXEC of its own (its keys
-            # share a hash slot). If Redis refuses to park one (out of memory:
-            # XADD is refused, XACK/XDEL are not), nothing of the shard is
-            # acknowledged or deleted; its entries come back and are retried.
-            for shard, parked in dead_by_shard.items():
-                async with gate(self.redis), self.redis.pipeline(transaction=True) as pipe:
-                    for entry in parked:
-                        pipe.xadd(shard.dead_letters, entry.fields)  # type: ignore[arg-type]
-                    ids = by_shard.pop(shard)
-                    pipe.xack(shard.outbox, OUTBOX_GROUP, *ids)
-                    pipe.xdel(shard.outbox, *ids)
-                    await pipe.execute()
-            if by_shard:
-                async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
-                    for shard, ids in by_shard.items():
-                        pipe.xack(shard.outbox, OUTBOX_GROUP, *ids)
-                        pipe.xdel(shard.outbox, *ids)
-                    await pipe.execute()
-        except (rexc.RedisError, OSError) as exc:
-            raise redis_errors(exc) from exc
+            fields = parked.setdefault(entry.shard, [])
+            fields.append(len(entry.fields))
+            for name, value in entry.fields.items():
+                fields += [name, value]
+        calls = [
+            (
+                [shard.outbox, shard.dead_letters],
+                [OUTBOX_GROUP, len(shard_ids), *shard_ids, *parked.get(shard, [])],
+            )
+            for shard, shard_ids in ids.items()
+        ]
+        if calls:
+            await self._ack_script.run_many(self.redis, calls)
 
     async def backlog(self, shards: Sequence[Shard]) -> int:
         """Entries in the streams: not yet flushed, or flushed and not yet deleted."""
