@@ -28,6 +28,9 @@ __all__ = ["FlushStats", "Flusher"]
 
 log = logging.getLogger("pointsd.flusher")
 
+# How often a running flusher drops the group's consumers of dead processes.
+_TIDY_INTERVAL_S = 600.0
+
 
 @dataclass(slots=True)
 class FlushStats:
@@ -73,8 +76,14 @@ class Flusher:
     async def run(self, stop: asyncio.Event) -> None:
         """Flush until `stop` is set; the batch in hand is finished first."""
         log.info("flusher %s started", self.outbox.consumer)
+        tidy_at = 0.0
         while not stop.is_set():
             try:
+                if time.monotonic() >= tidy_at:
+                    tidy_at = time.monotonic() + _TIDY_INTERVAL_S
+                    removed = await self.outbox.forget_stale_consumers(list(self.shards()))
+                    if removed:
+                        log.info("removed %d idle consumer(s) of dead processes", removed)
                 moved = await self.flush_once(stop)
             except StorageError as exc:
                 self._failed(exc)

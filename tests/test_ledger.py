@@ -302,3 +302,23 @@ def test_outbox_entry_round_trip() -> None:
     assert (row.role, row.counterpart_id, row.quantity, row.reason) == ("t", "v", 2, "Reply")
     assert (row.occurred_at_ms, row.recorded_at_ms) == (5, 6)
     assert row.attributes == {"x": "中"}
+
+
+async def test_consumers_of_dead_processes_are_forgotten(api: Api, rds) -> None:
+    """Every process joins the group under a new name; the idle ones that own
+    nothing are dropped, the live one and any owning entries are kept."""
+    from storage.redis.outbox import Outbox
+
+    shard = api.app.shards()[0]
+    outbox = api.app.stores.outbox
+    await outbox.ensure_groups([shard])
+    await api.stub.RecordActivity(ev(api.tenant, "u1", "login"))
+    holder = Outbox(api.app.stores.redis, consumer="dead-holder")
+    held = await holder.read([shard], 10)
+    assert held
+    rds.xgroup_createconsumer(shard.outbox, OUTBOX_GROUP, "dead-idle")
+    await asyncio.sleep(0.05)
+    assert await outbox.forget_stale_consumers([shard], idle_ms=10) == 1
+    names = {c["name"] for c in rds.xinfo_consumers(shard.outbox, OUTBOX_GROUP)}
+    assert b"dead-idle" not in names and b"dead-holder" in names
+    assert await api.app.flusher.drain(30, [shard])

@@ -141,8 +141,11 @@ class Outbox:
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
 
-    async def forget_stale_consumers(self, shards: Sequence[Shard]) -> int:
-        """Drop consumers of dead processes that own no pending entries."""
+    async def forget_stale_consumers(
+        self, shards: Sequence[Shard], idle_ms: int = _STALE_CONSUMER_IDLE_MS
+    ) -> int:
+        """Drop consumers of dead processes (every process and CLI run joins
+        the group under a new name) that own no pending entries."""
         removed = 0
         for shard in shards:
             try:
@@ -153,7 +156,7 @@ class Outbox:
                     if (
                         name != self.consumer
                         and int(c["pending"]) == 0
-                        and int(c["idle"]) > _STALE_CONSUMER_IDLE_MS
+                        and int(c["idle"]) > idle_ms
                     ):
                         async with gate(self.redis):
                             await self.redis.xgroup_delconsumer(shard.outbox, OUTBOX_GROUP, name)
