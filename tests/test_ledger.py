@@ -304,11 +304,14 @@ def test_outbox_entry_round_trip() -> None:
     assert row.attributes == {"x": "中"}
 
 
-async def test_consumers_of_dead_processes_are_forgotten(api: Api, rds) -> None:
+async def test_consumers_of_dead_processes_are_forgotten(
+    make_api: ApiFactory, tenant: str, rds
+) -> None:
     """Every process joins the group under a new name; the idle ones that own
     nothing are dropped, the live one and any owning entries are kept."""
     from storage.redis.outbox import Outbox
 
+    api = await make_api([tenant], flusher="off")
     shard = api.app.shards()[0]
     outbox = api.app.stores.outbox
     await outbox.ensure_groups([shard])
