@@ -25,10 +25,12 @@ PERIODS = {
 }
 PERIOD_NAMES = {v: pb.Period.Name(k) for k, v in PERIODS.items()}
 _KEY_FORMS = {
-    Period.DAY: (re.compile(r"^(\d{4})-(\d{2})-(\d{2})$"), "YYYY-MM-DD"),
-    Period.WEEK: (re.compile(r"^(\d{4})-W(\d{2})$"), "YYYY-Www (ISO week)"),
-    Period.MONTH: (re.compile(r"^(\d{4})-(\d{2})$"), "YYYY-MM"),
-    Period.EVER: (re.compile(r"^all$"), '"all"'),
+    # fullmatch and [0-9]: "$" would let a trailing newline through, "\d" any
+    # script's digits (which int() accepts).
+    Period.DAY: (re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})"), "YYYY-MM-DD"),
+    Period.WEEK: (re.compile(r"([0-9]{4})-W([0-9]{2})"), "YYYY-Www (ISO week)"),
+    Period.MONTH: (re.compile(r"([0-9]{4})-([0-9]{2})"), "YYYY-MM"),
+    Period.EVER: (re.compile(r"all"), '"all"'),
 }
 _SCOPE_PREFIX = {BoardScope.DEPARTMENT: "d:", BoardScope.GROUP: "g:"}
 _SCOPE_TYPES = {
@@ -64,7 +66,7 @@ class BoardQuery:
 
 def _check_key(kind: Period, key: str) -> None:
     form, spelled = _KEY_FORMS[kind]
-    match = form.match(key)
+    match = form.fullmatch(key)
     valid = match is not None
     if match and kind is Period.DAY:
         try:

@@ -148,6 +148,11 @@ def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
                 f"must be at most {ATTRIBUTE_VALUE_BYTES_MAX} bytes without control characters",
             )
 
+    # Attributes that name a leaderboard scope obey the rules of ids, so every
+    # scope a board records can be asked for by scope_id.
+    if count and "target_department_id" in attrs:
+        check_id("attributes[target_department_id]", attrs["target_department_id"], required=False)
+
     return Event(
         tenant_id=tenant_id,
         event_id=event_id,

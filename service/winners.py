@@ -4,7 +4,9 @@ A period is final once it has ended and events for it can no longer arrive:
 events up to POINTS_EVENT_MAX_AGE_S old are accepted, so by default winners
 are recorded that long after the period's end (POINTS_WINNERS_DELAY_S). Each
 pass looks at the closed periods whose boards are still kept, for every
-scope with data, and records the top N of those not yet recorded. Any number
+scope with data, and records the top N of those not yet recorded. "Still
+kept" means its keys have not expired, which with a long delay reaches
+beyond `keep_periods`. Any number
 of processes may run passes: PostgreSQL decides who records (exactly once).
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from service.app import App
 from service.domain import BoardRef, Period
 from service.periodic import every
+from service.rules.engine import BOARD_PERIOD_S
 from service.rules.model import BoardMember
 from service.rules.periods import period_bounds, period_key, shift_period
 from storage.postgres.winners import WinnerRow
@@ -27,6 +30,8 @@ __all__ = ["WinnersRecorder"]
 log = logging.getLogger("pointsd.winners")
 
 _CLOSING = (Period.WEEK, Period.MONTH)
+# Bound of the backwards scan (a misconfiguration must not loop for long).
+_OFFSETS_MAX = 520
 
 
 @dataclass
@@ -40,6 +45,7 @@ class WinnersRecorder:
         """One pass; returns how many (period, scope) records this call wrote."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         stores = self.app.stores
+        retention_s = self.app.engine.state_retention_s
         written = 0
         for tenant in self.app.rules.tenants.values():
             if await stores.balances.in_maintenance(tenant.tenant_id):
@@ -51,9 +57,14 @@ class WinnersRecorder:
                 for kind in board.periods:
                     if kind not in _CLOSING:
                         continue
-                    for offset in range(1, board.keep_periods + 1):
+                    # Every closed period whose board can still exist: with a
+                    # long delay a period is final only beyond keep_periods.
+                    keep_s = retention_s + board.keep_periods * BOARD_PERIOD_S[kind]
+                    for offset in range(1, _OFFSETS_MAX + 1):
                         at = shift_period(kind, now_ms, tz, offset)
                         _, end_s = period_bounds(kind, at, tz)
+                        if end_s + keep_s < now_ms // 1000:
+                            break  # its keys (and all older ones) have expired
                         if end_s + self.delay_s > now_ms // 1000:
                             continue
                         key = period_key(kind, at, tz)

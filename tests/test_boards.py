@@ -317,3 +317,80 @@ async def test_users_ranked_within_their_group(make_api: ApiFactory, tenant: str
     assert [(e.member_id, e.score) for e in whole.entries] == [("ann", 13), ("cat", 10), ("bob", 3)]
     r = await rank(api, "team", "bob", n=1, scope_id="g1")
     assert (r.rank, [e.member_id for e in r.above]) == (2, ["ann"])
+
+
+async def test_a_target_is_judged_by_its_own_join_date(make_api: ApiFactory, tenant: str) -> None:
+    """join_date describes the event's actor; a target's credit uses
+    target_join_date (or its own first award), never the actor's."""
+    api = await make_api([tenant], event_max_age_s=40 * 86_400)
+    today = datetime.now(TZ).date()
+    await api.stub.RecordActivity(ev(tenant, "vic", "file", at_ms=now_ms() - 35 * 86_400_000))
+    await api.stub.RecordActivity(ev(tenant, "nia", "file"))
+    # A new hire thanks the veteran; a veteran likes the newcomer.
+    await api.stub.RecordActivity(
+        ev(tenant, "amy", "thanks_card", target_user_id="vic",
+           attributes={"join_date": (today - timedelta(days=1)).isoformat()})
+    )  # fmt: skip
+    await api.stub.RecordActivity(
+        ev(tenant, "old", "like", target_user_id="nia", attributes={"join_date": "2015-01-01"})
+    )
+    # The target's own join date counts.
+    await api.stub.RecordActivity(
+        ev(tenant, "bo", "thanks_card", target_user_id="kit",
+           attributes={"target_join_date": "2015-01-01"})
+    )  # fmt: skip
+    got = {e.member_id: e.score for e in (await board(api, "newcomers")).entries}
+    assert "vic" not in got and "kit" not in got and "old" not in got
+    assert got["nia"] == 11  # her file (10) and the like she received (1)
+
+
+async def test_first_award_is_kept_for_credits_that_feed_no_board(
+    make_api: ApiFactory, tenant: str
+) -> None:
+    """A newcomers board added later still knows who has been earning."""
+    from service.rules import load_rule_file, parse_rule_book
+
+    doc = load_rule_file(None)
+    # Before: one board, fed by replies only; vic earns from files.
+    doc["rule_sets"]["default"]["boards"] = {
+        "helpers": {"score": "count", "periods": ["week"],
+                    "feeds": [{"action": "reply", "role": "actor"}]},
+    }  # fmt: skip
+    doc["tenants"] = [{"id": tenant, "timezone": "Asia/Shanghai", "shards": 1}]
+    before = await make_api(book=parse_rule_book(doc), event_max_age_s=60 * 86_400)
+    await before.stub.RecordActivity(ev(tenant, "vic", "file", at_ms=now_ms() - 40 * 86_400_000))
+    after = await make_api(
+        [tenant], event_max_age_s=60 * 86_400,
+        boards={"fresh": {"periods": ["all"], "newcomer_days": 30}},
+    )  # fmt: skip
+    await after.stub.RecordActivity(ev(tenant, "vic", "file"))
+    await after.stub.RecordActivity(ev(tenant, "nia", "file"))
+    got = await board(after, "fresh", period=pb.ALL_TIME)
+    assert [e.member_id for e in got.entries] == ["nia"]
+
+
+@pytest.mark.parametrize(
+    "period,key",
+    [
+        (pb.ALL_TIME, "all\n"),
+        (pb.WEEK, "2026-W48\n"),
+        (pb.MONTH, "2026-11\n"),
+        (pb.MONTH, "\uff12\uff10\uff12\uff16-\uff11\uff11"),  # full-width digits
+        (pb.DAY, "2026-11-23 "),
+    ],
+)
+async def test_period_keys_are_matched_whole_and_ascii(api: Api, period: Any, key: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await board(api, "points", period=period, period_key=key)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("period_key")
+
+
+async def test_a_target_department_must_be_a_valid_scope_id(api: Api) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.RecordActivity(
+            ev(api.tenant, "cat", "like", target_user_id="ann",
+               attributes={"target_department_id": "rd "})
+        )  # fmt: skip
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("attributes[target_department_id]")

@@ -97,3 +97,34 @@ async def test_winners_of_a_closed_week_are_written_once_by_racing_processes(
             pb.ListWinnersRequest(tenant_id=tenant, board="points", period=pb.DAY)
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_winners_are_recorded_when_the_delay_outlasts_keep_periods(
+    make_api: ApiFactory, tenant: str, sql
+) -> None:
+    """Events may be 10 days late, so last week is final only when it is two
+    weeks back, beyond keep_periods = 1; its board still exists then, and its
+    winners must be recorded."""
+    from service.domain import Period
+    from service.rules.periods import period_bounds, period_key
+
+    api = await make_api(
+        [tenant],
+        event_max_age_s=10 * 86_400,
+        boards={"wk": {"score": "points", "periods": ["week"], "keep_periods": 1, "winners": 3}},
+    )
+    today = datetime.now(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
+    at = int((today - timedelta(days=today.weekday() + 1, hours=-12)).timestamp() * 1000)
+    await api.stub.RecordActivity(ev(tenant, "ann", "file", at_ms=at))
+    week = period_key(Period.WEEK, at, TZ)
+    _, end_s = period_bounds(Period.WEEK, at, TZ)
+    recorder = api.app.winners_recorder()
+    # Passes every 6 hours from the week's end for 16 days.
+    for h in range(0, 16 * 24, 6):
+        await recorder.run_once(now_ms=(end_s + h * 3600) * 1000)
+    rows = sql(
+        "SELECT board, scope FROM winner_periods WHERE tenant_id = :t AND period_key = :w",
+        t=tenant,
+        w=week,
+    )
+    assert ("wk", "t") in [tuple(r) for r in rows]

@@ -40,7 +40,16 @@ from service.rules.model import (
 )
 from service.rules.periods import period_bounds, period_ref
 
-__all__ = ["EARNED", "SEP", "NoRule", "Plan", "Rejection", "RulesEngine", "fingerprint"]
+__all__ = [
+    "BOARD_PERIOD_S",
+    "EARNED",
+    "SEP",
+    "NoRule",
+    "Plan",
+    "Rejection",
+    "RulesEngine",
+    "fingerprint",
+]
 
 # Points earned per day, the source of Balance.earned_today.
 EARNED = "earned"
@@ -114,7 +123,8 @@ class _Credit:
 
 
 # Upper bounds of period lengths, for board key expiry.
-_PERIOD_S = {Period.DAY: 86_400, Period.WEEK: 7 * 86_400, Period.MONTH: 31 * 86_400}
+# A board key lives keep_periods of these past its period's state retention.
+BOARD_PERIOD_S = {Period.DAY: 86_400, Period.WEEK: 7 * 86_400, Period.MONTH: 31 * 86_400}
 _DAY_MS = 86_400_000
 _SCOPE_LETTER = {BoardScope.TENANT: "t", BoardScope.DEPARTMENT: "d", BoardScope.GROUP: "g"}
 
@@ -246,7 +256,7 @@ class RulesEngine:
                     period = by_kind[kind]
                     expires = 0
                     if period.expires_at_s:
-                        expires = period.expires_at_s + board.keep_periods * _PERIOD_S[kind]
+                        expires = period.expires_at_s + board.keep_periods * BOARD_PERIOD_S[kind]
                     for scope in board.scopes:
                         slots.append(
                             BoardSlot(
@@ -256,16 +266,15 @@ class RulesEngine:
                             )
                         )  # fmt: skip
             template = credit.templates[refs] = BoardTemplate(tuple(slots))
+        # The event's department and join date describe its actor; a target's
+        # come from their own target_* attributes, when sent.
         if credit.rule.role is Role.ACTOR:
             department = event.department_id
+            joined = event.attributes.get("join_date", "")
         else:
             department = event.attributes.get("target_department_id", "")
-        return BoardPlan(
-            template,
-            department,
-            event.group_id,
-            periods.join_ms(event.attributes.get("join_date", "")),
-        )
+            joined = event.attributes.get("target_join_date", "")
+        return BoardPlan(template, department, event.group_id, periods.join_ms(joined))
 
     def _credit_op(
         self,

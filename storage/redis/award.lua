@@ -5,7 +5,8 @@
 -- KEYS[2]  balances          hash  "<user>|a" available, "<user>|e" earned, "<user>|s" spent (points)
 -- KEYS[3]  outbox            stream of ledger entries: fields p (points), b (balance
 --                            after), d (the op's entry data, opaque here)
--- KEYS[4]  first award        hash  user -> occurred_at (ms) of the user's first award
+-- KEYS[4]  first award        hash  user -> occurred_at (ms) of the user's first paid
+--                            credit (any action; newcomer boards read it)
 -- KEYS[5..] referenced by index from the ops: dedup records (string),
 --           per-period counter hashes, throttle keys (string, ms), board
 --           sorted sets (member -> -score), board scope sets
@@ -183,12 +184,17 @@ for i = 1, #ops do
         end
       end
       local plan = op[16]
-      if points > 0 and plan ~= 0 then
-        local first = tonumber(redis.call('HGET', KEYS[4], user) or '0')
+      local first = 0
+      if points > 0 then
+        -- Every paid credit, whether or not it feeds a board: a newcomers
+        -- board added later must know who is not new.
+        first = tonumber(redis.call('HGET', KEYS[4], user) or '0')
         if first == 0 or occ < first then
           redis.call('HSET', KEYS[4], user, occ)
           first = occ
         end
+      end
+      if points > 0 and plan ~= 0 then
         local since = first
         if plan[4] > 0 then since = plan[4] end
         local slots = templates[plan[1]]
