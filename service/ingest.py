@@ -62,7 +62,10 @@ def _interval_text(ms: int) -> str:
 
 
 def _credit_reason(plan: Plan, op: CreditOp, res: CreditResult) -> str:
-    label = op.limits[res.limit_index - 1].label if res.limit_index else ""
+    # The index is the first recording's: rules reloaded since may have fewer
+    # limits (then the reason says "a limit").
+    index = res.limit_index
+    label = op.limits[index - 1].label if 0 < index <= len(op.limits) else ""
     unit = op.accumulator.unit if op.accumulator else 1
     return _reason(
         plan.rule.description, res.code, res.original, res.points, label, op.interval_ms, unit

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service import rewards
@@ -257,11 +258,24 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         batch_max = self.app.settings.batch_events_max
 
         async def reader() -> None:
+            # The end marker only after the request stream ended or failed: a
+            # cancelled reader must not block on a full queue nobody reads.
+            count = 0
             try:
                 async for msg in request_iterator:
+                    count += 1
                     await inbox.put(msg)
-            finally:
+            except asyncio.CancelledError:
+                raise
+            except DecodeError:
                 await inbox.put(None)
+                raise InvalidField(
+                    "events", f"stream message #{count + 1} is not a valid ActivityEvent"
+                ) from None
+            except BaseException:
+                await inbox.put(None)
+                raise
+            await inbox.put(None)
 
         read_task = asyncio.create_task(reader())
         try:

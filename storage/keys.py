@@ -104,8 +104,9 @@ class Shard:
         return f"{self.tag}:c:{period.kind.value}:{period.key}"
 
     def interval(self, user_id: str, name: str) -> str:
-        """String: occurred_at (ms) of the user's last award for `name`."""
-        return f"{self.tag}:iv:{name}{SEP}{user_id}"
+        """Sorted set: occurred_at (ms) of the user's awards for `name` within
+        the accepted event age (a throttle compares each event with all)."""
+        return f"{self.tag}:ivz:{name}{SEP}{user_id}"
 
     def pattern(self) -> str:
         """SCAN pattern for every key of this shard (glob-escaped tag)."""

@@ -23,7 +23,8 @@
 --   [8]  counters [[hash idx, field, "c"|"p"], ...]       bumped on award
 --   [9]  expiries [[hash idx, expire-at unix s], ...]     of the counter hashes the op touches
 --   [10] occurred_at (ms)
---   [11] throttle [key idx, min interval ms, ttl ms], or 0 for none
+--   [11] throttle [key idx, min interval ms, ttl ms], or 0 for none: the key is a
+--        sorted set of awarded occurred_at times, kept ttl ms
 --   [12] accumulator [hash idx, field, unit], or 0: collect the quantity there and
 --        pay points per whole unit crossed
 --   [13] outbox entry data (string; restore: unused)
@@ -80,6 +81,11 @@ local expiry_set = {}
 local board_sums = {}
 local board_order = {}
 
+-- Numbers in record strings: `..` would write 1e+14 from 10^14 on.
+local function int(x)
+  return string.format('%d', x)
+end
+
 local function hget_number(key, field)
   return tonumber(redis.call('HGET', key, field) or '0')
 end
@@ -122,8 +128,11 @@ for i = 1, #ops do
 
     if not restore then
       if iv ~= 0 then
-        local last = redis.call('GET', KEYS[iv[1]])
-        if last and math.abs(occ - tonumber(last)) < iv[2] then code = 4 end
+        -- Any awarded event of this throttle closer than the interval, before
+        -- or after: events may arrive in any order.
+        local near = redis.call('ZRANGEBYSCORE', KEYS[iv[1]], '(' .. int(occ - iv[2]),
+          '(' .. int(occ + iv[2]), 'LIMIT', 0, 1)
+        if #near > 0 then code = 4 end
       end
       if code == 0 then
         for j = 1, #lim do
@@ -147,7 +156,7 @@ for i = 1, #ops do
       emit(7, 0, 0, 0, 0)
     elseif code ~= 0 then
       local balance = hget_number(KEYS[2], avail_field)
-      redis.call('SET', dkey, code .. ':0:' .. balance .. ':' .. limit .. ':' .. fp, 'EXAT', dx)
+      redis.call('SET', dkey, code .. ':0:' .. int(balance) .. ':' .. limit .. ':' .. fp, 'EXAT', dx)
       emit(code, 0, balance, limit, 0)
     else
       if acc_total then redis.call('HSET', KEYS[acc[1]], acc[2], acc_total) end
@@ -179,8 +188,10 @@ for i = 1, #ops do
         end
         if iv ~= 0 then
           local ivkey = KEYS[iv[1]]
-          local last = tonumber(redis.call('GET', ivkey) or '0')
-          redis.call('SET', ivkey, math.max(last, occ), 'PX', iv[3])
+          redis.call('ZADD', ivkey, occ, int(occ))
+          -- Older than any event still accepted can be compared with.
+          redis.call('ZREMRANGEBYSCORE', ivkey, '-inf', '(' .. int(occ - iv[3]))
+          redis.call('PEXPIRE', ivkey, iv[3])
         end
       end
       local plan = op[16]
@@ -222,7 +233,8 @@ for i = 1, #ops do
       if dx > 0 then
         local recorded = 1
         if restore and op[17] then recorded = op[17] end
-        redis.call('SET', dkey, recorded .. ':' .. points .. ':' .. balance .. ':' .. limit .. ':' .. fp,
+        redis.call('SET', dkey,
+          recorded .. ':' .. int(points) .. ':' .. int(balance) .. ':' .. limit .. ':' .. fp,
           'EXAT', dx)
       end
       emit(1, points, balance, limit, 0)

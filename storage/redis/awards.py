@@ -29,8 +29,9 @@ from storage.redis.scripts import Call, LuaScript
 
 __all__ = ["AwardStore", "RestoreOp"]
 
-# Throttle keys outlive the interval by this much, so events that arrive a bit
-# late (occurred_at is compared, not arrival time) are still throttled.
+# Throttle keys keep award times for as long as an event may arrive late
+# (the dedup retention, which covers the accepted event age) plus the
+# interval: occurred_at is compared, not arrival time.
 _INTERVAL_TTL_MARGIN_MS = 600_000
 _CODES = {c.value: c for c in StoreCode}
 
@@ -250,7 +251,11 @@ class AwardStore:
                 throttle = [
                     keys.index(shard.interval(user, op.interval_key)),
                     op.interval_ms,
-                    op.interval_ms + _INTERVAL_TTL_MARGIN_MS,
+                    op.interval_ms
+                    + max(
+                        _INTERVAL_TTL_MARGIN_MS,
+                        op.dedup_expires_at_s * 1000 - op.occurred_at_ms,
+                    ),
                 ]
             accumulate: Any = 0
             if op.accumulator is not None:

@@ -25,6 +25,11 @@
 --   (with ARGV[5] "2" recorded: a replay says so again), 7 outbox full,
 --   8 maintenance, 9 key reused with different content; 5, 7, 8, 9 apply nothing.
 
+-- Numbers in record strings: `..` would write 1e+14 from 10^14 on.
+local function int(x)
+  return string.format('%d', x)
+end
+
 local mode, user, delta, lifetime = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local floor, expire_at, fp = ARGV[5] ~= '0', ARGV[6], ARGV[7]
 local record_refusal = ARGV[5] == '2'
@@ -37,7 +42,7 @@ if prev then
   return {2, tonumber(balance), 0}
 end
 if mode == 'restore' then
-  redis.call('SET', KEYS[4], '1:' .. delta .. ':' .. ARGV[10] .. ':' .. fp, 'EXAT', expire_at)
+  redis.call('SET', KEYS[4], '1:' .. int(delta) .. ':' .. ARGV[10] .. ':' .. fp, 'EXAT', expire_at)
   return {1, tonumber(ARGV[10]), 0}
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {8, 0, 0} end
@@ -45,7 +50,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {8, 0, 0} end
 local available = tonumber(redis.call('HGET', KEYS[2], user .. '|a') or '0')
 if floor and available + delta < 0 then
   if record_refusal then
-    redis.call('SET', KEYS[4], '5:0:' .. available .. ':' .. fp, 'EXAT', expire_at)
+    redis.call('SET', KEYS[4], '5:0:' .. int(available) .. ':' .. fp, 'EXAT', expire_at)
   end
   return {5, available, available}
 end
@@ -59,5 +64,5 @@ else
   redis.call('HINCRBY', KEYS[2], user .. '|e', delta)
 end
 redis.call('XADD', KEYS[3], '*', 'p', delta, 'b', balance, 'd', ARGV[8])
-redis.call('SET', KEYS[4], '1:' .. delta .. ':' .. balance .. ':' .. fp, 'EXAT', expire_at)
+redis.call('SET', KEYS[4], '1:' .. int(delta) .. ':' .. int(balance) .. ':' .. fp, 'EXAT', expire_at)
 return {1, balance, available}
