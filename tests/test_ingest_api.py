@@ -343,7 +343,11 @@ async def test_period_rollover_in_tenant_time_zone(make_api: ApiFactory, tenant:
     """Shanghai midnight is 16:00 UTC: the cap resets at local, not UTC, midnight."""
     api = await make_api({tenant: {"timezone": "Asia/Shanghai"}})
     tz = ZoneInfo("Asia/Shanghai")
-    midnight = datetime.now(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    # The last local midnight at least two hours ago: every event below is in
+    # the past whatever the time of day the test runs.
+    midnight = (datetime.now(tz) - timedelta(hours=2)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
     m_ms = int(midnight.timestamp() * 1000)
     before, after = m_ms - 60_000, m_ms + 60_000
     assert (await record(api, "u1", "login", at_ms=before)).outcome == A
