@@ -136,6 +136,8 @@ def resolve_board(
 
 def _scope(board: BoardRule, scope_id: str, scope_type: int) -> str:
     wanted = _SCOPE_TYPES.get(scope_type)  # type: ignore[call-overload]
+    if wanted is None and scope_type:
+        raise InvalidField("scope_type", f"unknown value {scope_type}; TENANT, DEPARTMENT or GROUP")
     if wanted is BoardScope.TENANT or (wanted is None and not scope_id):
         if scope_id:
             raise InvalidField("scope_id", "must be empty for the TENANT scope")

@@ -36,6 +36,8 @@ _PERIOD_PB = {v.value: k for k, v in PERIODS.items()}
 _STATUS = {"pending": pb.PENDING, "completed": pb.COMPLETED, "failed": pb.FAILED,
            "refunding": pb.REFUNDING, "refunded": pb.REFUNDED}  # fmt: skip
 COST_MAX = 1_000_000_000
+# Far below bigint: stock given back by refunds can never overflow it.
+STOCK_MAX = 1_000_000_000
 ADJUST_MAX = 1_000_000
 PAGE_MAX = 200
 
@@ -48,7 +50,13 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def _dt(ts: Timestamp) -> datetime:
+# Item windows PostgreSQL and Python both hold: years 1970 to 9999.
+_TS_SECONDS_MAX = 253_402_300_799
+
+
+def _dt(ts: Timestamp, field: str) -> datetime:
+    if not (0 <= ts.seconds <= _TS_SECONDS_MAX and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidField(field, "is not a valid timestamp between 1970 and 9999")
     return ts.ToDatetime(tzinfo=UTC)
 
 
@@ -87,8 +95,10 @@ def item_from_pb(msg: pb.Item, app: App) -> Item:
     if not 1 <= msg.cost <= COST_MAX:
         raise InvalidField("item.cost", f"must be between 1 and {COST_MAX}, got {msg.cost}")
     stock = msg.stock if msg.HasField("stock") else None
-    if stock is not None and stock < 0:
-        raise InvalidField("item.stock", f"must be >= 0 (or unset for unlimited), got {stock}")
+    if stock is not None and not 0 <= stock <= STOCK_MAX:
+        raise InvalidField(
+            "item.stock", f"must be 0..{STOCK_MAX} (or unset for unlimited), got {stock}"
+        )
     limit = msg.per_user_limit or None
     period = PERIODS.get(msg.limit_period)
     if limit is not None:
@@ -101,8 +111,8 @@ def item_from_pb(msg: pb.Item, app: App) -> Item:
             )
     elif period is not None:
         raise InvalidField("item.limit_period", "must be unset without a per_user_limit")
-    starts = _dt(msg.starts_at) if msg.HasField("starts_at") else None
-    ends = _dt(msg.ends_at) if msg.HasField("ends_at") else None
+    starts = _dt(msg.starts_at, "item.starts_at") if msg.HasField("starts_at") else None
+    ends = _dt(msg.ends_at, "item.ends_at") if msg.HasField("ends_at") else None
     if starts is not None and ends is not None and ends <= starts:
         raise InvalidField("item.ends_at", "must be after starts_at")
     return Item(
@@ -135,7 +145,7 @@ def decode_redemption_token(token: str, tag: str) -> tuple[datetime, str]:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor = (datetime.fromisoformat(raw["at"]), str(raw["id"]))
         got = raw["q"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise InvalidField("page_token", "is not a token returned by ListRedemptions") from None
     if got != tag:
         raise InvalidField("page_token", "belongs to another query")
@@ -186,7 +196,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @unary
     async def UpdateItem(self, request: pb.UpdateItemRequest, context: Ctx) -> pb.Item:
         item = item_from_pb(request.item, self.app)
-        expected = _dt(request.item.updated_at) if request.item.HasField("updated_at") else None
+        expected = (
+            _dt(request.item.updated_at, "item.updated_at")
+            if request.item.HasField("updated_at")
+            else None
+        )
         try:
             return item_to_pb(await self.app.stores.catalog.update_item(item, expected))
         except RecordMissing:

@@ -112,7 +112,7 @@ def decode_page_token(token: str, tenant_id: str, user_id: str) -> tuple[int, in
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor = (int(raw["o"]), int(raw["i"]))
         tag = raw["q"]
-    except (ValueError, KeyError, TypeError, OverflowError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         raise InvalidField("page_token", "is not a token returned by ListLedger") from None
     # Within what a real cursor can hold: a timestamp in ms and a row id.
     if not (0 <= cursor[0] < 253_402_300_800_000 and 0 <= cursor[1] < 2**63):
@@ -447,7 +447,7 @@ def _decode_key_token(token: str, tag: str) -> str:
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         key, got = str(raw["k"]), raw["q"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise InvalidField("page_token", "is not a token returned by ListWinners") from None
     if got != tag:
         raise InvalidField("page_token", "belongs to another board/period/scope query")

@@ -15,10 +15,11 @@ __all__ = ["ID_BYTES_MAX", "InvalidField", "Limits", "check_id", "check_text", "
 ID_BYTES_MAX = 128
 ATTRIBUTE_KEY_BYTES_MAX = 64
 ATTRIBUTE_VALUE_BYTES_MAX = 256
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_BAD_ID = re.compile(r"[{}\x00-\x1f\x7f]")
+# C0 and C1 control characters and the Unicode line/paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BAD_ID = re.compile("[{}\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # The same over "|"-joined ids, plus whitespace at either end of any of them.
-_BAD_IDS = re.compile(r"[{}\x00-\x1f\x7f]|(?:^|\|)\s|\s(?:\||$)")
+_BAD_IDS = re.compile("[{}\x00-\x1f\x7f-\x9f\u2028\u2029]|(?:^|\\|)\\s|\\s(?:\\||$)")
 _ID_FIELDS = ("tenant_id", "event_id", "user_id", "action", "target_user_id", "group_id",
               "department_id")  # fmt: skip
 _ID_REQUIRED = (True, True, True, True, False, False, False)

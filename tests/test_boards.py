@@ -394,3 +394,14 @@ async def test_a_target_department_must_be_a_valid_scope_id(api: Api) -> None:
         )  # fmt: skip
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith("attributes[target_department_id]")
+
+
+async def test_an_unknown_scope_type_is_invalid(api: Api) -> None:
+    for call in (
+        board(api, "points", scope_type=99),
+        rank(api, "points", "ann", scope_type=99),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("scope_type: unknown value 99")

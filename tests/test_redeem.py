@@ -118,6 +118,8 @@ async def test_catalog_is_managed_with_clear_errors(api: Api) -> None:
         ({"item_id": "a{b"}, "item.item_id"),
         ({"tenant_id": "nope"}, "item.tenant_id"),
         ({"name": ""}, "item.name"),
+        ({"stock": 2**63 - 1}, "item.stock"),  # a refund could overflow it
+        ({"item_id": "a\x85b"}, "item.item_id"),  # C1 control character
     ]
     for change, field in bad:
         msg_item = pb.Item(tenant_id=api.tenant, item_id="x", name="X", kind=pb.VIRTUAL, cost=5)
@@ -130,6 +132,22 @@ async def test_catalog_is_managed_with_clear_errors(api: Api) -> None:
     late.ends_at.FromDatetime(datetime(2026, 1, 1))
     code, msg = await failure(admin(api).CreateItem(pb.CreateItemRequest(item=late)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("item.ends_at")
+    for field, seconds, nanos in [
+        ("starts_at", 253_402_300_800, 0),  # year 10000
+        ("ends_at", -62_135_596_801, 0),
+        ("starts_at", 10, -1),
+        ("ends_at", 10, 1_000_000_000),
+    ]:
+        odd = pb.Item(tenant_id=api.tenant, item_id="x", name="X", kind=pb.VIRTUAL, cost=5)
+        getattr(odd, field).seconds = seconds
+        getattr(odd, field).nanos = nanos
+        code, msg = await failure(admin(api).CreateItem(pb.CreateItemRequest(item=odd)))
+        assert (code, msg.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, f"item.{field}")
+    stale = pb.Item()
+    stale.CopyFrom(updated)
+    stale.updated_at.nanos = -1
+    code, msg = await failure(admin(api).UpdateItem(pb.UpdateItemRequest(item=stale)))
+    assert (code, msg.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "item.updated_at")
     ghost = pb.Item(tenant_id=api.tenant, item_id="ghost", name="G", kind=pb.VIRTUAL, cost=5)
     code, _ = await failure(admin(api).UpdateItem(pb.UpdateItemRequest(item=ghost)))
     assert code == grpc.StatusCode.NOT_FOUND
@@ -620,3 +638,28 @@ async def test_a_redemption_cut_short_by_a_rebuild_completes_once_on_retry(api: 
     assert sql(
         "SELECT count(*) FROM ledger_entries WHERE tenant_id = :t AND points < 0", t=api.tenant
     ) == [(1,)]
+
+
+async def test_malformed_page_tokens_are_invalid_argument_everywhere(api: Api) -> None:
+    import base64
+
+    nested = base64.urlsafe_b64encode(b"[" * 100_000).decode()
+    calls = [
+        api.stub.ListLedger(
+            pb.ListLedgerRequest(tenant_id=api.tenant, user_id="u", page_token=nested)
+        ),
+        api.stub.ListRedemptions(
+            pb.ListRedemptionsRequest(tenant_id=api.tenant, user_id="u", page_token=nested)
+        ),
+        admin(api).ListRedemptions(
+            pb.AdminListRedemptionsRequest(tenant_id=api.tenant, page_token=nested)
+        ),
+        api.stub.ListWinners(
+            pb.ListWinnersRequest(
+                tenant_id=api.tenant, board="points", period=pb.WEEK, page_token=nested
+            )
+        ),
+    ]
+    for call in calls:
+        code, msg = await failure(call)
+        assert (code, msg.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "page_token")
