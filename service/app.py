@@ -17,11 +17,13 @@ from service.ingest import Ingestor
 from service.metrics import observe_flush
 from service.redeem import Redemptions
 from service.rules import RuleBook, RulesEngine, load_rule_book
+from service.tokens import PageTokens
 from service.validation import Limits
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.flusher import Flusher
 from storage.keys import KeySchema, Shard, Topology
 from storage.postgres import migrate
+from storage.redis.secrets import shared_secret
 from storage.stores import Stores
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class App:
     ingestor: Ingestor
     redemptions: Redemptions
     flusher: Flusher
+    tokens: PageTokens
     redis_url: str
     database_url: str
     embedded: list[EmbeddedRedis | EmbeddedPostgres] = field(default_factory=list)
@@ -99,6 +102,12 @@ class App:
             rules, state_retention_s=retention_s, dedup_retention_s=retention_s + _DEDUP_MARGIN_S
         )
         ingestor = Ingestor(engine, stores.awards)
+        tokens = PageTokens(lambda: shared_secret(stores.redis, topology.schema.page_token_secret))
+        try:
+            await tokens.start()
+        except BaseException:
+            await stores.close()
+            raise
         shards = list(topology.all_shards())
         flusher = Flusher(
             stores.outbox,
@@ -131,6 +140,7 @@ class App:
                 recovery_interval_s=settings.redeem_recovery_interval_s,
             ),
             flusher=flusher,
+            tokens=tokens,
             redis_url=redis_url,
             database_url=database_url,
             embedded=embedded,

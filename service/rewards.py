@@ -3,8 +3,6 @@ operator-facing points.v1.AdminService handlers."""
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +21,6 @@ from storage.postgres.catalog import Item, Redemption
 
 __all__ = [
     "AdminServicer",
-    "decode_redemption_token",
-    "encode_redemption_token",
     "item_to_pb",
     "redemption_to_pb",
 ]
@@ -135,23 +131,6 @@ def redemption_to_pb(r: Redemption) -> pb.Redemption:
     return msg
 
 
-def encode_redemption_token(r: Redemption, tag: str) -> str:
-    raw = json.dumps({"q": tag, "at": r.created_at.isoformat(), "id": r.redemption_id})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_redemption_token(token: str, tag: str) -> tuple[datetime, str]:
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        cursor = (datetime.fromisoformat(raw["at"]), str(raw["id"]))
-        got = raw["q"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise InvalidField("page_token", "is not a token returned by ListRedemptions") from None
-    if got != tag:
-        raise InvalidField("page_token", "belongs to another query")
-    return cursor
-
-
 def page_size(value: int) -> int:
     size = value or 50
     if not 1 <= size <= PAGE_MAX:
@@ -168,8 +147,14 @@ def check_tenant(app: App, tenant_id: str) -> None:
 async def list_redemptions(
     app: App, tenant_id: str, user_id: str, item_id: str, size: int, token: str
 ) -> pb.ListRedemptionsResponse:
-    tag = f"{tenant_id}\x1f{user_id}\x1f{item_id}"
-    before = decode_redemption_token(token, tag) if token else None
+    query = (tenant_id, user_id, item_id)
+    before: tuple[datetime, str] | None = None
+    if token:
+        cursor = await app.tokens.decode("ListRedemptions", query, token)
+        try:
+            before = (datetime.fromisoformat(cursor["at"]), str(cursor["id"]))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidField("page_token", "is not a token ListRedemptions returned") from None
     rows = await app.stores.catalog.list_redemptions(
         tenant_id, user_id=user_id, item_id=item_id, limit=size + 1, before=before
     )
@@ -177,7 +162,15 @@ async def list_redemptions(
     rows = rows[:size]
     return pb.ListRedemptionsResponse(
         redemptions=[redemption_to_pb(r) for r in rows],
-        next_page_token=encode_redemption_token(rows[-1], tag) if more else "",
+        next_page_token=(
+            app.tokens.encode(
+                "ListRedemptions",
+                query,
+                {"at": rows[-1].created_at.isoformat(), "id": rows[-1].redemption_id},
+            )
+            if more
+            else ""
+        ),
     )
 
 

@@ -7,9 +7,6 @@ logged with its traceback and answered INTERNAL.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -98,28 +95,20 @@ def entry_to_pb(row: LedgerRow) -> pb.LedgerEntry:
     )
 
 
-def _query_tag(tenant_id: str, user_id: str) -> str:
-    return hashlib.blake2b(f"{tenant_id}\0{user_id}".encode(), digest_size=6).hexdigest()
+_TIME_MS_MAX = 253_402_300_800_000
 
 
-def encode_page_token(tenant_id: str, user_id: str, cursor: tuple[int, int]) -> str:
-    raw = json.dumps({"q": _query_tag(tenant_id, user_id), "o": cursor[0], "i": cursor[1]})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str, tenant_id: str, user_id: str) -> tuple[int, int]:
+async def decode_ledger_token(
+    app: App, token: str, tenant_id: str, user_id: str
+) -> tuple[int, int]:
+    cursor = await app.tokens.decode("ListLedger", (tenant_id, user_id), token)
     try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        cursor = (int(raw["o"]), int(raw["i"]))
-        tag = raw["q"]
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-        raise InvalidField("page_token", "is not a token returned by ListLedger") from None
-    # Within what a real cursor can hold: a timestamp in ms and a row id.
-    if not (0 <= cursor[0] < 253_402_300_800_000 and 0 <= cursor[1] < 2**63):
-        raise InvalidField("page_token", "is not a token returned by ListLedger")
-    if tag != _query_tag(tenant_id, user_id):
-        raise InvalidField("page_token", "belongs to another tenant_id/user_id query")
-    return cursor
+        at, row = int(cursor["o"]), int(cursor["i"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise InvalidField("page_token", "is not a token ListLedger returned") from None
+    if not (0 <= at < _TIME_MS_MAX and 0 <= row < 2**63):
+        raise InvalidField("page_token", "is not a token ListLedger returned")
+    return at, row
 
 
 class PointsServicer(pb_grpc.PointsServiceServicer):
@@ -330,7 +319,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         if not 1 <= size <= size_max:
             raise InvalidField("page_size", f"must be between 1 and {size_max}, got {size}")
         cursor = (
-            decode_page_token(request.page_token, request.tenant_id, user_id)
+            await decode_ledger_token(self.app, request.page_token, request.tenant_id, user_id)
             if request.page_token
             else None
         )
@@ -338,7 +327,11 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         return pb.ListLedgerResponse(
             entries=[entry_to_pb(r) for r in page.rows],
             next_page_token=(
-                encode_page_token(request.tenant_id, user_id, page.next_cursor)
+                self.app.tokens.encode(
+                    "ListLedger",
+                    (request.tenant_id, user_id),
+                    {"o": page.next_cursor[0], "i": page.next_cursor[1]},
+                )
                 if page.next_cursor
                 else ""
             ),
@@ -406,8 +399,14 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         size = request.page_size or 10
         if not 1 <= size <= WINNER_PAGE_MAX:
             raise InvalidField("page_size", f"must be between 1 and {WINNER_PAGE_MAX}, got {size}")
-        tag = _query_tag(q.tenant.tenant_id, f"{q.board.name}\0{q.ref.kind}\0{q.ref.scope}")
-        before = _decode_key_token(request.page_token, tag) if request.page_token else ""
+        query = (q.tenant.tenant_id, q.board.name, q.ref.kind.value, q.ref.scope)
+        before = ""
+        if request.page_token:
+            cursor = await self.app.tokens.decode("ListWinners", query, request.page_token)
+            key = cursor.get("k")
+            if not isinstance(key, str):
+                raise InvalidField("page_token", "is not a token ListWinners returned")
+            before = key
         records = await self.app.stores.hall_of_fame.list(
             q.tenant.tenant_id, q.board.name, q.ref.kind.value, q.ref.scope,
             only_key=request.period_key, before_key=before, limit=size + 1,
@@ -430,25 +429,13 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
                 )
                 for r in records
             ],
-            next_page_token=_encode_key_token(records[-1].period_key, tag) if more else "",
+            next_page_token=(
+                self.app.tokens.encode("ListWinners", query, {"k": records[-1].period_key})
+                if more
+                else ""
+            ),
         )
 
 
 def _board_entry(e: BoardEntry) -> pb.LeaderboardEntry:
     return pb.LeaderboardEntry(rank=e.rank, member_id=e.member, score=e.score)
-
-
-def _encode_key_token(key: str, tag: str) -> str:
-    raw = json.dumps({"q": tag, "k": key})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_key_token(token: str, tag: str) -> str:
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        key, got = str(raw["k"]), raw["q"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise InvalidField("page_token", "is not a token returned by ListWinners") from None
-    if got != tag:
-        raise InvalidField("page_token", "belongs to another board/period/scope query")
-    return key

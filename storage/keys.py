@@ -129,6 +129,11 @@ class KeySchema:
     def shard(self, tenant_id: str, index: int) -> Shard:
         return Shard(self.prefix, tenant_id, index)
 
+    @property
+    def page_token_secret(self) -> str:
+        """String: the key every process signs page tokens with."""
+        return f"{self.prefix}:secret:page-tokens"
+
 
 class Topology:
     """How many shards each tenant has. Changing a tenant's shard count moves

@@ -398,17 +398,23 @@ async def test_ledger_lists_history_newest_first_with_pages(api: Api, sql) -> No
     import base64
     import json
 
-    from service.servicer import _query_tag
-
-    for o, i in [("1e999", 1), (float("inf"), 1), (10**18, 1), (1, -5)]:
-        forged = base64.urlsafe_b64encode(
-            json.dumps({"q": _query_tag(api.tenant, "u1"), "o": o, "i": i}).encode()
-        ).decode()
+    # Signed and bound to the query: another user's token, a hand-made
+    # cursor, or an edited real one are all refused.
+    real = (
+        await api.stub.ListLedger(
+            pb.ListLedgerRequest(tenant_id=api.tenant, user_id="u1", page_size=3)
+        )
+    ).next_page_token
+    padded = base64.urlsafe_b64decode(real + "=" * (-len(real) % 4))
+    edited = base64.urlsafe_b64encode(padded.replace(b'"i":', b'"i":1')).decode()
+    made_up = base64.urlsafe_b64encode(json.dumps({"o": 1, "i": 1}).encode() + b"0" * 16)
+    for user, forged in [("u9", real), ("u1", edited), ("u1", made_up.decode()), ("u1", "!")]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await api.stub.ListLedger(
-                pb.ListLedgerRequest(tenant_id=api.tenant, user_id="u1", page_token=forged)
+                pb.ListLedgerRequest(tenant_id=api.tenant, user_id=user, page_token=forged)
             )
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (o, i)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (user, forged)
+        assert (err.value.details() or "").startswith("page_token")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await api.stub.ListLedger(
             pb.ListLedgerRequest(tenant_id=api.tenant, user_id="u1", page_size=501)

@@ -1,0 +1,26 @@
+"""Secrets every service process must share, kept in Redis."""
+
+from __future__ import annotations
+
+import secrets
+
+from redis import exceptions as rexc
+
+from storage.redis.client import RedisClient, gate
+from storage.redis.scripts import redis_errors
+
+__all__ = ["shared_secret"]
+
+
+async def shared_secret(redis: RedisClient, key: str) -> bytes:
+    """The secret at `key`, created at random by whichever process asks first
+    (SET NX), so every process of a deployment reads the same one."""
+    try:
+        async with gate(redis):
+            await redis.set(key, secrets.token_hex(32), nx=True)
+            value = await redis.get(key)
+    except (rexc.RedisError, OSError) as exc:
+        raise redis_errors(exc) from exc
+    if value is None:  # pragma: no cover - deleted between the two calls
+        return await shared_secret(redis, key)
+    return value if isinstance(value, bytes) else value.encode()
