@@ -87,8 +87,12 @@ class ServerProcess:
         port: int,
         log: Path,
         argv: list[str] | None = None,
+        *,
+        new_session: bool = False,
     ) -> None:
         self.env = {**env, "POINTS_LISTEN": f"127.0.0.1:{port}"}
+        # Its own process group, as a shell gives a foreground job.
+        self.new_session = new_session
         self.port = port
         self.log = log
         self.argv = argv or [sys.executable, "-m", "service.cli", "serve"]
@@ -108,8 +112,9 @@ class ServerProcess:
         self._close_log()
         self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed on exit
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=ROOT, stdout=self._log_fh, stderr=subprocess.STDOUT
-        )
+            self.argv, env=self.env, cwd=ROOT, stdout=self._log_fh, stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
+        )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -57,8 +57,16 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 async def _serve(settings: Settings) -> int:
     from service.server import serve
+    from service.supervisor import ChildFailed
 
-    await serve(settings)
+    try:
+        await serve(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ChildFailed as exc:
+        log.error("stopping: %s", exc)
+        return 1
     return 0
 
 
@@ -70,6 +78,14 @@ _early_stop = threading.Event()
 async def _flush(settings: Settings, drain: bool) -> int:
     from service.app import App
 
+    if not drain:
+        from service.server import start_metrics
+
+        try:
+            start_metrics(settings)
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
     app = await App.open(settings)
     try:
         if drain:

@@ -131,10 +131,30 @@ class Settings:
             "flush_backoff_max_ms",
             "redis_pool_max",
             "db_pool_size",
+            "redis_timeout_s",
+            "db_timeout_s",
+            "shutdown_grace_s",
+            "winners_interval_s",
+            "redeem_recovery_interval_s",
         ]
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{self.env_name(name)} must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            # "not >" also catches NaN.
+            if not value > 0:
+                raise ConfigError(f"{self.env_name(name)} must be > 0, got {value}")
+        if self.redeem_recovery_after_s < 0:
+            raise ConfigError(
+                f"POINTS_REDEEM_RECOVERY_AFTER_S must be >= 0, got {self.redeem_recovery_after_s}"
+            )
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"POINTS_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        port = self.listen.rpartition(":")[2]
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"POINTS_LISTEN must be host:port, got {self.listen!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"POINTS_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if self.event_future_skew_s < 0 or self.outbox_entries_max < 0:
             raise ConfigError(
                 "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
@@ -145,6 +165,9 @@ class Settings:
             )
         if ":" not in self.listen:
             raise ConfigError(f"POINTS_LISTEN must be host:port, got {self.listen!r}")
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -38,5 +38,6 @@ def observe_flush(stats: FlushStats, rows: Sequence[LedgerRow]) -> None:
         FLUSH_LAG.observe(lag_ms / 1000)
 
 
-def serve_metrics(port: int) -> None:
-    start_http_server(port, addr="0.0.0.0")
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Metrics on host:port (the host gRPC listens on: loopback stays private)."""
+    start_http_server(port, addr=host)

@@ -25,11 +25,11 @@ from grpc_reflection.v1alpha import reflection
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App, resolve_urls
-from service.config import Settings
+from service.config import ConfigError, Settings
 from service.metrics import OUTBOX_BACKLOG, serve_metrics
 from service.rewards import AdminServicer
 from service.servicer import PointsServicer
-from service.supervisor import Child
+from service.supervisor import Child, ChildFailed
 from storage.postgres import migrate
 
 __all__ = ["SERVICE_NAMES", "Running", "serve", "start_server"]
@@ -62,8 +62,9 @@ class Running:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.app.stores.awards.drain()
+        # The loops end on this event; none is cancelled (a cancel landing
+        # inside a Redis call can be swallowed, and the loop would go on).
         self.stop_flusher.set()
-        self.health_task.cancel()
         await asyncio.gather(
             self.health_task,
             *([self.recovery_task] if self.recovery_task else []),
@@ -84,9 +85,9 @@ class Running:
         await self.app.close()
 
 
-async def _watch_health(app: App, servicer: health.aio.HealthServicer) -> None:
+async def _watch_health(app: App, servicer: health.aio.HealthServicer, stop: asyncio.Event) -> None:
     serving = None
-    while True:
+    while not stop.is_set():
         ok = await app.stores.ping_redis()
         if ok != serving:
             status = (
@@ -101,7 +102,8 @@ async def _watch_health(app: App, servicer: health.aio.HealthServicer) -> None:
             serving = ok
         with contextlib.suppress(Exception):
             OUTBOX_BACKLOG.set(await app.stores.outbox.backlog(app.shards()))
-        await asyncio.sleep(_HEALTH_INTERVAL_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), _HEALTH_INTERVAL_S)
 
 
 async def start_server(
@@ -142,7 +144,7 @@ async def start_server(
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop_flusher = asyncio.Event()
-    health_task = asyncio.create_task(_watch_health(app, health_servicer))
+    health_task = asyncio.create_task(_watch_health(app, health_servicer, stop_flusher))
     recovery_task = asyncio.create_task(app.redemptions.run_recovery(stop_flusher))
     flusher_task = None
     children: list[asyncio.Task[None]] = []
@@ -151,9 +153,10 @@ async def start_server(
             _gather(app.flusher.run(stop_flusher), app.winners_recorder().run(stop_flusher))
         )
     elif settings.flusher == "process" and flusher_child:
-        child = Child(
-            "flusher", ["flush"], child_env(app.settings, app.redis_url, app.database_url)
-        )
+        env = child_env(app.settings, app.redis_url, app.database_url)
+        # The flusher counts flush rows and lag: it serves them on port + 1.
+        env["POINTS_METRICS_PORT"] = metrics_port_for(settings, 1)
+        child = Child("flusher", ["flush"], env)
         children.append(asyncio.create_task(child.run(stop_flusher)))
     return Running(
         app, server, health_servicer, port, stop_flusher, health_task, flusher_task, children,
@@ -172,15 +175,37 @@ def child_env(settings: Settings, redis_url: str, database_url: str) -> dict[str
     return env
 
 
+def start_metrics(settings: Settings) -> None:
+    """Serve POINTS_METRICS_PORT (if set) on the host gRPC listens on."""
+    if not settings.metrics_port:
+        return
+    host = settings.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    try:
+        serve_metrics(settings.metrics_port, host)
+    except OSError as exc:
+        raise ConfigError(
+            f"POINTS_METRICS_PORT: cannot serve metrics on {host}:{settings.metrics_port}: {exc}"
+        ) from exc
+
+
+def metrics_port_for(settings: Settings, offset: int) -> str:
+    """A child's POINTS_METRICS_PORT: the base port plus `offset`, or off."""
+    return str(settings.metrics_port + offset) if settings.metrics_port else "0"
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT."""
     if settings.workers > 1:
         await serve_workers(settings)
         return
+    # Before anything else starts: a taken port must stop the start-up.
+    start_metrics(settings)
     app = await App.open(settings)
-    running = await start_server(app, flusher_child=True)
-    if settings.metrics_port:
-        serve_metrics(settings.metrics_port)
+    try:
+        running = await start_server(app, flusher_child=True)
+    except BaseException:
+        await app.close()
+        raise
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "pointsd serving on %s:%d (redis %s, postgres %s, %d tenants)",
@@ -194,10 +219,16 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    # Until a signal, or a child (the flusher) that cannot run at all.
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([stopped, *running.children], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed = [t.exception() for t in running.children if t.done() and t.exception()]
     log.info("shutting down (grace %.1fs)", settings.shutdown_grace_s)
     await running.stop()
     log.info("stopped")
+    if failed:
+        raise ChildFailed(str(failed[0]))
 
 
 async def serve_workers(settings: Settings) -> None:
@@ -211,9 +242,7 @@ async def serve_workers(settings: Settings) -> None:
     for i in range(settings.workers):
         worker_env = dict(env, POINTS_WORKERS="1", POINTS_REUSE_PORT="true", POINTS_FLUSHER="off")
         # One metrics port per worker: base, base + 1, ...
-        worker_env["POINTS_METRICS_PORT"] = str(
-            settings.metrics_port + i if settings.metrics_port else 0
-        )
+        worker_env["POINTS_METRICS_PORT"] = metrics_port_for(settings, i)
         workers.append(Child(f"worker {i}", ["serve"], worker_env))
     stopping = asyncio.Event()
     flusher_stopping = asyncio.Event()
@@ -221,20 +250,37 @@ async def serve_workers(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     flusher = (
-        asyncio.create_task(Child("flusher", ["flush"], env).run(flusher_stopping))
+        asyncio.create_task(
+            Child(
+                "flusher",
+                ["flush"],
+                dict(env, POINTS_METRICS_PORT=metrics_port_for(settings, settings.workers)),
+            ).run(flusher_stopping)
+        )
         if settings.flusher != "off"
         else None
     )
     log.info("pointsd serving on %s with %d workers", settings.listen, settings.workers)
-    await asyncio.gather(*(w.run(stopping) for w in workers))
+
+    async def run_worker(worker: Child) -> None:
+        try:
+            await worker.run(stopping)
+        except ChildFailed:
+            stopping.set()  # one worker cannot start: stop them all
+            raise
+
+    outcomes = await asyncio.gather(*(run_worker(w) for w in workers), return_exceptions=True)
     # Only once every worker has finished its last requests does the flusher
     # get SIGTERM: its final drain then sees everything they accepted.
     flusher_stopping.set()
     if flusher is not None:
-        await flusher
+        outcomes.append(*await asyncio.gather(flusher, return_exceptions=True))
     for server in embedded:
         if server.owned:
             await asyncio.to_thread(server.stop)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _safe(url: str) -> str:

@@ -24,12 +24,20 @@ import sys
 import time
 from collections.abc import Mapping
 
-__all__ = ["SUPERVISOR_ENV", "Child", "die_with_supervisor"]
+__all__ = ["SUPERVISOR_ENV", "Child", "ChildFailed", "die_with_supervisor"]
 
 log = logging.getLogger("pointsd.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 _RESTART_BACKOFF_S = 1.0
+# A child that keeps dying this soon after its start, this many times in a
+# row, cannot start (a port taken, a bad setting): give up instead of looping.
+_HEALTHY_AFTER_S = 10.0
+_FAST_FAILURES_MAX = 5
+
+
+class ChildFailed(RuntimeError):
+    """A child process kept exiting right after it started."""
 
 
 # Set in a child's environment to its supervisor's pid.
@@ -57,10 +65,17 @@ class Child:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def run(self, stopping: asyncio.Event, stop_timeout_s: float = 60.0) -> None:
-        """Keep the child running until `stopping` is set, then stop it."""
+        """Keep the child running until `stopping` is set, then stop it.
+        Raises ChildFailed when it keeps exiting right after starting."""
+        fast_failures = 0
         while not stopping.is_set():
             started = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+            # A session of its own: a Ctrl+C in the terminal reaches only the
+            # supervisor, which stops children in order (workers, then the
+            # flusher, whose last drain must see everything they accepted).
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, start_new_session=True
+            )
             log.info("%s started (pid %d)", self.name, self.proc.pid)
             exited = asyncio.ensure_future(self.proc.wait())
             stop = asyncio.ensure_future(stopping.wait())
@@ -77,11 +92,18 @@ class Child:
                 log.info("%s stopped (exit %s)", self.name, self.proc.returncode)
                 return
             stop.cancel()
+            lived = time.monotonic() - started
+            fast_failures = fast_failures + 1 if lived < _HEALTHY_AFTER_S else 0
+            if fast_failures >= _FAST_FAILURES_MAX:
+                raise ChildFailed(
+                    f"{self.name} exited {fast_failures} times in a row right after starting "
+                    f"(last exit {self.proc.returncode}); see its log above"
+                )
             log.error(
                 "%s (pid %d) exited with %s; restarting",
                 self.name,
                 self.proc.pid,
                 self.proc.returncode,
             )
-            if time.monotonic() - started < _RESTART_BACKOFF_S:
+            if lived < _RESTART_BACKOFF_S:
                 await asyncio.sleep(_RESTART_BACKOFF_S)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,63 @@ def test_workers_share_the_port_and_stop_together(servers: Servers, tmp_path: Pa
         assert server.terminate() == 0
         _cleanup_tenants(servers, [tenant])
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+@pytest.mark.subprocess
+def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) -> None:
+    """A taken metrics port, or a gRPC port a worker can never bind: the
+    service says which and exits instead of hanging or restarting forever."""
+    import socket
+    import subprocess
+
+    tenant = new_tenant()
+    rules = write_rules(tmp_path / "r.yaml", {tenant: {}})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = pointsd_env(servers.redis_url, servers.database_url, rules, tmp_path)
+        env["POINTS_LISTEN"] = f"127.0.0.1:{free_port()}"
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "serve"],
+            env={**env, "POINTS_METRICS_PORT": str(port)},
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert "POINTS_METRICS_PORT" in done.stderr
+        # Workers on a gRPC port held by another process (without SO_REUSEPORT).
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "serve"],
+            env={**env, "POINTS_WORKERS": "2", "POINTS_LISTEN": f"127.0.0.1:{port}"},
+            cwd=ROOT, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert "right after starting" in done.stderr
+
+
+@pytest.mark.subprocess
+def test_children_do_not_share_the_terminal_signals(servers: Servers, tmp_path: Path) -> None:
+    """Ctrl+C reaches the whole foreground process group: the flusher child
+    has a session of its own, so only the server's orderly stop ends it."""
+    import psutil
+
+    tenant = new_tenant()
+    rules = write_rules(tmp_path / "r.yaml", {tenant: {}})
+    env = pointsd_env(
+        servers.redis_url, servers.database_url, rules, tmp_path, POINTS_LOG_LEVEL="INFO"
+    )
+    server = ServerProcess(env, free_port(), tmp_path / "log", new_session=True)
+    server.start()
+    try:
+        (child,) = psutil.Process(server.pid).children()
+        assert os.getpgid(child.pid) != os.getpgid(server.pid)
+        with grpc.insecure_channel(server.target) as ch:
+            stub = pb_grpc.PointsServiceStub(ch)
+            assert stub.RecordActivity(ev(tenant, "u1", "file")).outcome == pb.AWARDED
+        os.killpg(os.getpgid(server.pid), signal.SIGINT)
+        assert server.proc is not None and server.proc.wait(60) == 0
+    finally:
+        server.terminate()
+        _cleanup_tenants(servers, [tenant])
+    log = server.log.read_text()
+    assert log.index("shutting down") < log.index("flusher stopped")

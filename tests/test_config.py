@@ -135,6 +135,8 @@ def sample(field: str) -> tuple[str, Any]:
         return "/var/lib/pointsd", Path("/var/lib/pointsd")
     if field == "flusher":
         return "inline", "inline"
+    if field == "log_level":
+        return "debug", "debug"
     return "some-value", "some-value"
 
 
@@ -189,7 +191,7 @@ def test_several_ints_at_once() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("2.5", 2.5), ("3", 3.0), ("0.25", 0.25), ("1e1", 10.0), ("0", 0.0)],
+    [("2.5", 2.5), ("3", 3.0), ("0.25", 0.25), ("1e1", 10.0)],
 )
 def test_floats_are_parsed(raw: str, expected: float) -> None:
     settings = Settings.from_env({"POINTS_SHUTDOWN_GRACE_S": raw, "POINTS_DB_TIMEOUT_S": raw})
@@ -367,3 +369,22 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.shards = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("POINTS_SHUTDOWN_GRACE_S", "0"),
+        ("POINTS_SHUTDOWN_GRACE_S", "nan"),
+        ("POINTS_WINNERS_INTERVAL_S", "0"),
+        ("POINTS_REDEEM_RECOVERY_INTERVAL_S", "-5"),
+        ("POINTS_DB_TIMEOUT_S", "0"),
+        ("POINTS_LOG_LEVEL", "verbose"),
+        ("POINTS_LISTEN", "127.0.0.1:abc"),
+        ("POINTS_LISTEN", "127.0.0.1:70000"),
+        ("POINTS_METRICS_PORT", "70000"),
+    ],
+)
+def test_settings_that_would_misbehave_are_refused_by_name(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env({variable: raw})
