@@ -185,11 +185,11 @@ async def _winners(settings: Settings) -> int:
     return 0
 
 
-def _rules_check(path: str | None) -> int:
+def _rules_check(path: str | None, default_shards: int) -> int:
     from service.rules import RuleError, load_rule_book
 
     try:
-        book = load_rule_book(Path(path) if path else None)
+        book = load_rule_book(Path(path) if path else None, default_shards=default_shards)
     except RuleError as exc:
         print(exc)
         return 1
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         target = ns.target or settings.listen.replace("0.0.0.0", "127.0.0.1")
         return _health(target, ns.timeout)
     if ns.command == "rules":
-        return _rules_check(ns.file or settings.rules_file or None)
+        return _rules_check(ns.file or settings.rules_file or None, settings.shards)
     if ns.command == "serve":
         return _run(_serve(settings))
     if ns.command == "flush":
