@@ -102,7 +102,9 @@ class App:
             rules, state_retention_s=retention_s, dedup_retention_s=retention_s + _DEDUP_MARGIN_S
         )
         ingestor = Ingestor(engine, stores.awards)
-        tokens = PageTokens(lambda: shared_secret(stores.redis, topology.schema.page_token_secret))
+        tokens = PageTokens(
+            lambda held: shared_secret(stores.redis, topology.schema.page_token_secret, held)
+        )
         try:
             await tokens.start()
         except BaseException:

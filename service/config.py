@@ -150,11 +150,18 @@ class Settings:
             raise ConfigError(
                 f"POINTS_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
             )
-        port = self.listen.rpartition(":")[2]
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
+        _host, colon, port = self.listen.rpartition(":")
+        # host:port, or a gRPC unix: address.
+        if not self.listen.startswith("unix:") and (
+            not colon or not port.isdigit() or not 0 <= int(port) <= 65535
+        ):
             raise ConfigError(f"POINTS_LISTEN must be host:port, got {self.listen!r}")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"POINTS_METRICS_PORT must be 0..65535, got {self.metrics_port}")
+        # Workers and the flusher take the ports after it (see server.py).
+        if self.metrics_port and not 0 < self.metrics_port + self.workers <= 65535:
+            raise ConfigError(
+                f"POINTS_METRICS_PORT must leave room for {self.workers} more port(s) "
+                f"below 65536, got {self.metrics_port}"
+            )
         if self.event_future_skew_s < 0 or self.outbox_entries_max < 0:
             raise ConfigError(
                 "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
@@ -163,11 +170,9 @@ class Settings:
             raise ConfigError(
                 f"POINTS_FLUSHER: must be process, inline or off, got {self.flusher!r}"
             )
-        if ":" not in self.listen:
-            raise ConfigError(f"POINTS_LISTEN must be host:port, got {self.listen!r}")
 
 
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -102,6 +102,8 @@ async def _watch_health(app: App, servicer: health.aio.HealthServicer, stop: asy
             serving = ok
         with contextlib.suppress(Exception):
             OUTBOX_BACKLOG.set(await app.stores.outbox.backlog(app.shards()))
+        with contextlib.suppress(Exception):
+            await app.tokens.refresh()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _HEALTH_INTERVAL_S)
 
@@ -269,6 +271,14 @@ async def serve_workers(settings: Settings) -> None:
             stopping.set()  # one worker cannot start: stop them all
             raise
 
+    if flusher is not None:
+        # A flusher that cannot run stops the service (as without workers):
+        # serving on without one would only fill the outbox.
+        def on_flusher_done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                stopping.set()
+
+        flusher.add_done_callback(on_flusher_done)
     outcomes = await asyncio.gather(*(run_worker(w) for w in workers), return_exceptions=True)
     # Only once every worker has finished its last requests does the flusher
     # get SIGTERM: its final drain then sees everything they accepted.

@@ -4,9 +4,11 @@ A token is base64url(JSON cursor + 16-byte HMAC-SHA256 over the list's name,
 the query's parameters and the cursor). The query itself is not in the
 token, so a token shows no ids beyond its own cursor, and one presented with
 another query, edited, or made up fails the check: INVALID_ARGUMENT. The key
-is shared by every process through Redis (storage/redis/secrets.py); after a
-Redis data loss it is new, and older tokens are refused the same way
-(callers start again from the first page).
+is shared by every process through Redis (storage/redis/secrets.py), and
+each process re-reads it every few seconds (`refresh`): after a Redis data
+loss the first process to look puts its own key back, so processes agree
+again within seconds; a process that had to switch keys still accepts
+tokens signed with its previous one.
 """
 
 from __future__ import annotations
@@ -28,12 +30,20 @@ _TOKEN_CHARS_MAX = 2048
 
 
 class PageTokens:
-    def __init__(self, load_secret: Callable[[], Awaitable[bytes]]) -> None:
+    def __init__(self, load_secret: Callable[[bytes], Awaitable[bytes]]) -> None:
+        """`load_secret(held)`: the shared key, storing `held` if there is none."""
         self._load = load_secret
         self._secret = b""
+        self._previous = b""
 
     async def start(self) -> None:
-        self._secret = await self._load()
+        self._secret = await self._load(b"")
+
+    async def refresh(self) -> None:
+        """Follow the shared key (put this process's back if it is gone)."""
+        secret = await self._load(self._secret)
+        if secret != self._secret:
+            self._previous, self._secret = self._secret, secret
 
     def _mac(self, secret: bytes, kind: str, query: tuple[str, ...], body: bytes) -> bytes:
         msg = "\x00".join((kind, *query)).encode() + b"\x00" + body
@@ -58,15 +68,20 @@ class PageTokens:
         if len(raw) <= _MAC_BYTES:
             raise refused
         body, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if not hmac.compare_digest(mac, self._mac(self._secret, kind, query, body)):
-            # The key may have changed under us (Redis lost its data and
-            # another process made a new one): check once more with Redis's.
-            secret = await self._load()
-            if secret == self._secret or not hmac.compare_digest(
-                mac, self._mac(secret, kind, query, body)
-            ):
+
+        def signed() -> bool:
+            return any(
+                hmac.compare_digest(mac, self._mac(key, kind, query, body))
+                for key in (self._secret, self._previous)
+                if key
+            )
+
+        if not signed():
+            # Another process may have moved the shared key since we last
+            # looked: look once more before refusing.
+            await self.refresh()
+            if not signed():
                 raise refused
-            self._secret = secret
         try:
             cursor = json.loads(body)
         except ValueError:

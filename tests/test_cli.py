@@ -219,6 +219,15 @@ def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) 
         )  # fmt: skip
         assert done.returncode == 1
         assert "right after starting" in done.stderr
+        # Workers that start, and a flusher that cannot (its metrics port,
+        # base + 2, is taken): the whole service stops, not just the flusher.
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "serve"],
+            env={**env, "POINTS_WORKERS": "2", "POINTS_METRICS_PORT": str(port - 2)},
+            cwd=ROOT, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert "flusher exited 5 times" in done.stderr
 
 
 @pytest.mark.subprocess

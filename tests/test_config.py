@@ -383,8 +383,17 @@ def test_settings_are_frozen() -> None:
         ("POINTS_LISTEN", "127.0.0.1:abc"),
         ("POINTS_LISTEN", "127.0.0.1:70000"),
         ("POINTS_METRICS_PORT", "70000"),
+        ("POINTS_METRICS_PORT", "65535"),  # the flusher would need 65536
     ],
 )
 def test_settings_that_would_misbehave_are_refused_by_name(variable: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: raw})
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [("POINTS_LOG_LEVEL", "warn"), ("POINTS_LOG_LEVEL", "fatal"), ("POINTS_LISTEN", "unix:/tmp/p")],
+)
+def test_settings_python_and_grpc_accept_stay_accepted(variable: str, raw: str) -> None:
+    Settings.from_env({variable: raw})

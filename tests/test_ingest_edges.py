@@ -119,3 +119,24 @@ async def test_backdated_events_cannot_slip_past_a_minimum_interval(
     # t0 | t0-120 s (far from t0) | -119 s and -118 s (1 s after -120 s) |
     # -30 s (near t0) | +61 s | two hours earlier (far from all)
     assert outcomes == [A, A, T, T, T, A, A]
+
+
+async def test_a_throttle_keeps_bounded_memory_and_never_pays_what_it_forgot(
+    make_api: ApiFactory, tenant: str, rds
+) -> None:
+    api = await make_api(
+        [tenant], actions={"tick": {"actor": {"points": 1, "min_interval_ms": 1000}}}
+    )
+    t0 = now_ms() - 3_600_000
+    events = [ev(tenant, "u1", "tick", event_id=f"k{i}", at_ms=t0 + i * 2000) for i in range(70)]
+    resp = await api.stub.RecordActivities(pb.RecordActivitiesRequest(events=events))
+    assert all(r.outcome == pb.AWARDED for r in resp.results)
+    (key,) = list(rds.scan_iter(match=f"pts:{{{tenant}:*ivz*"))
+    assert rds.zcard(key) == 64
+    # Older than every time it still keeps: refused, though nothing near it
+    # is remembered; within what it keeps, judged exactly.
+    early = await api.stub.RecordActivity(ev(tenant, "u1", "tick", at_ms=t0 - 10_000))
+    between = await api.stub.RecordActivity(ev(tenant, "u1", "tick", at_ms=t0 + 138_500))
+    assert (early.outcome, between.outcome) == (pb.THROTTLED, pb.THROTTLED)
+    later = await api.stub.RecordActivity(ev(tenant, "u1", "tick", at_ms=t0 + 150_000))
+    assert later.outcome == pb.AWARDED

@@ -81,6 +81,9 @@ local expiry_set = {}
 local board_sums = {}
 local board_order = {}
 
+-- Award times a throttle keeps per (user, action).
+local THROTTLE_KEPT = 64
+
 -- Numbers in record strings: `..` would write 1e+14 from 10^14 on.
 local function int(x)
   return string.format('%d', x)
@@ -130,9 +133,17 @@ for i = 1, #ops do
       if iv ~= 0 then
         -- Any awarded event of this throttle closer than the interval, before
         -- or after: events may arrive in any order.
-        local near = redis.call('ZRANGEBYSCORE', KEYS[iv[1]], '(' .. int(occ - iv[2]),
+        local ivkey = KEYS[iv[1]]
+        local near = redis.call('ZRANGEBYSCORE', ivkey, '(' .. int(occ - iv[2]),
           '(' .. int(occ + iv[2]), 'LIMIT', 0, 1)
-        if #near > 0 then code = 4 end
+        if #near > 0 then
+          code = 4
+        elseif redis.call('ZCARD', ivkey) >= THROTTLE_KEPT then
+          -- Only the latest times are kept: an event older than all of them
+          -- cannot be checked, and is refused rather than paid twice.
+          local oldest = redis.call('ZRANGE', ivkey, 0, 0, 'WITHSCORES')
+          if occ < tonumber(oldest[2]) then code = 4 end
+        end
       end
       if code == 0 then
         for j = 1, #lim do
@@ -191,6 +202,8 @@ for i = 1, #ops do
           redis.call('ZADD', ivkey, occ, int(occ))
           -- Older than any event still accepted can be compared with.
           redis.call('ZREMRANGEBYSCORE', ivkey, '-inf', '(' .. int(occ - iv[3]))
+          -- And at most THROTTLE_KEPT times (memory stays bounded).
+          redis.call('ZREMRANGEBYRANK', ivkey, 0, -THROTTLE_KEPT - 1)
           redis.call('PEXPIRE', ivkey, iv[3])
         end
       end

@@ -48,6 +48,7 @@ class Outbox:
         self.redis = redis
         self.consumer = consumer or consumer_name()
         self._ack_script = LuaScript("storage.redis", "ack.lua")
+        self._forget_script = LuaScript("storage.redis", "forget.lua")
 
     async def ensure_groups(self, shards: Sequence[Shard]) -> None:
         """Create the consumer group where missing, from the stream's start
@@ -145,27 +146,13 @@ class Outbox:
         self, shards: Sequence[Shard], idle_ms: int = _STALE_CONSUMER_IDLE_MS
     ) -> int:
         """Drop consumers of dead processes (every process and CLI run joins
-        the group under a new name) that own no pending entries."""
-        removed = 0
-        for shard in shards:
-            try:
-                async with gate(self.redis):
-                    consumers = await self.redis.xinfo_consumers(shard.outbox, OUTBOX_GROUP)
-                for c in consumers:
-                    name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-                    if (
-                        name != self.consumer
-                        and int(c["pending"]) == 0
-                        and int(c["idle"]) > idle_ms
-                    ):
-                        async with gate(self.redis):
-                            await self.redis.xgroup_delconsumer(shard.outbox, OUTBOX_GROUP, name)
-                        removed += 1
-            except rexc.ResponseError:
-                continue  # no stream or group yet
-            except (rexc.RedisError, OSError) as exc:
-                raise redis_errors(exc) from exc
-        return removed
+        the group under a new name) that own no pending entries; checked and
+        removed atomically per shard (forget.lua)."""
+        args: list[str | int | bytes] = [OUTBOX_GROUP, self.consumer, idle_ms]
+        calls = [([shard.outbox], args) for shard in shards]
+        if not calls:
+            return 0
+        return sum(int(n) for n in await self._forget_script.run_many(self.redis, calls))
 
     async def _per_shard(self, shards: Sequence[Shard], command: Any) -> list[Any]:
         """Run one command per shard in a pipeline; recreate lost groups (after
