@@ -497,26 +497,24 @@ def _item_params(item: Item) -> dict[str, Any]:
 
 
 async def _by_request(conn: AsyncConnection, tenant_id: str, request_id: str) -> Redemption | None:
-    row = (
-        await conn.execute(
-            text(
-                f"SELECT {_REDEMPTION_COLUMNS} FROM redemptions "
-                "WHERE tenant_id = :t AND request_id = :r"
-            ),
-            {"t": tenant_id, "r": request_id},
-        )
-    ).first()
-    return _redemption(row) if row else None
+    return await _redemption_where(conn, tenant_id, "request_id", request_id)
 
 
 async def _by_id(conn: AsyncConnection, tenant_id: str, redemption_id: str) -> Redemption | None:
+    return await _redemption_where(conn, tenant_id, "redemption_id", redemption_id)
+
+
+async def _redemption_where(
+    conn: AsyncConnection, tenant_id: str, column: str, value: str
+) -> Redemption | None:
+    """The tenant's redemption whose unique `column` (a constant) is `value`."""
     row = (
         await conn.execute(
             text(
                 f"SELECT {_REDEMPTION_COLUMNS} FROM redemptions "
-                "WHERE tenant_id = :t AND redemption_id = :id"
+                f"WHERE tenant_id = :t AND {column} = :v"
             ),
-            {"t": tenant_id, "id": redemption_id},
+            {"t": tenant_id, "v": value},
         )
     ).first()
     return _redemption(row) if row else None
