@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "SEP",
+    "TIME_MS_MAX",
     "Accumulator",
     "BoardPlan",
     "BoardRef",
@@ -32,6 +33,10 @@ __all__ = [
     "key_part",
 ]
 
+
+# The last millisecond of the year 9999: the latest time PostgreSQL columns,
+# Python datetimes and protobuf Timestamps all hold (bounds of caller input).
+TIME_MS_MAX = 253_402_300_799_999
 
 # Joins the parts of counter names and hash fields. Ids are validated to hold
 # no control characters, so a split on it is unambiguous.

@@ -12,6 +12,7 @@ from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App
 from service.boards import PERIODS
+from service.domain import TIME_MS_MAX
 from service.errors import AlreadyExists, Conflict, NotFound
 from service.redeem import QUANTITY_MAX
 from service.rpc import Ctx, unary
@@ -46,12 +47,9 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-# Item windows PostgreSQL and Python both hold: years 1970 to 9999.
-_TS_SECONDS_MAX = 253_402_300_799
-
-
 def _dt(ts: Timestamp, field: str) -> datetime:
-    if not (0 <= ts.seconds <= _TS_SECONDS_MAX and 0 <= ts.nanos < 1_000_000_000):
+    # Item windows from 1970 to the year 9999.
+    if not (0 <= ts.seconds <= TIME_MS_MAX // 1000 and 0 <= ts.nanos < 1_000_000_000):
         raise InvalidField(field, "is not a valid timestamp between 1970 and 9999")
     return ts.ToDatetime(tzinfo=UTC)
 

@@ -21,7 +21,7 @@ from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App
 from service.boards import resolve_board
-from service.domain import Outcome, Period
+from service.domain import TIME_MS_MAX, Outcome, Period
 from service.errors import AlreadyExists, InvalidArgument, NotFound
 from service.ingest import EventResult
 from service.metrics import EVENTS
@@ -95,9 +95,6 @@ def entry_to_pb(row: LedgerRow) -> pb.LedgerEntry:
     )
 
 
-_TIME_MS_MAX = 253_402_300_800_000
-
-
 async def decode_ledger_token(
     app: App, token: str, tenant_id: str, user_id: str
 ) -> tuple[int, int]:
@@ -106,7 +103,7 @@ async def decode_ledger_token(
         at, row = int(cursor["o"]), int(cursor["i"])
     except (KeyError, TypeError, ValueError, OverflowError):
         raise InvalidField("page_token", "is not a token ListLedger returned") from None
-    if not (0 <= at < _TIME_MS_MAX and 0 <= row < 2**63):
+    if not (0 <= at <= TIME_MS_MAX and 0 <= row < 2**63):
         raise InvalidField("page_token", "is not a token ListLedger returned")
     return at, row
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.domain import SEP, CreditOp
+from service.domain import SEP, TIME_MS_MAX, CreditOp
 
 __all__ = [
     "KIND_ADJUST",
@@ -137,12 +137,8 @@ def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
     )
 
 
-# Timestamps a ledger row can hold: 1970-01-01 up to the year 9999.
-_MS_MAX = 253_402_300_799_999
-
-
 def _time_ms(text: str) -> int:
     ms = int(text)
-    if not 0 <= ms <= _MS_MAX:
+    if not 0 <= ms <= TIME_MS_MAX:
         raise ValueError(f"outbox entry time {ms} ms is out of range")
     return ms
