@@ -191,18 +191,17 @@ async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
                     await stores.balances.set_maintenance(shard, False)
             raise
         # This tenant's streams only: other tenants' traffic goes on meanwhile.
+        drained = False
         try:
             drained = await app.flusher.drain(300, shards)
-        except BaseException:
-            # Failed or cancelled before anything was touched: let writes go on.
-            for shard in shards:
-                with contextlib.suppress(StorageError):
-                    await stores.balances.set_maintenance(shard, False)
-            raise
+        finally:
+            if not drained:
+                # Not drained, failed or cancelled, and nothing touched yet:
+                # writes may go on, the rebuild waits.
+                for shard in shards:
+                    with contextlib.suppress(StorageError):
+                        await stores.balances.set_maintenance(shard, False)
         if not drained:
-            # Nothing was touched yet: writes may go on, the rebuild waits.
-            for shard in shards:
-                await stores.balances.set_maintenance(shard, False)
             raise RebuildFailed(
                 f"tenant {tenant_id}: the outbox could not be drained into PostgreSQL; "
                 "rebuilding now would lose its entries. Nothing was changed."
