@@ -212,10 +212,8 @@ def lose_redis_data(servers: Servers, rds: sync_redis.Redis) -> LoseRedisData:
         assert tenants, "name the tenants whose data is lost"
         if servers.embedded_redis is not None:
             rds.flushall()
-            return
-        for t in tenants:
-            for key in rds.scan_iter(match=f"pts:{{{t}:*", count=1000):
-                rds.delete(key)
+        else:
+            _cleanup_tenants(servers, list(tenants))
 
     return lose
 
