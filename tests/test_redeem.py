@@ -18,7 +18,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.ops import rebuild, reconcile
-from tests.conftest import Api, ApiFactory, LoseRedisData
+from tests.conftest import Api, ApiFactory, LoseRedisData, new_tenant
+from tests.helpers import ev
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -663,3 +664,38 @@ async def test_malformed_page_tokens_are_invalid_argument_everywhere(api: Api) -
     for call in calls:
         code, msg = await failure(call)
         assert (code, msg.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "page_token")
+
+
+async def test_a_tenant_cannot_reach_another_tenants_state(make_api: ApiFactory) -> None:
+    """Invariant 6, cross-tenant: ids of one tenant mean nothing in another;
+    asking with them is NOT_FOUND (or empty) and changes nothing."""
+    mine, other = new_tenant(), new_tenant()
+    api = await make_api([mine, other])
+    home = Api(api.app, api.running, api.channel, api.stub, mine, api.tenants)
+    away = Api(api.app, api.running, api.channel, api.stub, other, api.tenants)
+    await create_item(home, "mug", 10, 3)
+    await grant(home, "ann", 25)
+    done = await redeem(home, "ann", "mug", request_id="r1")
+    # The same event id and idempotency key are separate per tenant.
+    for t in (mine, other):
+        r = await api.stub.RecordActivity(ev(t, "ann", "login", event_id="same"))
+        assert r.outcome == pb.AWARDED
+    code, _ = await failure(
+        admin(away).RefundRedemption(
+            pb.RefundRedemptionRequest(tenant_id=other, redemption_id=done.redemption_id)
+        )
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, msg = await failure(redeem(away, "ann", "mug", request_id="r1"))
+    assert code == grpc.StatusCode.NOT_FOUND and msg.startswith("item_id")
+    listed = await api.stub.ListRedemptions(
+        pb.ListRedemptionsRequest(tenant_id=other, user_id="ann")
+    )
+    assert list(listed.redemptions) == []
+    assert (await balance(away, "ann")).available == 5  # its own login only
+    assert (await balance(home, "ann")).available == 20
+    assert await stock_of(home, "mug") == 2
+    status = await api.stub.ListRedemptions(
+        pb.ListRedemptionsRequest(tenant_id=mine, user_id="ann")
+    )
+    assert [r.status for r in status.redemptions] == [pb.COMPLETED]
