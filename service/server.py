@@ -225,7 +225,11 @@ async def serve(settings: Settings) -> None:
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopped, *running.children], return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
-    failed = [t.exception() for t in running.children if t.done() and t.exception()]
+    failed = [
+        exc
+        for t in running.children
+        if t.done() and not t.cancelled() and (exc := t.exception()) is not None
+    ]
     log.info("shutting down (grace %.1fs)", settings.shutdown_grace_s)
     await running.stop()
     log.info("stopped")
