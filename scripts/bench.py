@@ -42,6 +42,7 @@ from scripts.loadgen import DEFAULT_MIX, Traffic, TrafficSpec, run_load
 from scripts.loadtest import RssSampler, resolve_servers, wait_for_ledger
 from scripts.naive import run_naive
 from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
+from service.clock import system_clock
 from service.rules import Plan, RulesEngine, load_rule_book
 from service.validation import InvalidField, Limits, event_from_pb
 from storage.keys import KeySchema, Topology
@@ -96,7 +97,7 @@ async def raw_ceiling(
         if isinstance(planned, Plan):
             ops.extend(planned.ops)
     redis = connect_redis(redis_url, pool_max=connections * 2)
-    store = AwardStore(redis, topology, outbox_entries_max=0)
+    store = AwardStore(redis, topology, clock=system_clock, outbox_entries_max=0)
     await store.start()
     # The same chunking the service uses: up to 100 credits per call, grouped
     # by shard, 20 calls per round trip.

@@ -36,11 +36,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_rules(path: Path, tenants: dict[str, dict[str, Any]]) -> Path:
+def write_rules(
+    path: Path, tenants: dict[str, dict[str, Any]], default_zone: str = "Asia/Shanghai"
+) -> Path:
     """The default rule set for `tenants` (id -> {"timezone", "shards"})."""
     doc = load_rule_file(None)
     doc["tenants"] = [
-        {"id": t, "timezone": o.get("timezone", "Asia/Shanghai"), "shards": o.get("shards", 1)}
+        {"id": t, "timezone": o.get("timezone", default_zone), "shards": o.get("shards", 1)}
         for t, o in tenants.items()
     ]
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))

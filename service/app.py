@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.clock import Clock
 from service.config import Settings
 from service.ingest import Ingestor
 from service.metrics import observe_flush
@@ -67,10 +68,22 @@ class App:
     tokens: PageTokens
     redis_url: str
     database_url: str
+    # Every "now" of the service (see service/clock.py).
+    clock: Clock
     embedded: list[EmbeddedRedis | EmbeddedPostgres] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, settings: Settings, rules: RuleBook | None = None) -> App:
+    async def open(
+        cls, settings: Settings, rules: RuleBook | None = None, *, clock: Clock | None = None
+    ) -> App:
+        if clock is None:
+            clock = settings.clock()
+            if settings.clock_start:
+                log.warning(
+                    "the service clock starts at %s (POINTS_CLOCK_START), not the system "
+                    "clock: for tests and demos only",
+                    settings.clock_start,
+                )
         if rules is None:
             path = Path(settings.rules_file) if settings.rules_file else None
             rules = load_rule_book(path, default_shards=settings.shards)
@@ -85,6 +98,7 @@ class App:
             redis_url,
             database_url,
             topology,
+            clock=clock,
             outbox_entries_max=settings.outbox_entries_max,
             ops_per_call_max=settings.ingest_ops_per_call_max,
             ops_per_round_trip_max=settings.ingest_ops_per_round_trip_max,
@@ -101,7 +115,7 @@ class App:
         engine = RulesEngine(
             rules, state_retention_s=retention_s, dedup_retention_s=retention_s + _DEDUP_MARGIN_S
         )
-        ingestor = Ingestor(engine, stores.awards)
+        ingestor = Ingestor(engine, stores.awards, clock)
         tokens = PageTokens(
             lambda held: shared_secret(stores.redis, topology.schema.page_token_secret, held)
         )
@@ -120,6 +134,7 @@ class App:
             claim_idle_ms=settings.flush_claim_idle_ms,
             backoff_max_ms=settings.flush_backoff_max_ms,
             on_batch=observe_flush,
+            clock=clock,
         )
         return cls(
             settings=settings,
@@ -136,8 +151,7 @@ class App:
             redemptions=Redemptions(
                 stores,
                 engine,
-                # Through the ingestor, so tests that move its clock move this one.
-                lambda: ingestor.clock_ms(),
+                clock,
                 recovery_after_s=settings.redeem_recovery_after_s,
                 recovery_interval_s=settings.redeem_recovery_interval_s,
             ),
@@ -145,6 +159,7 @@ class App:
             tokens=tokens,
             redis_url=redis_url,
             database_url=database_url,
+            clock=clock,
             embedded=embedded,
         )
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from service.clock import Clock, StartedClock, parse_instant, system_clock
+
 __all__ = ["ConfigError", "Settings"]
 
 
@@ -82,6 +84,15 @@ class Settings:
     # Prometheus metrics on this port; 0 = off.
     metrics_port: int = 0
     log_level: str = "INFO"
+    # For tests, demos and simulations only: the service clock starts at this
+    # instant (ISO-8601 with a UTC offset) and runs at real speed. Empty = the
+    # system clock.
+    clock_start: str = ""
+
+    def clock(self) -> Clock:
+        if not self.clock_start:
+            return system_clock
+        return StartedClock(parse_instant(self.clock_start))
 
     @property
     def winners_delay(self) -> int:
@@ -166,6 +177,11 @@ class Settings:
             raise ConfigError(
                 "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
             )
+        if self.clock_start:
+            try:
+                parse_instant(self.clock_start)
+            except ValueError as exc:
+                raise ConfigError(f"POINTS_CLOCK_START: {exc}") from None
         if self.flusher not in ("process", "inline", "off"):
             raise ConfigError(
                 f"POINTS_FLUSHER: must be process, inline or off, got {self.flusher!r}"

@@ -4,10 +4,10 @@ and say what happened in words a person can read."""
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.clock import Clock
 from service.domain import CreditOp, CreditResult, Event, Outcome, Role, StoreCode
 from service.errors import Overloaded, ShardBusy
 from service.rules import NoRule, Plan, Rejection, RulesEngine
@@ -110,7 +110,7 @@ class Ingestor:
         self,
         engine: RulesEngine,
         awards: AwardStore,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Clock,
     ) -> None:
         self.engine = engine
         self.awards = awards

@@ -1,7 +1,7 @@
 """Operator commands behind `pointsd reconcile` and `pointsd rebuild`.
 
 reconcile: drain the outbox, then compare every Redis balance with the sums
-of the user's ledger rows in PostgreSQL (DESIGN invariant 3).
+of the user's ledger rows in PostgreSQL (guarantee 3, balances are derivable).
 
 rebuild: restore Redis state from the ledger after Redis data loss. Per
 tenant: refuse writes (maintenance flag) -> drain the outbox -> wipe the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field, replace
 
 from service.app import App
@@ -217,11 +216,11 @@ async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
             for shard in shards:
                 await stores.balances.set_balances(shard, per_shard.get(shard.tag, {}))
             report.users += len(sums)
-            now_s = int(time.time())
+            now_s = app.clock() // 1000
             chunk: list[RestoreOp] = []
             async for row in stores.ledger.entries(tenant_id):
                 report.entries += 1
-                change = restoring_change(row)
+                change = restoring_change(row, now_s)
                 if change is not None:
                     await stores.balances.change(change, restore=True)
                     continue

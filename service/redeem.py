@@ -38,10 +38,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from service.clock import Clock
 from service.domain import Period, key_part
 from service.errors import AlreadyExists, FailedPrecondition, NotFound, Overloaded, ShardBusy
 from service.periodic import every
@@ -74,7 +74,7 @@ def _check(result: ChangeResult) -> None:
         raise ShardBusy("a rebuild of this tenant's state is running; retry shortly")
 
 
-def restoring_change(row: LedgerRow) -> BalanceChange | None:
+def restoring_change(row: LedgerRow, now_s: int) -> BalanceChange | None:
     """For `pointsd rebuild`: the change a spend, refund or adjustment ledger row
     came from, so its dedup record can be restored (replays stay no-ops)."""
     if row.kind in (KIND_SPEND, KIND_REFUND):
@@ -84,7 +84,7 @@ def restoring_change(row: LedgerRow) -> BalanceChange | None:
     else:
         return None
     expires = row.recorded_at_ms // 1000 + CHANGE_RETENTION_S
-    if expires <= time.time():
+    if expires <= now_s:
         return None
     return BalanceChange(
         tenant_id=row.tenant_id, user_id=row.user_id, entry_key=row.entry_key, kind=row.kind,
@@ -106,7 +106,7 @@ class Redemptions:
         self,
         stores: Stores,
         engine: RulesEngine,
-        clock_ms: Callable[[], int],
+        clock_ms: Clock,
         *,
         recovery_after_s: float = 30.0,
         recovery_interval_s: float = 10.0,
@@ -244,12 +244,11 @@ class Redemptions:
 
     async def recover(self) -> int:
         """Finish redemptions and refunds a dead process left half-way."""
-        idle_since = datetime.fromtimestamp(time.time() - self.recovery_after_s, tz=UTC)
         done = 0
         # Only this deployment's tenants: another's records (a shared database)
         # are its own to finish, and must not fill the page.
         tenants = sorted(self.stores.topology.shards_by_tenant)
-        for r in await self.stores.catalog.unfinished(tenants, idle_since):
+        for r in await self.stores.catalog.unfinished(tenants, self.recovery_after_s):
             try:
                 if r.status == "pending":
                     await self._spend(r)

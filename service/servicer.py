@@ -176,7 +176,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         )  # fmt: skip
 
     def _now_ms(self) -> int:
-        return self.app.ingestor.clock_ms()
+        return self.app.clock()
 
     def _tenant(self, tenant_id: str) -> None:
         check_id("tenant_id", tenant_id)

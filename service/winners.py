@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 
 from service.app import App
@@ -43,7 +42,7 @@ class WinnersRecorder:
 
     async def run_once(self, now_ms: int | None = None) -> int:
         """One pass; returns how many (period, scope) records this call wrote."""
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        now_ms = self.app.clock() if now_ms is None else now_ms
         stores = self.app.stores
         retention_s = self.app.engine.state_retention_s
         written = 0

@@ -57,6 +57,7 @@ class Flusher:
         claim_idle_ms: int = 30_000,
         backoff_max_ms: int = 5_000,
         on_batch: Callable[[FlushStats, Sequence[LedgerRow]], None] | None = None,
+        clock: Callable[[], int],
     ) -> None:
         self.outbox = outbox
         self.ledger = ledger
@@ -66,6 +67,8 @@ class Flusher:
         self.claim_idle_ms = claim_idle_ms
         self.backoff_max_ms = backoff_max_ms
         self.on_batch = on_batch
+        # The service clock (ms), which stamped recorded_at: lag is read on it.
+        self.clock = clock
         self.stats = FlushStats()
         self._groups_ready = False
         self._next_claim = 0.0
@@ -194,7 +197,7 @@ class Flusher:
                 if stop.is_set():
                     return None
                 await self._sleep(stop, self._backoff_s(attempt))
-        now_ms = int(time.time() * 1000)
+        now_ms = self.clock()
         written = result.inserted
         self.stats.batches += 1
         self.stats.rows_written += written

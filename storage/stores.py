@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -37,6 +38,7 @@ class Stores:
         database_url: str,
         topology: Topology,
         *,
+        clock: Callable[[], int],
         outbox_entries_max: int,
         ops_per_call_max: int,
         ops_per_round_trip_max: int,
@@ -56,6 +58,7 @@ class Stores:
         awards = AwardStore(
             redis,
             topology,
+            clock=clock,
             outbox_entries_max=outbox_entries_max,
             ops_per_call_max=ops_per_call_max,
             ops_per_round_trip_max=ops_per_round_trip_max,
@@ -64,7 +67,7 @@ class Stores:
             coalesce_ops=coalesce_ops,
         )
         boards = BoardStore(redis, topology)
-        balances = BalanceStore(redis, topology, outbox_entries_max)
+        balances = BalanceStore(redis, topology, clock, outbox_entries_max)
         try:
             await awards.start()
             await boards.start()

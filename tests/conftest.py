@@ -4,6 +4,11 @@ Servers: REDIS_URL / DATABASE_URL when set (e.g. this machine's services),
 else embedded ones started once per session in a temporary folder, exactly
 as `pointsd serve` would. Every test works in its own fresh tenant(s), so
 tests never see each other's keys or ledger rows.
+
+Clock: every test runs at an instant (tests/clock.py): the real time, or
+with `--at NAME|ISO` (or POINTS_TEST_AT) the one given; tests marked
+`calendar` run at every standard instant unless `--at` pins one. The apps a
+test starts read that clock.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
@@ -30,6 +36,55 @@ from service.rules import RuleBook, load_rule_file, parse_rule_book
 from service.server import Running, start_server
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.postgres import migrate, sqlalchemy_url
+from tests import clock as test_clock
+from tests.clock import INSTANTS, NOW, Instant, TestClock, instant_named
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("clock", "the instant tests run at (tests/clock.py)")
+    group.addoption(
+        "--at",
+        default=os.environ.get("POINTS_TEST_AT", ""),
+        help="run every test at this instant: a name from tests/clock.py INSTANTS "
+        "(e.g. w53-jan1) or ISO-8601 with offset; default: the real time, and "
+        "calendar tests at every standard instant",
+    )
+    group.addoption(
+        "--zone",
+        default=os.environ.get("POINTS_TEST_ZONE", ""),
+        help="IANA zone of the test tenants with --at (default: the instant's own)",
+    )
+
+
+def _pinned(config: pytest.Config) -> Instant | None:
+    at = config.getoption("--at")
+    return instant_named(at, config.getoption("--zone")) if at else None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "instant" not in metafunc.fixturenames or _pinned(metafunc.config) is not None:
+        return
+    if metafunc.definition.get_closest_marker("calendar"):
+        chosen = [NOW, *INSTANTS]
+        metafunc.parametrize("instant", chosen, indirect=True, ids=[i.name for i in chosen])
+
+
+@pytest.fixture
+def instant(request: pytest.FixtureRequest) -> Instant:
+    param: Instant | None = getattr(request, "param", None)
+    return param or _pinned(request.config) or NOW
+
+
+@pytest.fixture(autouse=True)
+def clock(instant: Instant) -> TestClock:
+    """The current test's clock, started at its instant."""
+    return test_clock.use(instant)
+
+
+@pytest.fixture
+def zone(clock: TestClock) -> ZoneInfo:
+    """The zone test tenants live in unless a test names one."""
+    return test_clock.zone()
 
 
 @dataclass
@@ -86,8 +141,9 @@ def rule_book(
     actions: dict[str, Any] | None = None,
     boards: dict[str, Any] | None = None,
 ) -> RuleBook:
-    """The default rule set for `tenants` (id -> {timezone, shards}), with
-    `actions` and `boards` added to or replacing the default ones."""
+    """The default rule set for `tenants` (id -> {timezone, shards}; the zone
+    defaults to the current instant's), with `actions` and `boards` added to
+    or replacing the default ones."""
     doc = load_rule_file(None)
     if actions:
         doc["rule_sets"]["default"]["actions"].update(actions)
@@ -96,7 +152,11 @@ def rule_book(
     if isinstance(tenants, list):
         tenants = {t: {} for t in tenants}
     doc["tenants"] = [
-        {"id": t, "timezone": o.get("timezone", "Asia/Shanghai"), "shards": o.get("shards", 1)}
+        {
+            "id": t,
+            "timezone": o.get("timezone", test_clock.zone().key),
+            "shards": o.get("shards", 1),
+        }
         for t, o in tenants.items()
     ]
     return parse_rule_book(doc)
@@ -158,7 +218,9 @@ async def make_api(servers: Servers, tmp_path: Path) -> AsyncIterator[ApiFactory
     ) -> Api:
         if book is None:
             book = rule_book(tenants or [new_tenant()], actions=actions, boards=boards)
-        app = await App.open(settings_for(servers, tmp_path, **overrides), rules=book)
+        app = await App.open(
+            settings_for(servers, tmp_path, **overrides), rules=book, clock=test_clock.current()
+        )
         running = await start_server(app, "127.0.0.1:0")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
         names = sorted(book.tenants)

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from scripts.procs import pointsd_env, write_rules
 from service.api.points.v1 import points_pb2 as pb
+from tests import clock as test_clock
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    """The current test's clock (tests/clock.py), never the system's."""
+    return test_clock.now_ms()
+
+
+def child_env(
+    redis_url: str, database_url: str, rules: Path, data_dir: Path, **extra: str
+) -> dict[str, str]:
+    """A pointsd child's environment whose service clock is the test's."""
+    return pointsd_env(
+        redis_url, database_url, rules, data_dir,
+        POINTS_CLOCK_START=test_clock.current().iso(), **extra,
+    )  # fmt: skip
+
+
+def rules_file(path: Path, tenants: dict[str, dict[str, Any]]) -> Path:
+    """A rule file for a child; tenants live in the test's zone unless named."""
+    return write_rules(path, tenants, test_clock.zone().key)
 
 
 def ts(ms: int) -> Timestamp:

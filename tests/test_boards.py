@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from service.api.points.v1 import points_pb2 as pb
+from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, new_tenant
 from tests.helpers import ev, now_ms
 
@@ -174,18 +175,21 @@ async def test_around_me_at_the_top_the_bottom_and_in_the_middle(make_api: ApiFa
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_previous_week_stays_readable_after_rollover(make_api: ApiFactory) -> None:
+@pytest.mark.calendar
+async def test_previous_week_stays_readable_after_rollover(
+    make_api: ApiFactory, clock: TestClock
+) -> None:
     """Around Monday 00:00 in Shanghai (Sunday 16:00 UTC) the board turns over."""
     api = await make_api({new_tenant(): {"timezone": "Asia/Shanghai"}}, event_max_age_s=10 * 86_400)
-    today = datetime.now(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = clock.datetime(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
     monday = today - timedelta(days=today.weekday())
     boundary_ms = int(monday.timestamp() * 1000)
-    api.app.ingestor.clock_ms = lambda: boundary_ms - 1_800_000  # Sunday 23:30
+    clock.set(boundary_ms - 1_800_000)  # Sunday 23:30
     await api.stub.RecordActivity(ev(api.tenant, "old", "file", at_ms=boundary_ms - 1_800_000))
     before = await board(api, "points")
     old_week = before.period_key
     assert [(e.member_id, e.score) for e in before.entries] == [("old", 10)]
-    api.app.ingestor.clock_ms = lambda: boundary_ms + 1_800_000  # Monday 00:30
+    clock.set(boundary_ms + 1_800_000)  # Monday 00:30
     await api.stub.RecordActivity(ev(api.tenant, "new", "reply", at_ms=boundary_ms + 1_800_000))
     now_board = await board(api, "points")
     assert now_board.period_key != old_week
@@ -243,7 +247,10 @@ async def test_department_and_group_scopes(api: Api) -> None:
         assert err.value.code() == code, kwargs
 
 
-async def test_newcomer_eligibility_ends_at_day_n(make_api: ApiFactory, tenant: str) -> None:
+@pytest.mark.calendar
+async def test_newcomer_eligibility_ends_at_day_n(
+    make_api: ApiFactory, tenant: str, clock: TestClock, zone: ZoneInfo
+) -> None:
     api = await make_api(
         [tenant],
         event_max_age_s=40 * 86_400,
@@ -256,7 +263,7 @@ async def test_newcomer_eligibility_ends_at_day_n(make_api: ApiFactory, tenant: 
     await api.stub.RecordActivity(ev(tenant, "amy", "reply", at_ms=now - 6 * day))  # day 29
     await api.stub.RecordActivity(ev(tenant, "amy", "image", at_ms=now - 4 * day))  # day 31
     # By the join date the event carries (YYYY-MM-DD, tenant's zone).
-    today = datetime.now(TZ).date()
+    today = clock.datetime(zone).date()
     for user, joined in [("ben", today - timedelta(days=29)), ("cyd", today - timedelta(days=30))]:
         await api.stub.RecordActivity(
             ev(tenant, user, "file", attributes={"join_date": joined.isoformat()})
@@ -319,11 +326,14 @@ async def test_users_ranked_within_their_group(make_api: ApiFactory, tenant: str
     assert (r.rank, [e.member_id for e in r.above]) == (2, ["ann"])
 
 
-async def test_a_target_is_judged_by_its_own_join_date(make_api: ApiFactory, tenant: str) -> None:
+@pytest.mark.calendar
+async def test_a_target_is_judged_by_its_own_join_date(
+    make_api: ApiFactory, tenant: str, clock: TestClock, zone: ZoneInfo
+) -> None:
     """join_date describes the event's actor; a target's credit uses
     target_join_date (or its own first award), never the actor's."""
     api = await make_api([tenant], event_max_age_s=40 * 86_400)
-    today = datetime.now(TZ).date()
+    today = clock.datetime(zone).date()
     await api.stub.RecordActivity(ev(tenant, "vic", "file", at_ms=now_ms() - 35 * 86_400_000))
     await api.stub.RecordActivity(ev(tenant, "nia", "file"))
     # A new hire thanks the veteran; a veteran likes the newcomer.

@@ -15,11 +15,11 @@ import pytest
 import redis as sync_redis
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from scripts.procs import ROOT, ServerProcess, free_port, pointsd_env, run_cli, write_rules
+from scripts.procs import ROOT, ServerProcess, free_port, run_cli
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from tests.conftest import Servers, _cleanup_tenants, new_tenant, server_data_dir
-from tests.helpers import ev, ledger_count
+from tests.helpers import child_env, ev, ledger_count, rules_file
 
 
 def test_generated_code_matches_the_proto() -> None:
@@ -56,10 +56,10 @@ def test_bad_configuration_exits_2() -> None:
 @pytest.mark.subprocess
 def test_migrate_reconcile_and_rebuild_commands(servers: Servers, tmp_path: Path, rds) -> None:
     tenant = new_tenant()
-    env = pointsd_env(
+    env = child_env(
         servers.redis_url,
         servers.database_url,
-        write_rules(tmp_path / "r.yaml", {tenant: {}}),
+        rules_file(tmp_path / "r.yaml", {tenant: {}}),
         tmp_path,
     )
     migrated = run_cli(["migrate"], env)
@@ -94,10 +94,10 @@ def test_sigterm_drains_the_outbox_and_health_and_reflection_work(
     servers: Servers, tmp_path: Path, sql
 ) -> None:
     tenant = new_tenant()
-    env = pointsd_env(
+    env = child_env(
         servers.redis_url,
         servers.database_url,
-        write_rules(tmp_path / "r.yaml", {tenant: {}}),
+        rules_file(tmp_path / "r.yaml", {tenant: {}}),
         tmp_path,
         POINTS_FLUSH_INTERVAL_MS="600000",
         POINTS_LOG_LEVEL="INFO",
@@ -169,8 +169,8 @@ def test_workers_share_the_port_and_stop_together(servers: Servers, tmp_path: Pa
     import psutil
 
     tenant = new_tenant()
-    rules = write_rules(tmp_path / "r.yaml", {tenant: {}})
-    env = pointsd_env(servers.redis_url, servers.database_url, rules, tmp_path, POINTS_WORKERS="2")
+    rules = rules_file(tmp_path / "r.yaml", {tenant: {}})
+    env = child_env(servers.redis_url, servers.database_url, rules, tmp_path, POINTS_WORKERS="2")
     server = ServerProcess(env, free_port(), tmp_path / "log")
     server.start()
     try:
@@ -197,12 +197,12 @@ def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) 
     import subprocess
 
     tenant = new_tenant()
-    rules = write_rules(tmp_path / "r.yaml", {tenant: {}})
+    rules = rules_file(tmp_path / "r.yaml", {tenant: {}})
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = pointsd_env(servers.redis_url, servers.database_url, rules, tmp_path)
+        env = child_env(servers.redis_url, servers.database_url, rules, tmp_path)
         env["POINTS_LISTEN"] = f"127.0.0.1:{free_port()}"
         done = subprocess.run(
             [sys.executable, "-m", "service.cli", "serve"],
@@ -237,8 +237,8 @@ def test_children_do_not_share_the_terminal_signals(servers: Servers, tmp_path: 
     import psutil
 
     tenant = new_tenant()
-    rules = write_rules(tmp_path / "r.yaml", {tenant: {}})
-    env = pointsd_env(
+    rules = rules_file(tmp_path / "r.yaml", {tenant: {}})
+    env = child_env(
         servers.redis_url, servers.database_url, rules, tmp_path, POINTS_LOG_LEVEL="INFO"
     )
     server = ServerProcess(env, free_port(), tmp_path / "log", new_session=True)

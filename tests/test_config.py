@@ -83,7 +83,7 @@ def test_the_field_lists_of_this_test_cover_every_field() -> None:
     # Guards the tables above: a new field must be classified here.
     covered = set(INT_FIELDS) | set(FLOAT_FIELDS) | set(BOOL_FIELDS)
     others = {"listen", "redis_url", "database_url", "data_dir", "rules_file", "redis_prefix"}
-    others.update({"log_level", "flusher"})
+    others.update({"log_level", "flusher", "clock_start"})
     assert covered | others == set(FIELDS)
     assert set(POSITIVE) <= set(INT_FIELDS)
 
@@ -137,6 +137,8 @@ def sample(field: str) -> tuple[str, Any]:
         return "inline", "inline"
     if field == "log_level":
         return "debug", "debug"
+    if field == "clock_start":
+        return "2027-01-01T12:00:00+08:00", "2027-01-01T12:00:00+08:00"
     return "some-value", "some-value"
 
 

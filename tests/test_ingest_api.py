@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from service.api.points.v1 import points_pb2 as pb
+from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, wait_for
 from tests.helpers import ev, ledger_count, ledger_sum, now_ms, tenant_keys
 
@@ -322,16 +323,17 @@ async def test_oversized_requests_are_refused(make_api: ApiFactory) -> None:
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-async def test_get_balance_and_earned_today(api: Api) -> None:
-    tz = ZoneInfo("Asia/Shanghai")
-    today_start = datetime.now(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+@pytest.mark.calendar
+async def test_get_balance_and_earned_today(api: Api, clock: TestClock, zone: ZoneInfo) -> None:
+    tz = zone
+    today_start = clock.datetime(tz).replace(hour=0, minute=0, second=0, microsecond=0)
     yesterday_ms = int((today_start - timedelta(hours=2)).timestamp() * 1000)
     await record(api, "u1", "file", at_ms=yesterday_ms)
     await record(api, "u1", "file")
     await record(api, "u1", "login")
     b = await balance(api, "u1")
     assert (b.available, b.lifetime_earned, b.spent, b.earned_today) == (25, 25, 0, 15)
-    assert b.day == datetime.now(tz).date().isoformat()
+    assert b.day == clock.datetime(tz).date().isoformat()
     empty = await balance(api, "nobody")
     assert (empty.available, empty.lifetime_earned, empty.earned_today) == (0, 0, 0)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -339,13 +341,16 @@ async def test_get_balance_and_earned_today(api: Api) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_period_rollover_in_tenant_time_zone(make_api: ApiFactory, tenant: str) -> None:
+@pytest.mark.calendar
+async def test_period_rollover_in_tenant_time_zone(
+    make_api: ApiFactory, tenant: str, clock: TestClock
+) -> None:
     """Shanghai midnight is 16:00 UTC: the cap resets at local, not UTC, midnight."""
     api = await make_api({tenant: {"timezone": "Asia/Shanghai"}})
     tz = ZoneInfo("Asia/Shanghai")
     # The last local midnight at least two hours ago: every event below is in
     # the past whatever the time of day the test runs.
-    midnight = (datetime.now(tz) - timedelta(hours=2)).replace(
+    midnight = (clock.datetime(tz) - timedelta(hours=2)).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
     m_ms = int(midnight.timestamp() * 1000)

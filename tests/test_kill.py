@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 import pytest
 
-from scripts.procs import ServerProcess, free_port, pointsd_env, run_cli, write_rules
+from scripts.procs import ServerProcess, free_port, run_cli
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from tests.conftest import Servers, _cleanup_tenants, new_tenant
-from tests.helpers import ev
+from tests.helpers import child_env, ev, rules_file
 
 EVENTS = 20_000
 BATCH = 100
@@ -46,8 +46,8 @@ async def test_sigkill_during_load_loses_nothing_and_doubles_nothing(
     servers: Servers, tmp_path: Path, sql
 ) -> None:
     tenant = new_tenant("kill")
-    rules = write_rules(tmp_path / "rules.yaml", {tenant: {"shards": 4}})
-    env = pointsd_env(
+    rules = rules_file(tmp_path / "rules.yaml", {tenant: {"shards": 4}})
+    env = child_env(
         servers.redis_url, servers.database_url, rules, tmp_path, POINTS_FLUSH_CLAIM_IDLE_MS="2000"
     )
     server = ServerProcess(env, free_port(), tmp_path / "pointsd.log")

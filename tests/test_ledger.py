@@ -126,6 +126,7 @@ async def test_entries_of_a_dead_flusher_are_claimed(
         lambda: shards,
         claim_idle_ms=200,
         interval_ms=10,
+        clock=api.app.clock,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(live.run(stop))

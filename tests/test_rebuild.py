@@ -8,6 +8,7 @@ import pytest
 
 from service.api.points.v1 import points_pb2 as pb
 from service.ops import rebuild, reconcile
+from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, LoseRedisData
 from tests.helpers import ev, tenant_keys
 
@@ -110,16 +111,18 @@ async def test_writes_are_refused_while_a_rebuild_owns_the_tenant(api: Api, rds)
     assert (await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))).outcome == pb.AWARDED
 
 
-async def test_old_awards_stay_on_all_time_boards_and_dead_letters_survive(api: Api, rds) -> None:
+async def test_old_awards_stay_on_all_time_boards_and_dead_letters_survive(
+    api: Api, rds, clock: TestClock
+) -> None:
     """Entries whose dedup records and counters expired long ago still count on
     all-time boards after a rebuild; parked entries are not wiped."""
-    now = api.app.ingestor.clock_ms()
+    now = clock()
     past = now - 10 * 86_400_000
-    api.app.ingestor.clock_ms = lambda: past
+    clock.set(past)
     for user, n in [("carol", 2), ("dave", 1)]:
         for _ in range(n):
             await api.stub.RecordActivity(ev(api.tenant, user, "file", at_ms=past))
-    api.app.ingestor.clock_ms = lambda: now
+    clock.set(now)
     await api.stub.RecordActivity(ev(api.tenant, "dave", "reply"))
     request = pb.LeaderboardRequest(tenant_id=api.tenant, board="points", period=pb.ALL_TIME)
     before = [(e.member_id, e.score) for e in (await api.stub.Leaderboard(request)).entries]

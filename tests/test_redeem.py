@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.ops import rebuild, reconcile
+from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, LoseRedisData, new_tenant
 from tests.helpers import ev
 
@@ -154,14 +155,14 @@ async def test_catalog_is_managed_with_clear_errors(api: Api) -> None:
     assert code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_rewards_list_what_is_redeemable_now(api: Api) -> None:
+async def test_rewards_list_what_is_redeemable_now(api: Api, clock: TestClock) -> None:
     await create_item(api, "frame", 20)  # unlimited stock
     await create_item(api, "parking", 100, 3, per_user_limit=1, limit_period=pb.MONTH)
     await create_item(api, "gone", 10, 0)
     soon = pb.Item(
         tenant_id=api.tenant, item_id="soon", name="Soon", kind=pb.BENEFIT, cost=5, enabled=True
     )
-    soon.starts_at.FromDatetime(datetime.now() + timedelta(days=3))
+    soon.starts_at.FromDatetime(clock.datetime(UTC) + timedelta(days=3))
     await admin(api).CreateItem(pb.CreateItemRequest(item=soon))
     await grant(api, "ann", 500)
     await redeem(api, "ann", "parking")
@@ -274,17 +275,21 @@ async def test_same_request_id_50_times_spends_once(api: Api, sql) -> None:
     assert code == grpc.StatusCode.ALREADY_EXISTS and msg.startswith("request_id")
 
 
-async def test_per_user_monthly_limit_follows_the_tenant_time_zone(api: Api) -> None:
+@pytest.mark.calendar
+async def test_per_user_monthly_limit_follows_the_tenant_time_zone(
+    make_api: ApiFactory, tenant: str, clock: TestClock
+) -> None:
     """Shanghai's month starts at 16:00 UTC on the last day of the previous one."""
+    api = await make_api({tenant: {"timezone": "Asia/Shanghai"}})
     await create_item(api, "parking", 10, per_user_limit=1, limit_period=pb.MONTH)
     await grant(api, "ann", 100)
-    first_of_month = datetime.now(TZ).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    first_of_month = clock.datetime(TZ).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     boundary = int(first_of_month.timestamp() * 1000)
-    api.app.ingestor.clock_ms = lambda: boundary - 1_800_000
+    clock.set(boundary - 1_800_000)
     assert (await redeem(api, "ann", "parking")).status == pb.COMPLETED
     code, msg = await failure(redeem(api, "ann", "parking"))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "limit reached" in msg
-    api.app.ingestor.clock_ms = lambda: boundary + 1_800_000
+    clock.set(boundary + 1_800_000)
     assert (await redeem(api, "ann", "parking")).status == pb.COMPLETED
     code, msg = await failure(redeem(api, "ann", "parking"))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "per month" in msg
@@ -378,7 +383,7 @@ async def test_adjustments_are_idempotent_and_never_go_below_zero(
     assert (await balance(api, "ann")).available == 30
 
 
-async def test_redeem_refuses_what_cannot_be_done(api: Api) -> None:
+async def test_redeem_refuses_what_cannot_be_done(api: Api, clock: TestClock) -> None:
     await grant(api, "ann", 1000)
     await create_item(api, "cup", 10, 5)
     off = await create_item(api, "off", 10)
@@ -388,7 +393,7 @@ async def test_redeem_refuses_what_cannot_be_done(api: Api) -> None:
         tenant_id=api.tenant, item_id="later", name="L", kind=pb.DONATION, cost=5, enabled=True
     )
     start = Timestamp()
-    start.FromDatetime(datetime.now() + timedelta(days=1))
+    start.FromDatetime(clock.datetime(UTC) + timedelta(days=1))
     later.starts_at.CopyFrom(start)
     await admin(api).CreateItem(pb.CreateItemRequest(item=later))
     cases = [
@@ -481,7 +486,7 @@ async def test_update_from_a_stale_read_is_refused(api: Api) -> None:
 
 
 async def test_recovery_finishes_abandoned_redemptions_and_skips_unknown_tenants(
-    api: Api, sql
+    api: Api, sql, clock: TestClock
 ) -> None:
     """A process that died after step 1 of the saga left `pending` records;
     the sweep finishes them, and older records of a tenant this deployment
@@ -494,7 +499,7 @@ async def test_recovery_finishes_abandoned_redemptions_and_skips_unknown_tenants
     await create_item(api, "book", 20, 3)
     await grant(api, "ann", 30)
     catalog = api.app.stores.catalog
-    now = datetime.now(ZoneInfo("UTC"))
+    now = clock.datetime(UTC)
     limit_key = api.app.redemptions._limit_key(api.tenant)
     mine, _ = await catalog.begin_redemption(
         api.tenant, "crash-1", "ann", "book", 1, now, limit_key
@@ -577,14 +582,14 @@ async def test_a_refused_deduction_can_be_retried_once_the_points_are_there(api:
     assert ((await fine()).duplicate, (await balance(api, "ann")).available) == (True, 90)
 
 
-async def test_a_redemption_gives_back_only_the_stock_it_took(api: Api) -> None:
+async def test_a_redemption_gives_back_only_the_stock_it_took(api: Api, clock: TestClock) -> None:
     """Made while the item was unlimited, then the admin starts counting
     stock: neither a refund nor a failed replay adds stock never taken."""
     await create_item(api, "mug", 10)
     await grant(api, "ann", 10)
     done = await redeem(api, "ann", "mug")
     crashed, _ = await api.app.stores.catalog.begin_redemption(
-        api.tenant, "crash", "bob", "mug", 3, datetime.now(ZoneInfo("UTC")),
+        api.tenant, "crash", "bob", "mug", 3, clock.datetime(UTC),
         api.app.redemptions._limit_key(api.tenant),
     )  # fmt: skip
     assert crashed.stock_taken == 0

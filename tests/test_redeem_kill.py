@@ -14,10 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from scripts.procs import ServerProcess, free_port, pointsd_env, run_cli, write_rules
+from scripts.procs import ServerProcess, free_port, run_cli
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from tests.conftest import Servers, _cleanup_tenants, new_tenant
+from tests.helpers import child_env, rules_file
 
 USERS = 60
 REQUESTS = 300
@@ -28,10 +29,10 @@ STOCK = 150
 @pytest.mark.subprocess
 async def test_sigkill_during_a_redemption_storm(servers: Servers, tmp_path: Path, sql) -> None:
     tenant = new_tenant("storm")
-    env = pointsd_env(
+    env = child_env(
         servers.redis_url,
         servers.database_url,
-        write_rules(tmp_path / "r.yaml", {tenant: {}}),
+        rules_file(tmp_path / "r.yaml", {tenant: {}}),
         tmp_path,
         POINTS_REDEEM_RECOVERY_AFTER_S="1",
         POINTS_REDEEM_RECOVERY_INTERVAL_S="0.5",

@@ -7,40 +7,45 @@ import asyncio
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
 
-from scripts.procs import ROOT, pointsd_env, write_rules
+from scripts.procs import ROOT
 from service.api.points.v1 import points_pb2 as pb
+from tests.clock import TestClock
 from tests.conftest import ApiFactory, Servers
-from tests.helpers import ev
+from tests.helpers import child_env, ev, rules_file
 
 TZ = ZoneInfo("Asia/Shanghai")
 
 
+@pytest.mark.calendar
 @pytest.mark.subprocess
 async def test_winners_of_a_closed_week_are_written_once_by_racing_processes(
-    make_api: ApiFactory, servers: Servers, tenant: str, tmp_path: Path, sql
+    make_api: ApiFactory, servers: Servers, tenant: str, tmp_path: Path, sql, clock: TestClock
 ) -> None:
-    api = await make_api([tenant], event_max_age_s=10 * 86_400)
-    today = datetime.now(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
+    api = await make_api({tenant: {"timezone": "Asia/Shanghai"}}, event_max_age_s=10 * 86_400)
+    today = clock.datetime(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
     last_sunday = today - timedelta(days=today.weekday() + 1) + timedelta(hours=12)
     at = int(last_sunday.timestamp() * 1000)
     week = f"{last_sunday.isocalendar().year}-W{last_sunday.isocalendar().week:02d}"
+    # When last Sunday lies in the previous month (the first days of a month),
+    # that month has closed too, and its winners are the same people's.
+    month_closed = (last_sunday.year, last_sunday.month) != (today.year, today.month)
     # 12 users, so the top 10 cuts a tie: scores 30, 27, ..., 3 (replies, 3 each).
     for i in range(12):
         for _ in range(10 - min(i, 9)):
             await api.stub.RecordActivity(
                 ev(tenant, f"u{i:02d}", "reply", at_ms=at, department_id="rd" if i < 3 else "ops")
             )
-    env = pointsd_env(
+    env = child_env(
         servers.redis_url,
         servers.database_url,
-        write_rules(tmp_path / "rules.yaml", {tenant: {}}),
+        rules_file(tmp_path / "rules.yaml", {tenant: {"timezone": "Asia/Shanghai"}}),
         tmp_path,
         POINTS_WINNERS_DELAY_S="0",
     )
@@ -69,7 +74,14 @@ async def test_winners_of_a_closed_week_are_written_once_by_racing_processes(
         ("newcomers", "t"): 1,
         # no group took part: the groups board has no winners to keep
     }
-    assert recorded == len(rows)  # the two racers split the work, nothing twice
+    months = sql(
+        "SELECT period_key, COUNT(*) FROM winner_periods WHERE tenant_id = :t "
+        "AND period_kind = 'month' GROUP BY period_key",
+        t=tenant,
+    )
+    assert [tuple(m) for m in months] == ([(f"{last_sunday:%Y-%m}", 5)] if month_closed else [])
+    # The two racers split the work, nothing twice.
+    assert recorded == len(rows) + (5 if month_closed else 0)
     winners = sql(
         "SELECT rank, member_id, score FROM winners WHERE tenant_id = :t AND "
         "board = 'points' AND scope = 't' AND period_key = :w ORDER BY position",
@@ -99,8 +111,9 @@ async def test_winners_of_a_closed_week_are_written_once_by_racing_processes(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.calendar
 async def test_winners_are_recorded_when_the_delay_outlasts_keep_periods(
-    make_api: ApiFactory, tenant: str, sql
+    make_api: ApiFactory, tenant: str, sql, clock: TestClock
 ) -> None:
     """Events may be 10 days late, so last week is final only when it is two
     weeks back, beyond keep_periods = 1; its board still exists then, and its
@@ -109,11 +122,11 @@ async def test_winners_are_recorded_when_the_delay_outlasts_keep_periods(
     from service.rules.periods import period_bounds, period_key
 
     api = await make_api(
-        [tenant],
+        {tenant: {"timezone": "Asia/Shanghai"}},
         event_max_age_s=10 * 86_400,
         boards={"wk": {"score": "points", "periods": ["week"], "keep_periods": 1, "winners": 3}},
     )
-    today = datetime.now(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = clock.datetime(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
     at = int((today - timedelta(days=today.weekday() + 1, hours=-12)).timestamp() * 1000)
     await api.stub.RecordActivity(ev(tenant, "ann", "file", at_ms=at))
     week = period_key(Period.WEEK, at, TZ)

@@ -305,7 +305,7 @@ class CatalogStore:
                 await conn.execute(
                     text(
                         f"INSERT INTO redemptions ({_REDEMPTION_COLUMNS}) VALUES (:id, :t, :r, "
-                        ":u, :i, :name, :q, :points, :status, :reason, NULL, :pk, '', :now, :now, "
+                        ":u, :i, :name, :q, :points, :status, :reason, NULL, :pk, '', :now, now(), "
                         ":taken) "
                         f"ON CONFLICT (tenant_id, request_id) DO NOTHING "
                         f"RETURNING {_REDEMPTION_COLUMNS}"
@@ -449,21 +449,23 @@ class CatalogStore:
         return result
 
     async def unfinished(
-        self, tenants: Sequence[str], older_than: datetime, limit: int = 500
+        self, tenants: Sequence[str], idle_s: float, limit: int = 500
     ) -> list[Redemption]:
-        """Pending and refunding records of `tenants` not touched since
-        `older_than` (a process died mid-way), oldest first: the recovery
-        sweep drives them to the end. Other tenants' records (a shared
-        database) never fill the page."""
+        """Pending and refunding records of `tenants` not touched for `idle_s`
+        seconds (a process died mid-way), oldest first: the recovery sweep
+        drives them to the end. Other tenants' records (a shared database)
+        never fill the page. Idleness is elapsed time on PostgreSQL's clock,
+        the clock every `updated_at` is written with."""
 
         async def work(conn: AsyncConnection) -> list[Redemption]:
             rows = await conn.execute(
                 text(
                     f"SELECT {_REDEMPTION_COLUMNS} FROM redemptions "
-                    "WHERE status IN ('pending', 'refunding') AND updated_at < :at "
+                    "WHERE status IN ('pending', 'refunding') "
+                    "AND updated_at < now() - make_interval(secs => :idle) "
                     "AND tenant_id = ANY(:ts) ORDER BY updated_at LIMIT :n"
                 ),
-                {"at": older_than, "ts": list(tenants), "n": limit},
+                {"idle": idle_s, "ts": list(tenants), "n": limit},
             )
             return [_redemption(r) for r in rows]
 

@@ -40,6 +40,8 @@
 --           expire-at (0 = never), scope set idx (0 for "t")]
 --          A "d" slot uses the op's department, a "g" slot its group; a slot with
 --          group member 1 ranks the op's group instead of the user.
+-- ARGV[5]  now (unix s, the service clock): expire-at times become TTLs
+--          from it, so state expires on the service's clock, not Redis's
 --
 -- Board increments are summed per (board, member) over the batch and applied at
 -- the end: nothing in the script reads them, and a heavy user's many events in
@@ -60,7 +62,18 @@ local restore = ARGV[1] == 'restore'
 local outbox_max = tonumber(ARGV[2])
 local ops = cjson.decode(ARGV[3])
 local templates = cjson.decode(ARGV[4])
+local now_s = tonumber(ARGV[5])
 local out = {}
+
+-- Expiry at a unix second of the service clock; a time already past
+-- deletes the key, as EXPIREAT would.
+local function expire_at(key, at)
+  if at > now_s then redis.call('EXPIRE', key, at - now_s) else redis.call('DEL', key) end
+end
+
+local function keep_until(key, value, at)
+  if at > now_s then redis.call('SET', key, value, 'EX', at - now_s) else redis.call('DEL', key) end
+end
 
 local function emit(code, points, balance, limit, original)
   out[#out + 1] = code
@@ -167,7 +180,7 @@ for i = 1, #ops do
       emit(7, 0, 0, 0, 0)
     elseif code ~= 0 then
       local balance = hget_number(KEYS[2], avail_field)
-      redis.call('SET', dkey, code .. ':0:' .. int(balance) .. ':' .. limit .. ':' .. fp, 'EXAT', dx)
+      keep_until(dkey, code .. ':0:' .. int(balance) .. ':' .. limit .. ':' .. fp, dx)
       emit(code, 0, balance, limit, 0)
     else
       if acc_total then redis.call('HSET', KEYS[acc[1]], acc[2], acc_total) end
@@ -184,7 +197,7 @@ for i = 1, #ops do
         local h = hx[j]
         if not expiry_set[h[1]] then
           expiry_set[h[1]] = true
-          redis.call('EXPIREAT', KEYS[h[1]], h[2])
+          expire_at(KEYS[h[1]], h[2])
         end
       end
       local balance
@@ -246,9 +259,8 @@ for i = 1, #ops do
       if dx > 0 then
         local recorded = 1
         if restore and op[17] then recorded = op[17] end
-        redis.call('SET', dkey,
-          recorded .. ':' .. int(points) .. ':' .. int(balance) .. ':' .. limit .. ':' .. fp,
-          'EXAT', dx)
+        keep_until(dkey,
+          recorded .. ':' .. int(points) .. ':' .. int(balance) .. ':' .. limit .. ':' .. fp, dx)
       end
       emit(1, points, balance, limit, 0)
     end
@@ -256,14 +268,14 @@ for i = 1, #ops do
 end
 
 for _, b in ipairs(board_order) do
-  local key_idx, expire_at, set_idx, scope = b[1], b[2], b[3], b[4]
+  local key_idx, until_s, set_idx, scope = b[1], b[2], b[3], b[4]
   for member, by in pairs(board_sums[key_idx]) do
     redis.call('ZINCRBY', KEYS[key_idx], -by, member)
   end
   if set_idx ~= 0 then redis.call('SADD', KEYS[set_idx], scope) end
-  if expire_at > 0 then
-    redis.call('EXPIREAT', KEYS[key_idx], expire_at)
-    if set_idx ~= 0 then redis.call('EXPIREAT', KEYS[set_idx], expire_at) end
+  if until_s > 0 then
+    expire_at(KEYS[key_idx], until_s)
+    if set_idx ~= 0 then expire_at(KEYS[set_idx], until_s) end
   end
 end
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ class AwardStore:
         redis: RedisClient,
         topology: Topology,
         *,
+        clock: Callable[[], int],
         outbox_entries_max: int,
         ops_per_call_max: int = 100,
         ops_per_round_trip_max: int = 2000,
@@ -72,6 +73,8 @@ class AwardStore:
     ) -> None:
         self.redis = redis
         self.topology = topology
+        # The service clock (ms): Redis state expires on it (see award.lua).
+        self.clock = clock
         self.outbox_entries_max = outbox_entries_max
         self.ops_per_call_max = ops_per_call_max
         self.ops_per_round_trip_max = ops_per_round_trip_max
@@ -301,6 +304,7 @@ class AwardStore:
             self.outbox_entries_max,
             orjson.dumps(encoded),
             orjson.dumps(templates),
+            self.clock() // 1000,
         ]
         return keys.keys, args
 

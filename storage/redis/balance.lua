@@ -19,6 +19,8 @@
 -- ARGV[8]  outbox entry data (opaque here)
 -- ARGV[9]  outbox length bound (entries; 0 = none)
 -- ARGV[10] restore mode: the ledger's balance_after
+-- ARGV[11] now (unix s, the service clock): the dedup record expires
+--          ARGV[6] - ARGV[11] seconds from now, on the service's clock
 --
 -- Returns {code, balance, available_before}:
 --   code 1 applied, 2 duplicate (balance as after the first), 5 insufficient
@@ -33,6 +35,12 @@ end
 local mode, user, delta, lifetime = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local floor, expire_at, fp = ARGV[5] ~= '0', ARGV[6], ARGV[7]
 local record_refusal = ARGV[5] == '2'
+local ttl = tonumber(expire_at) - tonumber(ARGV[11])
+
+-- The dedup record; one already past its retention is not kept.
+local function remember(value)
+  if ttl > 0 then redis.call('SET', KEYS[4], value, 'EX', ttl) end
+end
 
 local prev = redis.call('GET', KEYS[4])
 if prev then
@@ -42,7 +50,7 @@ if prev then
   return {2, tonumber(balance), 0}
 end
 if mode == 'restore' then
-  redis.call('SET', KEYS[4], '1:' .. int(delta) .. ':' .. ARGV[10] .. ':' .. fp, 'EXAT', expire_at)
+  remember('1:' .. int(delta) .. ':' .. ARGV[10] .. ':' .. fp)
   return {1, tonumber(ARGV[10]), 0}
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {8, 0, 0} end
@@ -50,7 +58,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {8, 0, 0} end
 local available = tonumber(redis.call('HGET', KEYS[2], user .. '|a') or '0')
 if floor and available + delta < 0 then
   if record_refusal then
-    redis.call('SET', KEYS[4], '5:0:' .. int(available) .. ':' .. fp, 'EXAT', expire_at)
+    remember('5:0:' .. int(available) .. ':' .. fp)
   end
   return {5, available, available}
 end
@@ -64,5 +72,5 @@ else
   redis.call('HINCRBY', KEYS[2], user .. '|e', delta)
 end
 redis.call('XADD', KEYS[3], '*', 'p', delta, 'b', balance, 'd', ARGV[8])
-redis.call('SET', KEYS[4], '1:' .. int(delta) .. ':' .. int(balance) .. ':' .. fp, 'EXAT', expire_at)
+remember('1:' .. int(delta) .. ':' .. int(balance) .. ':' .. fp)
 return {1, balance, available}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from redis import exceptions as rexc
@@ -67,9 +67,17 @@ def _int(value: bytes | str | None) -> int:
 
 
 class BalanceStore:
-    def __init__(self, redis: RedisClient, topology: Topology, outbox_entries_max: int = 0) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        topology: Topology,
+        clock: Callable[[], int],
+        outbox_entries_max: int = 0,
+    ) -> None:
         self.redis = redis
         self.topology = topology
+        # The service clock (ms): dedup records expire on it (see balance.lua).
+        self.clock = clock
         self.outbox_entries_max = outbox_entries_max
         self.script = LuaScript("storage.redis", "balance.lua")
 
@@ -94,6 +102,7 @@ class BalanceStore:
                 ch.data,
                 self.outbox_entries_max,
                 ch.balance_after,
+                self.clock() // 1000,
             ],
         )
         return ChangeResult(ChangeCode(int(code)), int(balance), int(before))
