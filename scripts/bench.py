@@ -48,6 +48,7 @@ from service.validation import InvalidField, Limits, event_from_pb
 from storage.keys import KeySchema, Topology
 from storage.postgres import migrate, sqlalchemy_url
 from storage.redis import AwardStore, connect_redis
+from storage.redis.codec import APPLY, CallEncoder
 
 __all__ = ["main"]
 
@@ -101,15 +102,18 @@ async def raw_ceiling(
     await store.start()
     # The same chunking the service uses: up to 100 credits per call, grouped
     # by shard, 20 calls per round trip.
-    pairs = [(op, None) for op in ops]
     by_shard: dict[Any, list[int]] = {}
     for i, op in enumerate(ops):
         by_shard.setdefault(topology.user_shard(op.tenant_id, op.user_id), []).append(i)
     calls = []
     sizes = []
+    now_s = system_clock() // 1000
     for shard, idx in by_shard.items():
         for s in range(0, len(idx), 100):
-            calls.append(store._encode(shard, pairs, idx[s : s + 100], "apply"))
+            encoder = CallEncoder(shard, APPLY, now_s, 0)
+            for i in idx[s : s + 100]:
+                encoder.add(ops[i])
+            calls.append(encoder.call())
             sizes.append(len(idx[s : s + 100]))
     per_trip = 20
     trips = [

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from service.api.points.v1 import points_pb2 as pb
 from service.domain import CreditOp, Metric
+from service.domain.steps import Board, Check
 from service.rules import Plan, RulesEngine
 from service.validation import InvalidField, Limits, event_from_pb
 
@@ -60,7 +61,7 @@ class NaiveStore:
             if seen.rowcount == 0:
                 return "DUPLICATE"
             points = op.points_per_unit * op.quantity
-            for lim in op.limits:
+            for lim in op.steps_of(Check):
                 key = (op.tenant_id, op.user_id, lim.period.key, lim.counter)
                 await conn.execute(
                     "INSERT INTO bench_naive.counters VALUES (%s, %s, %s, %s, 0) "
@@ -85,7 +86,7 @@ class NaiveStore:
                     return "CAPPED"
                 if lim.metric is Metric.POINTS:
                     points = min(points, room)
-            for lim in op.limits:
+            for lim in op.steps_of(Check):
                 await conn.execute(
                     "UPDATE bench_naive.counters SET value = value + %s WHERE tenant_id = %s "
                     "AND user_id = %s AND period = %s AND counter = %s",
@@ -122,12 +123,11 @@ class NaiveStore:
             )
             # The same leaderboards as the service keeps, one upsert per board
             # instance (the service's newcomer window is left out: cheaper).
-            plan = op.boards
-            for slot in plan.template.slots if plan is not None else ():
-                scope_id = plan.department if slot.scope == "d" else plan.group  # type: ignore[union-attr]
+            for slot in (s for board in op.steps_of(Board) for s in board.slots):
+                scope_id = op.department if slot.scope == "d" else op.group
                 if slot.scope != "t" and not scope_id:
                     continue
-                member = plan.group if slot.group_member else op.user_id  # type: ignore[union-attr]
+                member = op.group if slot.group_member else op.user_id
                 if not member:
                     continue
                 ref = slot.ref(scope_id if slot.scope != "t" else "")

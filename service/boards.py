@@ -11,7 +11,8 @@ from service.api.points.v1 import points_pb2 as pb
 from service.domain import BoardRef, Period
 from service.errors import NotFound
 from service.rules import RulesEngine
-from service.rules.model import BoardMember, BoardRule, BoardScope, TenantRules
+from service.rules.mechanics.boards import BOARDS, BoardMember, BoardRule, BoardScope
+from service.rules.model import TenantRules
 from service.rules.periods import period_key, shift_period
 from service.validation import InvalidField, check_id
 
@@ -104,9 +105,10 @@ def resolve_board(
         raise InvalidField("tenant_id", f"unknown tenant {tenant_id!r}")
     if not board_name:
         raise InvalidField("board", "is required")
-    board = tenant.boards.get(board_name)
+    boards = tenant.part(BOARDS)
+    board = boards.get(board_name)
     if board is None:
-        known = ", ".join(sorted(tenant.boards)) or "none"
+        known = ", ".join(sorted(boards)) or "none"
         raise NotFound(f"board: tenant {tenant_id!r} has no board {board_name!r} (boards: {known})")
     kind = PERIODS.get(period)  # type: ignore[call-overload]
     allowed = [k for k in board.periods if periods is None or k in periods]

@@ -187,6 +187,7 @@ async def _winners(settings: Settings) -> int:
 
 def _rules_check(path: str | None, default_shards: int) -> int:
     from service.rules import RuleError, load_rule_book
+    from service.rules.mechanics import MECHANICS
 
     try:
         book = load_rule_book(Path(path) if path else None, default_shards=default_shards)
@@ -203,11 +204,10 @@ def _rules_check(path: str | None, default_shards: int) -> int:
         )
         for action in tenant.actions.values():
             for credit in action.credits:
-                limits = ", ".join(lim.label() for lim in credit.limits) or "no limits"
-                per = f" per {credit.per_quantity} units" if credit.per_quantity > 1 else ""
+                said = "; ".join(t for m in MECHANICS if (t := m.describe(credit)))
                 print(
                     f"  {action.key:<20} {credit.role.name.lower():<6} "
-                    f"{credit.points:>4} points{per}; {limits}"
+                    f"{credit.points:>4} points; {said}"
                 )
     return 0
 

@@ -1,9 +1,9 @@
 """Ingest: plan events with the rules engine, apply the credits in storage,
-and say what happened in words a person can read."""
+and say what happened in words a person can read (each mechanic's words,
+joined by the compiled credit)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,58 +51,6 @@ _OUTCOME_OF = {
 }
 # Codes after which an event's other credits are not attempted.
 _STOP = {StoreCode.ID_REUSED, StoreCode.BACKPRESSURE, StoreCode.MAINTENANCE}
-
-
-def _interval_text(ms: int) -> str:
-    if ms % 60_000 == 0:
-        return f"{ms // 60_000} min"
-    if ms % 1000 == 0:
-        return f"{ms // 1000} s"
-    return f"{ms} ms"
-
-
-def _credit_reason(plan: Plan, op: CreditOp, res: CreditResult) -> str:
-    # The index is the first recording's: rules reloaded since may have fewer
-    # limits (then the reason says "a limit").
-    index = res.limit_index
-    label = op.limits[index - 1].label if 0 < index <= len(op.limits) else ""
-    unit = op.accumulator.unit if op.accumulator else 1
-    return _reason(
-        plan.rule.description, res.code, res.original, res.points, label, op.interval_ms, unit
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _reason(
-    what: str,
-    code: StoreCode,
-    original: StoreCode | None,
-    points: int,
-    label: str,
-    interval_ms: int,
-    unit: int,
-) -> str:
-    """The sentence for one credit's result; a handful of distinct ones per
-    rule, so they are cached rather than formatted per event."""
-    first = original if code is StoreCode.DUPLICATE and original else code
-    if first is StoreCode.AWARDED:
-        if points == 0:
-            text = f"{what}: quantity counted; points are due per {unit} units"
-        else:
-            text = f"{what}: +{points}"
-        if label and points:
-            text += f" (clipped by limit: {label})"
-    elif first is StoreCode.CAPPED:
-        text = f"{what}: limit reached ({label or 'a limit'})"
-    elif first is StoreCode.THROTTLED:
-        text = f"{what}: too soon, at most once every {_interval_text(interval_ms)}"
-    elif first is StoreCode.ID_REUSED:
-        text = "event_id was already used for a different event; the first event stands"
-    else:
-        text = f"{what}: {first.name.lower()}"
-    if code is StoreCode.DUPLICATE:
-        text = f"duplicate event, first recorded as {first.name}: {text}"
-    return text
 
 
 class Ingestor:
@@ -182,9 +130,9 @@ class Ingestor:
                 # A reused id (only caught on this credit) applied nothing here.
                 points=0 if res.code is StoreCode.ID_REUSED else res.points,
                 balance=res.balance,
-                reason=_credit_reason(plan, op, res),
+                reason=compiled.reason(res.code, res.original, res.points, res.limit_index),
             )
-            for op, res in zip(plan.ops, results, strict=False)
+            for op, compiled, res in zip(plan.ops, plan.credits, results, strict=False)
         )
         # Each credit's own first outcome (a duplicate credit's original one).
         first = [

@@ -5,10 +5,11 @@ of the user's ledger rows in PostgreSQL (guarantee 3, balances are derivable).
 
 rebuild: restore Redis state from the ledger after Redis data loss. Per
 tenant: refuse writes (maintenance flag) -> drain the outbox -> wipe the
-tenant's state -> balances from ledger sums -> replay every entry through
-award.lua in restore mode, which recreates dedup records (replays stay
-exactly-once), period counters (caps hold) and lifetime counters (once-ever
-rules stay once) under the current rules -> allow writes again.
+tenant's state -> balances from ledger sums -> replay every award entry
+through award.lua in restore mode, with the steps each mechanic's rebuild
+rule gives (engine.plan(restore=True)): dedup records (replays stay
+exactly-once), period counters (caps hold), lifetime counters (once-ever
+rules stay once) and boards, under the current rules -> allow writes again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from service.app import App
-from service.domain import CreditOp, Event, Role
+from service.domain import CreditOp, Event, Role, StoreCode
+from service.domain.steps import Step
 from service.redeem import restoring_change
 from service.rules import Plan, fingerprint
 from storage.entries import KIND_AWARD, LedgerRow
@@ -114,12 +116,19 @@ def _event_of(row: LedgerRow) -> Event:
     )
 
 
+def _live(steps: tuple[Step, ...], now_s: int) -> tuple[Step, ...]:
+    """The steps whose state has not expired yet."""
+    return tuple(s for s in steps if not s.expires_at_s or s.expires_at_s > now_s)
+
+
 def _restore_op(app: App, row: LedgerRow, now_s: int) -> RestoreOp | None:
     if row.kind != KIND_AWARD or not row.event_id:
         return None
     event = _event_of(row)
     role = Role.ACTOR if row.role == "a" else Role.TARGET
-    planned = app.engine.plan(event, recorded_at_ms=row.recorded_at_ms)
+    # Each mechanic's rebuild rule: the steps that recreate its state from
+    # what the ledger says was paid (no checks, no balance moves).
+    planned = app.engine.plan(event, recorded_at_ms=row.recorded_at_ms, restore=True)
     op: CreditOp | None = None
     if isinstance(planned, Plan):
         op = next((o for o in planned.ops if o.role is role), None)
@@ -137,42 +146,27 @@ def _restore_op(app: App, row: LedgerRow, now_s: int) -> RestoreOp | None:
             recorded_at_ms=row.recorded_at_ms,
             dedup_expires_at_s=(row.occurred_at_ms // 1000 + app.engine.dedup_retention_s),
         )
-    live = [
-        lim for lim in op.limits if not lim.period.expires_at_s or lim.period.expires_at_s > now_s
-    ]
-    counters = [
-        c for c in op.counters if not c.period.expires_at_s or c.period.expires_at_s > now_s
-    ]
-    op = replace(
-        op,
-        limits=tuple(live),
-        counters=tuple(counters),
-        accumulator=None,
-        interval_ms=0,
-        dedup_expires_at_s=op.dedup_expires_at_s if op.dedup_expires_at_s > now_s else 0,
-    )
-    boards_live = op.boards is not None and any(
-        not slot.expires_at_s or slot.expires_at_s > now_s for slot in op.boards.template.slots
-    )
-    if not op.limits and not op.counters and not op.dedup_expires_at_s and not boards_live:
+    steps = _live(op.steps, now_s)
+    expires = op.dedup_expires_at_s if op.dedup_expires_at_s > now_s else 0
+    if not steps and not expires:
         return None
-    return RestoreOp(op, row.points, row.balance_after)
+    return RestoreOp(replace(op, steps=steps, dedup_expires_at_s=expires), row.points,
+                     row.balance_after)  # fmt: skip
 
 
 def _identity_op(
     app: App, row: LedgerRow, now_s: int, balances: dict[str, dict[str, BalanceView]]
 ) -> RestoreOp | None:
-    planned = app.engine.plan(_event_of(row), recorded_at_ms=row.recorded_at_ms)
+    planned = app.engine.plan(_event_of(row), recorded_at_ms=row.recorded_at_ms, restore=True)
     if not isinstance(planned, Plan) or planned.ops[0].role is Role.TARGET:
         return None  # the rule is gone, or the target credit is the anchor
     anchor = planned.ops[0]
-    expires = anchor.dedup_expires_at_s
-    if expires <= now_s:
+    if anchor.dedup_expires_at_s <= now_s:
         return None
-    op = replace(anchor, limits=(), counters=(), accumulator=None, interval_ms=0, boards=None)
+    op = replace(anchor, steps=())
     shard = app.stores.topology.user_shard(row.tenant_id, anchor.user_id)
     view = balances.get(shard.tag, {}).get(anchor.user_id, BalanceView())
-    return RestoreOp(op, 0, view.available, code=3)
+    return RestoreOp(op, 0, view.available, code=StoreCode.CAPPED)
 
 
 async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from service.clock import Clock
-from service.domain import Period, key_part
+from service.domain import Period, StoreCode, key_part
 from service.errors import AlreadyExists, FailedPrecondition, NotFound, Overloaded, ShardBusy
 from service.periodic import every
 from service.rules import RulesEngine
@@ -50,7 +50,7 @@ from service.rules.periods import period_key
 from storage.entries import KIND_ADJUST, KIND_REFUND, KIND_SPEND, LedgerRow, entry_data
 from storage.errors import RecordMissing, StorageError
 from storage.postgres.catalog import Item, Redemption
-from storage.redis.balances import BalanceChange, ChangeCode, ChangeResult
+from storage.redis.balances import BalanceChange, ChangeResult
 from storage.stores import Stores
 
 __all__ = ["Adjustment", "Redemptions", "restoring_change"]
@@ -68,9 +68,9 @@ def _fingerprint(*parts: object) -> str:
 
 
 def _check(result: ChangeResult) -> None:
-    if result.code is ChangeCode.BACKPRESSURE:
+    if result.code is StoreCode.BACKPRESSURE:
         raise Overloaded("the ledger outbox is full; retry with backoff")
-    if result.code is ChangeCode.MAINTENANCE:
+    if result.code is StoreCode.MAINTENANCE:
         raise ShardBusy("a rebuild of this tenant's state is running; retry shortly")
 
 
@@ -184,9 +184,9 @@ class Redemptions:
             r, KIND_SPEND, f"r:{r.redemption_id}", -r.points,
             f"Redeemed {r.quantity} x {r.item_name}", int(r.created_at.timestamp() * 1000),
         )  # fmt: skip
-        if result.code in (ChangeCode.APPLIED, ChangeCode.DUPLICATE):
+        if result.code in (StoreCode.APPLIED, StoreCode.DUPLICATE):
             return await self.stores.catalog.complete(r, result.balance)
-        if result.code is ChangeCode.INSUFFICIENT:
+        if result.code is StoreCode.INSUFFICIENT:
             return await self.stores.catalog.fail(
                 r,
                 f"insufficient points: {r.user_id!r} has {result.available_before}, "
@@ -231,16 +231,16 @@ class Redemptions:
             )
         )  # fmt: skip
         _check(result)
-        if result.code is ChangeCode.KEY_REUSED:
+        if result.code is StoreCode.KEY_REUSED:
             raise AlreadyExists(
                 f"idempotency_key: {idempotency_key!r} was already used for another adjustment"
             )
-        if result.code is ChangeCode.INSUFFICIENT:
+        if result.code is StoreCode.INSUFFICIENT:
             raise FailedPrecondition(
                 f"points: deducting {-points} would take {user_id!r} below zero "
                 f"(has {result.available_before})"
             )
-        return Adjustment(key, points, result.balance, result.code is ChangeCode.DUPLICATE)
+        return Adjustment(key, points, result.balance, result.code is StoreCode.DUPLICATE)
 
     async def recover(self) -> int:
         """Finish redemptions and refunds a dead process left half-way."""

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from service.app import App
 from service.domain import BoardRef, Period
 from service.periodic import every
-from service.rules.engine import BOARD_PERIOD_S
-from service.rules.model import BoardMember
+from service.rules.mechanics.boards import BOARD_PERIOD_S, BOARDS, BoardMember
 from service.rules.periods import period_bounds, period_key, shift_period
 from storage.postgres.winners import WinnerRow
 
@@ -50,7 +49,7 @@ class WinnersRecorder:
             if await stores.balances.in_maintenance(tenant.tenant_id):
                 continue  # a rebuild is refilling its boards: judge them later
             tz = tenant.timezone
-            for board in tenant.boards.values():
+            for board in tenant.part(BOARDS).values():
                 if not board.winners:
                     continue
                 for kind in board.periods:

@@ -1,7 +1,9 @@
 """Ledger rows and their encoding in the Redis outbox stream.
 
 The award script appends one entry per award (`award_data`, plus the points
-and the balance it computed); the flusher decodes entries back into LedgerRow.
+and the balance it computed), and one per bonus the award earned (the same
+data, plus `m`: the bonus's tag and reason); the flusher decodes entries back
+into LedgerRow.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Any
 from service.domain import SEP, TIME_MS_MAX, CreditOp
 
 __all__ = [
+    "EARNED_KINDS",
     "KIND_ADJUST",
     "KIND_AWARD",
+    "KIND_BONUS",
     "KIND_REFUND",
     "KIND_SPEND",
     "LedgerRow",
@@ -30,7 +34,10 @@ KIND_AWARD = "award"
 KIND_SPEND = "spend"
 KIND_REFUND = "refund"
 KIND_ADJUST = "adjust"
-EARNED_KINDS = (KIND_AWARD, KIND_ADJUST)
+# A milestone of an award (a Cross or Entry step): its own row, keyed by the
+# award's entry key and the bonus's tag; it moves earned like an award.
+KIND_BONUS = "bonus"
+EARNED_KINDS = (KIND_AWARD, KIND_ADJUST, KIND_BONUS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,13 @@ def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
         raise ValueError(f"outbox entry has {len(parts)} parts, version {parts[0]!r}")
     (_, kind, entry_key, user_id, event_id, role, action, counterpart, group, department,
      quantity, occurred, recorded, attributes, reason) = parts  # fmt: skip
+    milestone = f.get("m")
+    if milestone is not None:
+        # A bonus row of the award in `d`: its own key, points and reason.
+        tag, _, reason = milestone.partition(SEP)
+        if not tag:
+            raise ValueError("outbox bonus entry has no tag")
+        kind, entry_key = KIND_BONUS, f"{entry_key}:{tag}"
     attrs = json.loads(attributes) if attributes else {}
     if not isinstance(attrs, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()

@@ -108,6 +108,11 @@ class Shard:
         the accepted event age (a throttle compares each event with all)."""
         return f"{self.tag}:ivz:{name}{SEP}{user_id}"
 
+    def days(self, user_id: str, name: str) -> str:
+        """Bitmap: bit n set = the user was active on business day n of the
+        tenant's calendar (streaks read runs of set bits)."""
+        return f"{self.tag}:day:{name}{SEP}{user_id}"
+
     def pattern(self) -> str:
         """SCAN pattern for every key of this shard (glob-escaped tag)."""
         escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.tag)

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from scripts.procs import ROOT, ServerProcess, free_port, run_cli
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
+from tests import clock as test_clock
 from tests.conftest import Servers, _cleanup_tenants, new_tenant, server_data_dir
 from tests.helpers import child_env, ev, ledger_count, rules_file
 
@@ -141,7 +142,12 @@ def test_serve_with_no_urls_starts_embedded_servers_and_keeps_data(tmp_path: Pat
     """The newcomer's path: no REDIS_URL, no DATABASE_URL."""
     data = server_data_dir()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(POINTS_DATA_DIR=str(data), POINTS_LOG_LEVEL="INFO", PYTHONPATH=str(ROOT))
+    env.update(
+        POINTS_DATA_DIR=str(data),
+        POINTS_LOG_LEVEL="INFO",
+        PYTHONPATH=str(ROOT),
+        POINTS_CLOCK_START=test_clock.current().iso(),
+    )
     server = ServerProcess(env, free_port(), tmp_path / "log")
     event = ev("demo", "newcomer", "login", event_id="first-login")
     for attempt in range(2):

@@ -14,8 +14,6 @@ import pytest
 
 from service.domain import (
     SEP,
-    Accumulator,
-    CounterIncrement,
     CreditOp,
     Event,
     Metric,
@@ -23,8 +21,10 @@ from service.domain import (
     PeriodRef,
     Role,
 )
+from service.domain.steps import Accumulate, Amount, Bump, Check, Throttle
 from service.rules import (
     EARNED,
+    LIMITS,
     ActionRule,
     CreditRule,
     LimitRule,
@@ -39,8 +39,32 @@ from service.rules import (
     load_rule_file,
     parse_rule_book,
 )
+from service.rules.mechanics.accumulators import PER_QUANTITY
 
 DAY_S = 86_400
+
+
+def limits(op: CreditOp) -> tuple[Check, ...]:
+    """The caps an op checks, in the order of the rule's limits."""
+    return op.steps_of(Check)
+
+
+def counters(op: CreditOp) -> tuple[Bump, ...]:
+    """The counters an op bumps that no cap checks (earned today)."""
+    checked = {c.counter for c in limits(op)}
+    return tuple(b for b in op.steps_of(Bump) if b.counter not in checked)
+
+
+def accumulator(op: CreditOp) -> Accumulate | None:
+    found = op.steps_of(Accumulate)
+    return found[0] if found else None
+
+
+def throttle(op: CreditOp) -> Throttle:
+    (found,) = op.steps_of(Throttle)
+    return found
+
+
 STATE_RETENTION_S = 8 * DAY_S
 DEDUP_RETENTION_S = 3 * DAY_S + 17
 
@@ -233,7 +257,7 @@ def test_default_login_is_5_points_once_a_day(default_book: RuleBook) -> None:
     demo = default_book.tenant("demo")
     assert demo is not None
     actor = demo.actions["login"].credit(Role.ACTOR)
-    assert actor == CreditRule(Role.ACTOR, 5, limits=(LimitRule(Period.DAY, Metric.COUNT, 1),))
+    assert actor == CreditRule(Role.ACTOR, 5, {"caps": (LimitRule(Period.DAY, Metric.COUNT, 1),)})
 
 
 def test_default_like_credits_giver_and_receiver(default_book: RuleBook) -> None:
@@ -243,10 +267,10 @@ def test_default_like_credits_giver_and_receiver(default_book: RuleBook) -> None
     assert like.target_required is True
     assert [c.role for c in like.credits] == [Role.ACTOR, Role.TARGET]
     assert like.credits[0] == CreditRule(
-        Role.ACTOR, 1, limits=(LimitRule(Period.DAY, Metric.COUNT, 10),)
+        Role.ACTOR, 1, {"caps": (LimitRule(Period.DAY, Metric.COUNT, 10),)}
     )
     assert like.credits[1] == CreditRule(
-        Role.TARGET, 1, limits=(LimitRule(Period.DAY, Metric.COUNT, 5, per_counterpart=True),)
+        Role.TARGET, 1, {"caps": (LimitRule(Period.DAY, Metric.COUNT, 5, per_counterpart=True),)}
     )
 
 
@@ -267,7 +291,7 @@ def test_default_online_is_1_point_per_30_units(default_book: RuleBook) -> None:
     assert demo is not None
     online = demo.actions["online"].credit(Role.ACTOR)
     assert online is not None
-    assert (online.points, online.per_quantity) == (1, 30)
+    assert (online.points, online.part(PER_QUANTITY)) == (1, 30)
 
 
 def test_default_feature_first_use_is_once_ever_per_feature(default_book: RuleBook) -> None:
@@ -277,8 +301,8 @@ def test_default_feature_first_use_is_once_ever_per_feature(default_book: RuleBo
     assert rule.attributes_required == ("feature",)
     actor = rule.credit(Role.ACTOR)
     assert actor is not None
-    assert actor.limits == (LimitRule(Period.EVER, Metric.COUNT, 1, by_attribute="feature"),)
-    assert actor.limits[0].label() == "once ever per feature"
+    assert actor.part(LIMITS) == (LimitRule(Period.EVER, Metric.COUNT, 1, by_attribute="feature"),)
+    assert actor.part(LIMITS)[0].label() == "once ever per feature"
 
 
 def test_default_invite_needs_a_target(default_book: RuleBook) -> None:
@@ -326,12 +350,12 @@ def test_default_engine_plans_seed_points(
 def test_default_engine_like_limits(default_engine: RulesEngine) -> None:
     plan = plan_ok(default_engine, event("like", user="alice", target="bob"))
     actor, target = plan.ops
-    assert [(c.metric, c.max) for c in actor.limits] == [(Metric.COUNT, 10)]
-    assert "bob" not in actor.limits[0].counter
-    assert [(c.metric, c.max) for c in target.limits] == [(Metric.COUNT, 5)]
-    assert target.limits[0].counter.endswith(SEP + "~alice")
-    assert target.limits[0].label == "at most 5 times a day from the same colleague"
-    assert actor.limits[0].label == "at most 10 times a day"
+    assert [(c.metric, c.max) for c in limits(actor)] == [(Metric.COUNT, 10)]
+    assert "bob" not in limits(actor)[0].counter
+    assert [(c.metric, c.max) for c in limits(target)] == [(Metric.COUNT, 5)]
+    assert limits(target)[0].counter.endswith(SEP + "~alice")
+    assert limits(target)[0].label == "at most 5 times a day from the same colleague"
+    assert limits(actor)[0].label == "at most 10 times a day"
 
 
 def test_default_engine_thanks_card_pays_receiver_only(default_engine: RulesEngine) -> None:
@@ -775,7 +799,7 @@ def test_load_rule_book_reads_a_file(tmp_path: Path) -> None:
     assert acme.timezone == ZoneInfo("America/New_York")
     assert acme.shards == 2
     login = acme.actions["login"].credit(Role.ACTOR)
-    assert login == CreditRule(Role.ACTOR, 3, limits=(LimitRule(Period.DAY, Metric.COUNT, 1),))
+    assert login == CreditRule(Role.ACTOR, 3, {"caps": (LimitRule(Period.DAY, Metric.COUNT, 1),)})
 
 
 def test_load_rule_book_reports_validation_problems_of_a_file(tmp_path: Path) -> None:
@@ -893,7 +917,7 @@ def test_shorthands_expand_to_limits(credit: dict[str, Any], limits: tuple[Limit
     assert acme is not None
     actor = acme.actions["x"].credit(Role.ACTOR)
     assert actor is not None
-    assert actor.limits == limits
+    assert actor.part(LIMITS) == limits
 
 
 def test_by_attribute_adds_the_attribute_to_attributes_required() -> None:
@@ -921,7 +945,7 @@ def test_credit_fields_are_read() -> None:
     ).tenant("acme")
     assert acme is not None
     assert acme.actions["online"].credits == (
-        CreditRule(Role.ACTOR, 3, per_quantity=30, min_interval_ms=1000),
+        CreditRule(Role.ACTOR, 3, {"accumulators": 30, "throttles": 1000}),
     )
 
 
@@ -1066,8 +1090,13 @@ def test_like_plans_actor_then_target(default_engine: RulesEngine) -> None:
     assert actor.entry_key == "e:like-1:a:" + actor.user_id
     assert target.entry_key == "e:like-1:t:" + target.user_id
     # The two credits never share a counter or an interval key.
-    assert actor.interval_key != target.interval_key
-    assert {c.counter for c in actor.limits}.isdisjoint(c.counter for c in target.limits)
+    assert {c.counter for c in limits(actor)}.isdisjoint(c.counter for c in limits(target))
+    throttled = engine_for(
+        book_of({"like": {"actor": {"points": 1, "min_interval_ms": 1000},
+                          "target": {"points": 1, "min_interval_ms": 1000}}})
+    )  # fmt: skip
+    giver, receiver = plan_ok(throttled, event("like", tenant="acme", target="bob")).ops
+    assert throttle(giver).name != throttle(receiver).name
 
 
 def test_thanks_card_plans_one_op_for_the_target(default_engine: RulesEngine) -> None:
@@ -1084,27 +1113,27 @@ def test_per_counterpart_counters_name_and_separate_the_counterpart(
 ) -> None:
     from_alice = plan_ok(default_engine, event("like", user="alice", target="bob")).ops[1]
     from_carol = plan_ok(default_engine, event("like", user="carol", target="bob")).ops[1]
-    (a_limit,) = from_alice.limits
-    (c_limit,) = from_carol.limits
+    (a_limit,) = limits(from_alice)
+    (c_limit,) = limits(from_carol)
     assert "alice" in a_limit.counter
     assert "carol" in c_limit.counter
     assert a_limit.counter != c_limit.counter
     # The giver's daily cap is one counter whoever receives the like.
     to_bob = plan_ok(default_engine, event("like", user="alice", target="bob")).ops[0]
     to_dan = plan_ok(default_engine, event("like", user="alice", target="dan")).ops[0]
-    assert to_bob.limits[0].counter == to_dan.limits[0].counter
+    assert limits(to_bob)[0].counter == limits(to_dan)[0].counter
 
 
 def test_actor_per_counterpart_counter_uses_the_target(default_engine: RulesEngine) -> None:
     to_bob = plan_ok(default_engine, event("invite", user="alice", target="bob")).ops[0]
     to_dan = plan_ok(default_engine, event("invite", user="alice", target="dan")).ops[0]
-    pair_bob = [c for c in to_bob.limits if c.max == 1]
-    pair_dan = [c for c in to_dan.limits if c.max == 1]
+    pair_bob = [c for c in limits(to_bob) if c.max == 1]
+    pair_dan = [c for c in limits(to_dan) if c.max == 1]
     assert len(pair_bob) == len(pair_dan) == 1
     assert "bob" in pair_bob[0].counter and "dan" in pair_dan[0].counter
     assert pair_bob[0].counter != pair_dan[0].counter
-    daily_bob = [c.counter for c in to_bob.limits if c.max == 5]
-    daily_dan = [c.counter for c in to_dan.limits if c.max == 5]
+    daily_bob = [c.counter for c in limits(to_bob) if c.max == 5]
+    daily_dan = [c.counter for c in limits(to_dan) if c.max == 5]
     assert daily_bob == daily_dan
 
 
@@ -1113,7 +1142,7 @@ def test_by_attribute_counters_differ_per_value(default_engine: RulesEngine) -> 
         op = plan_ok(
             default_engine, event("feature.first_use", attributes={"feature": feature})
         ).ops[0]
-        (limit,) = op.limits
+        (limit,) = limits(op)
         assert limit.period == PeriodRef(Period.EVER, "all", 0)
         assert (limit.metric, limit.max) == (Metric.COUNT, 1)
         return limit.counter
@@ -1128,16 +1157,23 @@ def test_counters_differ_per_action_and_metric() -> None:
     engine = engine_for(
         book_of(
             {
-                "a": {"actor": {"points": 1, "daily_count_max": 3, "daily_points_max": 9}},
-                "b": {"actor": {"points": 1, "daily_count_max": 3}},
+                "a": {
+                    "actor": {
+                        "points": 1,
+                        "daily_count_max": 3,
+                        "daily_points_max": 9,
+                        "min_interval_ms": 1000,
+                    }
+                },
+                "b": {"actor": {"points": 1, "daily_count_max": 3, "min_interval_ms": 1000}},
             }
         )
     )
     a = plan_ok(engine, event("a", tenant="acme")).ops[0]
     b = plan_ok(engine, event("b", tenant="acme")).ops[0]
-    assert len({c.counter for c in a.limits}) == 2
-    assert a.limits[0].counter != b.limits[0].counter
-    assert a.interval_key != b.interval_key
+    assert len({c.counter for c in limits(a)}) == 2
+    assert limits(a)[0].counter != limits(b)[0].counter
+    assert throttle(a).name != throttle(b).name
 
 
 def test_two_limits_on_one_counter_collapse_to_the_stricter() -> None:
@@ -1161,9 +1197,9 @@ def test_two_limits_on_one_counter_collapse_to_the_stricter() -> None:
             }
         )
     )
-    (x,) = plan_ok(engine, event("x", tenant="acme")).ops[0].limits
+    (x,) = limits(plan_ok(engine, event("x", tenant="acme")).ops[0])
     assert (x.metric, x.max, x.label) == (Metric.COUNT, 1, "once a day")
-    (y,) = plan_ok(engine, event("y", tenant="acme")).ops[0].limits
+    (y,) = limits(plan_ok(engine, event("y", tenant="acme")).ops[0])
     assert (y.metric, y.max, y.label) == (Metric.POINTS, 3, "at most 3 points a day")
 
 
@@ -1182,8 +1218,8 @@ def test_limits_on_different_periods_or_metrics_do_not_collapse() -> None:
             }
         )
     )
-    limits = plan_ok(engine, event("x", tenant="acme")).ops[0].limits
-    assert [(c.period.kind, c.metric, c.max) for c in limits] == [
+    checked = limits(plan_ok(engine, event("x", tenant="acme")).ops[0])
+    assert [(c.period.kind, c.metric, c.max) for c in checked] == [
         (Period.DAY, Metric.COUNT, 2),
         (Period.DAY, Metric.POINTS, 5),
         (Period.WEEK, Metric.COUNT, 6),
@@ -1218,12 +1254,13 @@ def test_quantity_and_accumulator(
     # The ledger facts always keep what the event reported.
     assert op.facts is not None
     assert op.facts.quantity == quantity
+    acc = accumulator(op)
     if unit is None:
-        assert op.accumulator is None
+        assert acc is None
     else:
-        assert op.accumulator is not None
-        assert op.accumulator.unit == unit
-        assert op.accumulator.period == PeriodRef(
+        assert acc is not None
+        assert acc.unit == unit
+        assert acc.period == PeriodRef(
             Period.DAY, "2026-11-22", utc_s("2026-11-23T00:00:00") + STATE_RETENTION_S
         )
 
@@ -1234,17 +1271,18 @@ def test_default_online_accumulates_per_day_in_the_tenant_zone(
     op = plan_ok(default_engine, event("online", quantity=45)).ops[0]
     assert op.quantity == 45
     assert op.points_per_unit == 1
-    assert isinstance(op.accumulator, Accumulator)
-    assert op.accumulator.unit == 30
-    assert op.accumulator.period.key == "2026-11-23"
+    acc = accumulator(op)
+    assert isinstance(acc, Accumulate)
+    assert acc.unit == 30
+    assert acc.period.key == "2026-11-23"
     # The accumulator is not any limit's counter.
-    assert op.accumulator.counter not in {c.counter for c in op.limits}
+    assert acc.counter not in {c.counter for c in limits(op)}
 
 
 def test_default_login_ignores_quantity(default_engine: RulesEngine) -> None:
     op = plan_ok(default_engine, event("login", quantity=9)).ops[0]
     assert op.quantity == 1
-    assert op.accumulator is None
+    assert accumulator(op) is None
 
 
 def period_book() -> RuleBook:
@@ -1313,17 +1351,17 @@ def test_limit_periods_use_the_tenant_zone(
 ) -> None:
     engine = engine_for(period_book())
     op = plan_ok(engine, event("x", tenant=tenant)).ops[0]
-    assert [c.period for c in op.limits] == [
+    assert [c.period for c in limits(op)] == [
         PeriodRef(Period.DAY, day, utc_s(day_end) + STATE_RETENTION_S),
         PeriodRef(Period.WEEK, week, utc_s(week_end) + STATE_RETENTION_S),
         PeriodRef(Period.MONTH, month, utc_s(month_end) + STATE_RETENTION_S),
         PeriodRef(Period.EVER, "all", 0),
     ]
-    assert op.counters == (
-        CounterIncrement(
+    assert counters(op) == (
+        Bump(
             PeriodRef(Period.DAY, day, utc_s(day_end) + STATE_RETENTION_S),
             EARNED,
-            Metric.POINTS,
+            Amount.POINTS,
         ),
     )
 
@@ -1331,7 +1369,7 @@ def test_limit_periods_use_the_tenant_zone(
 def test_default_tenant_day_is_shanghai_day(default_engine: RulesEngine) -> None:
     # 2026-11-22T17:30Z is 2026-11-23 01:30 in Shanghai.
     op = plan_ok(default_engine, event("login")).ops[0]
-    (limit,) = op.limits
+    (limit,) = limits(op)
     assert limit.period.kind is Period.DAY
     assert limit.period.key == "2026-11-23"
     assert limit.period.expires_at_s == utc_s("2026-11-23T16:00:00") + STATE_RETENTION_S
@@ -1342,7 +1380,7 @@ def test_state_retention_moves_expiry() -> None:
     book = period_book()
     short = RulesEngine(book, state_retention_s=60, dedup_retention_s=DEDUP_RETENTION_S)
     op = plan_ok(short, event("x", tenant="utc")).ops[0]
-    assert op.limits[0].period.expires_at_s == utc_s("2026-11-23T00:00:00") + 60
+    assert limits(op)[0].period.expires_at_s == utc_s("2026-11-23T00:00:00") + 60
 
 
 @pytest.mark.parametrize("retention", [0, 3600, DEDUP_RETENTION_S])
@@ -1377,15 +1415,15 @@ def test_every_op_counts_points_earned_today(
     plan = plan_ok(default_engine, event(action, target=target, attributes=attributes))
     assert plan.ops
     for op in plan.ops:
-        assert op.counters == (
-            CounterIncrement(
+        assert counters(op) == (
+            Bump(
                 PeriodRef(
                     Period.DAY,
                     "2026-11-23",
                     utc_s("2026-11-23T16:00:00") + STATE_RETENTION_S,
                 ),
                 EARNED,
-                Metric.POINTS,
+                Amount.POINTS,
             ),
         )
 
@@ -1393,14 +1431,14 @@ def test_every_op_counts_points_earned_today(
 def test_earned_counter_is_not_a_limit_counter(default_engine: RulesEngine) -> None:
     plan = plan_ok(default_engine, event("like", target="bob"))
     for op in plan.ops:
-        assert EARNED not in {c.counter for c in op.limits}
+        assert EARNED not in {c.counter for c in limits(op)}
 
 
 def test_min_interval_is_passed_on() -> None:
     engine = engine_for(book_of({"x": {"actor": {"points": 1, "min_interval_ms": 5000}}}))
     op = plan_ok(engine, event("x", tenant="acme")).ops[0]
-    assert op.interval_ms == 5000
-    assert op.interval_key
+    assert throttle(op).interval_ms == 5000
+    assert throttle(op).name
 
 
 def test_plan_is_deterministic(default_engine: RulesEngine) -> None:

@@ -1,13 +1,30 @@
-"""Incentive rules: the model, the YAML loader and the planning engine. Pure."""
+"""Incentive rules: the model, the YAML loader, the mechanics and the
+planning engine. Pure."""
 
-from service.rules.engine import EARNED, SEP, NoRule, Plan, Rejection, RulesEngine, fingerprint
-from service.rules.loader import RuleError, load_rule_book, load_rule_file, parse_rule_book
-from service.rules.model import ActionRule, CreditRule, LimitRule, RuleBook, TenantRules
+from service.rules.checker import RuleError
+from service.rules.engine import (
+    EARNED,
+    SEP,
+    CompiledCredit,
+    NoRule,
+    Plan,
+    Rejection,
+    RulesEngine,
+    fingerprint,
+)
+from service.rules.loader import load_rule_book, load_rule_file, parse_rule_book
+from service.rules.mechanics.boards import BOARDS, BoardRule
+from service.rules.mechanics.caps import LIMITS, LimitRule
+from service.rules.model import ActionRule, CreditRule, RuleBook, TenantRules
 
 __all__ = [
+    "BOARDS",
     "EARNED",
+    "LIMITS",
     "SEP",
     "ActionRule",
+    "BoardRule",
+    "CompiledCredit",
     "CreditRule",
     "LimitRule",
     "NoRule",

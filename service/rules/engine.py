@@ -1,8 +1,9 @@
 """Turn a validated event into credit operations. Pure: no I/O, no clock.
 
-The engine decides what each credited user may earn and which counters cap
-it; storage applies the operations atomically. Counter names are opaque to
-storage, which prefixes them with the user and files them per period.
+The engine decides who is credited and asks each mechanic
+(service/rules/mechanics/) for its steps; storage applies the resulting
+program atomically. Programs are compiled once per credit kind and set of
+periods and shared by every credit of that kind until a period turns over.
 """
 
 from __future__ import annotations
@@ -12,38 +13,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from service.domain import (
-    SEP,
-    Accumulator,
-    BoardPlan,
-    BoardSlot,
-    BoardTemplate,
-    CounterIncrement,
-    CreditOp,
-    Event,
-    LedgerFacts,
-    LimitCheck,
-    Metric,
-    Period,
-    PeriodRef,
-    Role,
-)
-from service.rules.model import (
-    ActionRule,
-    BoardMember,
-    BoardRule,
-    BoardScope,
-    CreditRule,
-    LimitRule,
-    RuleBook,
-    TenantRules,
-)
+from service.domain import SEP, CreditOp, Event, LedgerFacts, Period, PeriodRef, Role, StoreCode
+from service.domain.steps import Step
+from service.rules.mechanics import MECHANICS, CompileContext, Compiled, Refs
+from service.rules.mechanics.balance import EARNED
+from service.rules.model import ActionRule, CreditRule, RuleBook, TenantRules
 from service.rules.periods import period_bounds, period_ref
 
 __all__ = [
-    "BOARD_PERIOD_S",
     "EARNED",
     "SEP",
+    "CompiledCredit",
     "NoRule",
     "Plan",
     "Rejection",
@@ -51,8 +31,9 @@ __all__ = [
     "fingerprint",
 ]
 
-# Points earned per day, the source of Balance.earned_today.
-EARNED = "earned"
+# Distinct programs (sets of periods) and texts a credit kind keeps.
+_PROGRAMS_KEPT = 16
+_TEXTS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +53,8 @@ class Plan:
     # The anchor (first) op carries the event's identity check; the others are
     # applied only when the anchor is not a reused event id.
     ops: tuple[CreditOp, ...]
+    # What each op's credit compiled to (its reasons), in op order.
+    credits: tuple[CompiledCredit, ...] = field(default=(), compare=False)
 
 
 def fingerprint(event: Event) -> str:
@@ -95,38 +78,87 @@ def fingerprint(event: Event) -> str:
     return h.hexdigest()
 
 
-@dataclass(slots=True)
-class _Limit:
-    """A limit with its counter name prepared; the per-event part (the other
-    user, the attribute value) is appended when planning."""
+class CompiledCredit:
+    """One credit of one action in one tenant: its mechanics' parts in rank
+    order, and the programs they make, cached per set of periods."""
 
-    rule: LimitRule
-    counter: str
-    label: str
-    # The check of the last period seen, reused while the period is the same.
-    period: PeriodRef | None = None
-    check: LimitCheck | None = None
+    def __init__(self, rule: ActionRule, credit: CreditRule, parts: list[Compiled]) -> None:
+        self.rule = rule
+        self.credit = credit
+        self.parts = sorted(parts, key=lambda p: p.rank)
+        self.kinds = tuple(dict.fromkeys(k for p in self.parts for k in p.kinds))
+        self.per_event = any(p.per_event for p in self.parts)
+        self.uses_quantity = any(p.uses_quantity for p in self.parts)
+        self._programs: dict[tuple[bool, tuple[PeriodRef, ...]], tuple[Step, ...]] = {}
+        self._static: dict[tuple[bool, tuple[PeriodRef, ...]], list[tuple[Step, ...] | None]] = {}
+        self._texts: dict[tuple[StoreCode, StoreCode | None, int, int], str] = {}
+
+    def program(
+        self, refs: tuple[PeriodRef, ...], event: Event, counterpart: str, restore: bool
+    ) -> tuple[Step, ...]:
+        key = (restore, refs)
+        if not self.per_event:
+            found = self._programs.get(key)
+            if found is None:
+                if len(self._programs) > _PROGRAMS_KEPT:  # periods turned over
+                    self._programs.clear()
+                by_kind = dict(zip(self.kinds, refs, strict=True))
+                found = self._programs[key] = tuple(
+                    s for p in self.parts for s in p.steps(by_kind, restore=restore)
+                )
+            return found
+        static = self._static.get(key)
+        kinds: Refs = dict(zip(self.kinds, refs, strict=True))
+        if static is None:
+            if len(self._static) > _PROGRAMS_KEPT:
+                self._static.clear()
+            static = self._static[key] = [
+                None if p.per_event else p.steps(kinds, restore=restore) for p in self.parts
+            ]
+        steps: list[Step] = []
+        for part, fixed in zip(self.parts, static, strict=True):
+            if fixed is None:
+                steps.extend(part.event_steps(kinds, event, counterpart, restore=restore))
+            else:
+                steps.extend(fixed)
+        return tuple(steps)
+
+    def reason(self, code: StoreCode, original: StoreCode | None, points: int, limit: int) -> str:
+        """The sentence for one result of this credit; a handful of distinct
+        ones per credit, so they are kept rather than composed per event."""
+        key = (code, original, points, limit)
+        text = self._texts.get(key)
+        if text is None:
+            if len(self._texts) > _TEXTS_KEPT:
+                self._texts.clear()
+            text = self._texts[key] = self._compose(code, original, points, limit)
+        return text
+
+    def _compose(self, code: StoreCode, original: StoreCode | None, points: int, limit: int) -> str:
+        first = original if code is StoreCode.DUPLICATE and original else code
+        what = self.rule.description
+        if first is StoreCode.ID_REUSED:
+            text = "event_id was already used for a different event; the first event stands"
+        elif first is StoreCode.AWARDED:
+            body = next(
+                (t for p in self.parts if (t := p.award_text(points, limit)) is not None),
+                f"+{points}",
+            )
+            text = f"{what}: {body}" + "".join(p.award_note(points, limit) for p in self.parts)
+        else:
+            body = next(
+                (t for p in self.parts if (t := p.refusal_text(first, limit)) is not None),
+                _FALLBACK.get(first, first.name.lower()),
+            )
+            text = f"{what}: {body}"
+        if code is StoreCode.DUPLICATE:
+            text = f"duplicate event, first recorded as {first.name}: {text}"
+        return text
 
 
-@dataclass(slots=True)
-class _Credit:
-    rule: CreditRule
-    base: str
-    limits: list[_Limit]
-    accumulator_counter: str
-    boards: list[BoardRule]
-    earned_period: PeriodRef | None = None
-    earned: tuple[CounterIncrement, ...] = ()
-    # Period kinds the boards use, and templates per tuple of their periods.
-    board_kinds: tuple[Period, ...] = ()
-    templates: dict[tuple[PeriodRef, ...], BoardTemplate] = field(default_factory=dict)
-
-
-# Upper bounds of period lengths, for board key expiry.
-# A board key lives keep_periods of these past its period's state retention.
-BOARD_PERIOD_S = {Period.DAY: 86_400, Period.WEEK: 7 * 86_400, Period.MONTH: 31 * 86_400}
-_DAY_MS = 86_400_000
-_SCOPE_LETTER = {BoardScope.TENANT: "t", BoardScope.DEPARTMENT: "d", BoardScope.GROUP: "g"}
+# Refusals recorded under rules that have changed since (the part that
+# refused is gone).
+_FALLBACK = {StoreCode.CAPPED: "limit reached (a limit)", StoreCode.THROTTLED: "too soon"}
 
 
 class _Periods:
@@ -141,7 +173,7 @@ class _Periods:
         self._recent: dict[Period, list[tuple[int, int, PeriodRef]]] = {}
 
     def join_ms(self, text: str) -> int:
-        """attributes["join_date"] (YYYY-MM-DD, tenant's zone) in ms, or 0."""
+        """A join date (YYYY-MM-DD, tenant's zone) in ms, or 0."""
         if not text:
             return 0
         try:
@@ -166,24 +198,6 @@ class _Periods:
         return ref
 
 
-def _compile(rule: ActionRule, credit: CreditRule, tenant: TenantRules) -> _Credit:
-    base = SEP.join((rule.key, credit.role.letter))
-    strictest: dict[tuple[Period, Metric, bool, str], LimitRule] = {}
-    for lim in credit.limits:
-        key = (lim.period, lim.metric, lim.per_counterpart, lim.by_attribute)
-        known = strictest.get(key)
-        # Two limits on one counter: the stricter one decides.
-        if known is None or lim.max < known.max:
-            strictest[key] = lim
-    limits = [
-        _Limit(lim, SEP.join((base, lim.metric.value[0])), lim.label())
-        for lim in strictest.values()
-    ]
-    boards = [b for b in tenant.boards.values() if b.feeds_credit(rule.key, credit.role)]
-    kinds = tuple(dict.fromkeys(k for b in boards for k in b.periods))
-    return _Credit(credit, base, limits, SEP.join((base, "q")), boards, board_kinds=kinds)
-
-
 class RulesEngine:
     """Plans events against a rule book.
 
@@ -200,7 +214,7 @@ class RulesEngine:
         self._periods = {
             t.tenant_id: _Periods(t.timezone, state_retention_s) for t in book.tenants.values()
         }
-        self._compiled: dict[tuple[str, str], list[_Credit]] = {}
+        self._compiled: dict[tuple[str, str], list[CompiledCredit]] = {}
 
     def tenant(self, tenant_id: str) -> TenantRules | None:
         return self.book.tenant(tenant_id)
@@ -208,7 +222,32 @@ class RulesEngine:
     def period(self, tenant: TenantRules, kind: Period, at_ms: int) -> PeriodRef:
         return self._periods[tenant.tenant_id].get(kind, at_ms)
 
-    def plan(self, event: Event, *, recorded_at_ms: int) -> Plan | NoRule | Rejection:
+    def compiled(self, tenant: TenantRules, rule: ActionRule) -> list[CompiledCredit]:
+        """The action's credits compiled for the tenant (rule sets are shared)."""
+        found = self._compiled.get((tenant.rule_set, rule.key))
+        if found is None:
+            found = self._compiled[(tenant.rule_set, rule.key)] = [
+                self._compile(tenant, rule, credit) for credit in rule.credits
+            ]
+        return found
+
+    def _compile(self, tenant: TenantRules, rule: ActionRule, credit: CreditRule) -> CompiledCredit:
+        ctx = CompileContext(
+            tenant=tenant,
+            rule=rule,
+            credit=credit,
+            base=SEP.join((rule.key, credit.role.letter)),
+            state_retention_s=self.state_retention_s,
+            dedup_retention_s=self.dedup_retention_s,
+        )
+        parts = [p for m in MECHANICS if (p := m.compile(ctx)) is not None]
+        return CompiledCredit(rule, credit, parts)
+
+    def plan(
+        self, event: Event, *, recorded_at_ms: int, restore: bool = False
+    ) -> Plan | NoRule | Rejection:
+        """restore: the operations a rebuild replays the event's ledger rows
+        with (each mechanic's rebuild rule), instead of those that award it."""
         tenant = self.book.tenant(event.tenant_id)
         if tenant is None:
             return Rejection("tenant_id", f"unknown tenant {event.tenant_id!r}")
@@ -229,116 +268,50 @@ class RulesEngine:
                 return Rejection(
                     f"attributes[{attr}]", f"action {rule.key!r} needs attributes[{attr!r}]"
                 )
-        compiled = self._compiled.get((tenant.rule_set, rule.key))
-        if compiled is None:
-            compiled = self._compiled[(tenant.rule_set, rule.key)] = [
-                _compile(rule, credit, tenant) for credit in rule.credits
-            ]
+        compiled = self.compiled(tenant, rule)
         periods = self._periods[tenant.tenant_id]
         fp = fingerprint(event)
         ops = tuple(
-            self._credit_op(periods, rule, credit, event, fp, recorded_at_ms, anchor=i == 0)
-            for i, credit in enumerate(compiled)
+            self._credit_op(periods, rule, cc, event, fp, recorded_at_ms, i == 0, restore)
+            for i, cc in enumerate(compiled)
         )
-        return Plan(rule=rule, ops=ops)
-
-    def _board_plan(self, periods: _Periods, credit: _Credit, event: Event) -> BoardPlan:
-        at = event.occurred_at_ms
-        refs = tuple(periods.get(kind, at) for kind in credit.board_kinds)
-        template = credit.templates.get(refs)
-        if template is None:
-            if len(credit.templates) > 16:  # periods turned over: forget old ones
-                credit.templates.clear()
-            by_kind = dict(zip(credit.board_kinds, refs, strict=True))
-            slots = []
-            for board in credit.boards:
-                for kind in board.periods:
-                    period = by_kind[kind]
-                    expires = 0
-                    if period.expires_at_s:
-                        expires = period.expires_at_s + board.keep_periods * BOARD_PERIOD_S[kind]
-                    for scope in board.scopes:
-                        slots.append(
-                            BoardSlot(
-                                board.name, kind, period.key, _SCOPE_LETTER[scope], board.score,
-                                expires, board.newcomer_days * _DAY_MS,
-                                board.member is BoardMember.GROUP,
-                            )
-                        )  # fmt: skip
-            template = credit.templates[refs] = BoardTemplate(tuple(slots))
-        # The event's department and join date describe its actor; a target's
-        # come from their own target_* attributes, when sent.
-        if credit.rule.role is Role.ACTOR:
-            department = event.department_id
-            joined = event.attributes.get("join_date", "")
-        else:
-            department = event.attributes.get("target_department_id", "")
-            joined = event.attributes.get("target_join_date", "")
-        return BoardPlan(template, department, event.group_id, periods.join_ms(joined))
+        return Plan(rule=rule, ops=ops, credits=tuple(compiled))
 
     def _credit_op(
         self,
         periods: _Periods,
         rule: ActionRule,
-        credit: _Credit,
+        cc: CompiledCredit,
         event: Event,
         fp: str,
         recorded_at_ms: int,
-        *,
         anchor: bool,
+        restore: bool,
     ) -> CreditOp:
-        cr = credit.rule
-        if cr.role is Role.ACTOR:
+        # The event's department and join date describe its actor; a target's
+        # come from their own target_* attributes, when sent.
+        if cc.credit.role is Role.ACTOR:
             user, counterpart = event.user_id, event.target_user_id
+            department = event.department_id
+            joined = event.attributes.get("join_date", "") if event.attributes else ""
         else:
             user, counterpart = event.target_user_id, event.user_id
+            department = event.attributes.get("target_department_id", "")
+            joined = event.attributes.get("target_join_date", "")
         at = event.occurred_at_ms
-        limits: list[LimitCheck] = []
-        for lim in credit.limits:
-            period = periods.get(lim.rule.period, at)
-            if not (lim.rule.by_attribute or lim.rule.per_counterpart):
-                if lim.period is not period or lim.check is None:
-                    lim.period = period
-                    lim.check = LimitCheck(
-                        period, lim.counter, lim.rule.metric, lim.rule.max, lim.label
-                    )
-                limits.append(lim.check)
-                continue
-            counter = lim.counter
-            if lim.rule.by_attribute:
-                value = event.attributes.get(lim.rule.by_attribute, "")
-                counter += f"{SEP}@{lim.rule.by_attribute}={value}"
-            if lim.rule.per_counterpart:
-                counter += f"{SEP}~{counterpart}"
-            limits.append(LimitCheck(period, counter, lim.rule.metric, lim.rule.max, lim.label))
-        day = periods.get(Period.DAY, at)
-        if credit.earned_period is not day:
-            credit.earned_period = day
-            credit.earned = (CounterIncrement(day, EARNED, Metric.POINTS),)
-        accumulator = None
-        quantity = 1
-        if cr.per_quantity >= 1:
-            quantity = event.quantity
-        if cr.per_quantity > 1:
-            accumulator = Accumulator(day, credit.accumulator_counter, cr.per_quantity)
+        refs = tuple(periods.get(kind, at) for kind in cc.kinds)
         return CreditOp(
             tenant_id=event.tenant_id,
             user_id=user,
-            role=cr.role,
+            role=cc.credit.role,
             event_id=event.event_id,
             fingerprint=fp,
-            points_per_unit=cr.points,
-            quantity=quantity,
+            points_per_unit=cc.credit.points,
+            quantity=event.quantity if cc.uses_quantity else 1,
             occurred_at_ms=at,
             recorded_at_ms=recorded_at_ms,
             dedup_expires_at_s=at // 1000 + self.dedup_retention_s,
-            limits=tuple(limits),
-            counters=credit.earned,
-            accumulator=accumulator,
-            interval_ms=cr.min_interval_ms,
-            interval_key=credit.base,
-            boards=self._board_plan(periods, credit, event) if credit.boards else None,
-            anchor=anchor,
+            steps=cc.program(refs, event, counterpart, restore),
             facts=LedgerFacts(
                 action=rule.key,
                 counterpart_id=counterpart,
@@ -348,4 +321,9 @@ class RulesEngine:
                 attributes=event.attributes,
                 reason=rule.description,
             ),
+            counterpart=counterpart,
+            department=department,
+            group=event.group_id,
+            joined_ms=periods.join_ms(joined) if joined else 0,
+            anchor=anchor,
         )

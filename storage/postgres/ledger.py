@@ -68,7 +68,7 @@ _PAGE = text(
 _SUMS = text(
     """
     SELECT user_id,
-           COALESCE(SUM(points) FILTER (WHERE kind IN ('award', 'adjust')), 0),
+           COALESCE(SUM(points) FILTER (WHERE kind IN ('award', 'adjust', 'bonus')), 0),
            COALESCE(-SUM(points) FILTER (WHERE kind IN ('spend', 'refund')), 0),
            COALESCE(SUM(points), 0)
     FROM ledger_entries

@@ -19,32 +19,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from service.domain import BoardTemplate, CreditOp, CreditResult, PeriodRef, StoreCode
-from storage.entries import award_data
-from storage.keys import Shard, Topology, counter_field
+from service.domain import CreditOp, CreditResult, StoreCode
+from storage.keys import Shard, Topology
 from storage.redis.client import RedisClient
+from storage.redis.codec import APPLY, RESTORE, CallEncoder, Restored, decode_results
 from storage.redis.scripts import Call, LuaScript
 
 __all__ = ["AwardStore", "RestoreOp"]
 
-# Throttle keys keep award times for as long as an event may arrive late
-# (the dedup retention, which covers the accepted event age) plus the
-# interval: occurred_at is compared, not arrival time.
-_INTERVAL_TTL_MARGIN_MS = 600_000
-_CODES = {c.value: c for c in StoreCode}
-
 
 @dataclass(frozen=True, slots=True)
 class RestoreOp:
-    """A ledger entry replayed into Redis state by `pointsd rebuild`."""
+    """A ledger entry replayed into Redis state by `pointsd rebuild`: its
+    operation (a program of the steps to replay) and what the ledger says."""
 
     op: CreditOp
     points: int
     balance_after: int
-    # Outcome the restored dedup record says (1 awarded, 3 capped).
-    code: int = 1
+    # Outcome the restored dedup record says (AWARDED, or CAPPED).
+    code: StoreCode = StoreCode.AWARDED
+
+    @property
+    def restored(self) -> Restored:
+        return Restored(self.points, self.balance_after, self.code)
 
 
 @dataclass(slots=True)
@@ -120,7 +117,7 @@ class AwardStore:
     async def restore(self, ops: Sequence[RestoreOp]) -> list[CreditResult]:
         """Replay ledger entries (rebuild): dedup records and counters only."""
         pairs = [(r.op, r) for r in ops]
-        return await self._execute(pairs, "restore")
+        return await self._execute(pairs, RESTORE)
 
     async def drain(self) -> None:
         """Wait until every queued operation has been sent and answered."""
@@ -170,7 +167,7 @@ class AwardStore:
     async def _run(self, batch: list[tuple[_Request, int, int]]) -> None:
         pairs = [(req.ops[i], (req, i)) for req, start, end in batch for i in range(start, end)]
         try:
-            results = await self._execute(pairs, "apply")
+            results = await self._execute(pairs, APPLY)
         except BaseException as exc:
             # Callers must never wait forever: a cancelled dispatch (loop
             # shutdown) cancels them, any other failure is theirs to see.
@@ -199,142 +196,21 @@ class AwardStore:
         user_shard = self.topology.user_shard
         for i, (op, _) in enumerate(pairs):
             by_shard.setdefault(user_shard(op.tenant_id, op.user_id), []).append(i)
+        now_s = self.clock() // 1000
         calls: list[Call] = []
         call_ops: list[list[int]] = []
         for shard, indexes in by_shard.items():
             for start in range(0, len(indexes), self.ops_per_call_max):
                 chunk = indexes[start : start + self.ops_per_call_max]
-                calls.append(self._encode(shard, pairs, chunk, mode))
+                encoder = CallEncoder(shard, mode, now_s, self.outbox_entries_max)
+                for i in chunk:
+                    op, extra = pairs[i]
+                    encoder.add(op, extra.restored if mode == RESTORE else None)
+                calls.append(encoder.call())
                 call_ops.append(chunk)
         replies = await self.script.run_many(self.redis, calls)
         results: list[CreditResult] = [None] * len(pairs)  # type: ignore[list-item]
         for chunk, reply in zip(call_ops, replies, strict=True):
-            for j, i in enumerate(chunk):
-                code, points, balance, limit, original = reply[5 * j : 5 * j + 5]
-                results[i] = CreditResult(
-                    code=_CODES[int(code)],
-                    points=int(points),
-                    balance=int(balance),
-                    limit_index=int(limit),
-                    original=_CODES[int(original)] if original else None,
-                )
+            for i, result in zip(chunk, decode_results(reply), strict=True):
+                results[i] = result
         return results
-
-    def _encode(
-        self, shard: Shard, pairs: Sequence[tuple[CreditOp, Any]], chunk: list[int], mode: str
-    ) -> Call:
-        keys = _KeyTable([shard.maintenance, shard.balances, shard.outbox, shard.first_seen])
-        restoring = mode == "restore"
-        encoded: list[list[Any]] = []
-        # Board templates named by the ops, numbered: described once per call,
-        # so a credit feeding a dozen boards sends four values for them.
-        template_numbers: dict[int, int] = {}
-        templates: list[list[list[Any]]] = []
-        for i in chunk:
-            op, extra = pairs[i]
-            user = op.user_id
-            expiry: dict[int, int] = {}
-
-            def counters(period: PeriodRef, expiry: dict[int, int] = expiry) -> int:
-                idx = keys.index(shard.counters(period))
-                if period.expires_at_s:
-                    expiry[idx] = period.expires_at_s
-                return idx
-
-            limits = [
-                [counters(lim.period), counter_field(user, lim.counter), lim.max, lim.metric[0]]
-                for lim in op.limits
-            ]
-            bumps = [
-                [counters(c.period), counter_field(user, c.counter), c.metric[0]]
-                for c in op.counters
-            ]
-            throttle: Any = 0
-            if op.interval_ms:
-                throttle = [
-                    keys.index(shard.interval(user, op.interval_key)),
-                    op.interval_ms,
-                    op.interval_ms
-                    + max(
-                        _INTERVAL_TTL_MARGIN_MS,
-                        op.dedup_expires_at_s * 1000 - op.occurred_at_ms,
-                    ),
-                ]
-            accumulate: Any = 0
-            if op.accumulator is not None:
-                acc = op.accumulator
-                accumulate = [counters(acc.period), counter_field(user, acc.counter), acc.unit]
-            item: list[Any] = [
-                keys.index(shard.dedup(op.event_id, op.anchor)),
-                op.dedup_expires_at_s,
-                op.fingerprint,
-                user,
-                op.points_per_unit,
-                op.quantity,
-                limits,
-                bumps,
-                [[idx, at] for idx, at in expiry.items()],
-                op.occurred_at_ms,
-                throttle,
-                accumulate,
-            ]
-            if restoring:
-                item += ["", extra.points, extra.balance_after]
-            else:
-                item += [award_data(op), 0, 0]
-            plan = op.boards
-            if plan is None:
-                item.append(0)
-            else:
-                number = template_numbers.get(id(plan.template))
-                if number is None:
-                    templates.append(_encode_template(shard, keys, plan.template))
-                    number = template_numbers[id(plan.template)] = len(templates)
-                # Keys of the department and group scopes this credit feeds.
-                for slot, entry in zip(plan.template.slots, templates[number - 1], strict=True):
-                    scope_id = plan.department if slot.scope == "d" else plan.group
-                    if slot.scope != "t" and scope_id and scope_id not in entry[4]:
-                        entry[4][scope_id] = keys.index(shard.board(slot.ref(scope_id)))
-                item.append([number, plan.department, plan.group, plan.join_ms])
-            if restoring:
-                item.append(extra.code)
-            encoded.append(item)
-        args: list[str | int | bytes] = [
-            mode,
-            self.outbox_entries_max,
-            orjson.dumps(encoded),
-            orjson.dumps(templates),
-            self.clock() // 1000,
-        ]
-        return keys.keys, args
-
-
-def _encode_template(shard: Shard, keys: _KeyTable, template: BoardTemplate) -> list[list[Any]]:
-    """[metric, newcomer window ms, group member 0/1, scope, key idx (tenant) or
-    {scope id: key idx}, expire-at, scope set idx (0 for the tenant scope)]."""
-    out: list[list[Any]] = []
-    for slot in template.slots:
-        if slot.scope == "t":
-            key: Any = keys.index(shard.board(slot.ref()))
-            scopes = 0
-        else:
-            key = {}
-            scopes = keys.index(shard.board_scopes(slot.board, slot.kind, slot.period_key))
-        out.append([slot.metric[0], slot.newcomer_window_ms, int(slot.group_member), slot.scope,
-                    key, slot.expires_at_s, scopes])  # fmt: skip
-    return out
-
-
-class _KeyTable:
-    """KEYS of one script call; ops refer to keys by 1-based index."""
-
-    def __init__(self, fixed: list[str]) -> None:
-        self.keys = list(fixed)
-        self._index = {k: i + 1 for i, k in enumerate(fixed)}
-
-    def index(self, key: str) -> int:
-        found = self._index.get(key)
-        if found is None:
-            self.keys.append(key)
-            found = self._index[key] = len(self.keys)
-        return found

@@ -23,9 +23,13 @@
 --          ARGV[6] - ARGV[11] seconds from now, on the service's clock
 --
 -- Returns {code, balance, available_before}:
---   code 1 applied, 2 duplicate (balance as after the first), 5 insufficient
---   (with ARGV[5] "2" recorded: a replay says so again), 7 outbox full,
---   8 maintenance, 9 key reused with different content; 5, 7, 8, 9 apply nothing.
+--   code APPLIED, DUPLICATE (balance as after the first), INSUFFICIENT (with
+--   ARGV[5] "2" recorded: a replay says so again), BACKPRESSURE (outbox full),
+--   MAINTENANCE, KEY_REUSED (different content); the last four apply nothing.
+
+-- Result codes: service/domain StoreCode (tests/test_codec.py checks this block).
+local APPLIED, DUPLICATE, INSUFFICIENT = 1, 2, 5
+local BACKPRESSURE, MAINTENANCE, KEY_REUSED = 7, 8, 9
 
 -- Numbers in record strings: `..` would write 1e+14 from 10^14 on.
 local function int(x)
@@ -45,25 +49,29 @@ end
 local prev = redis.call('GET', KEYS[4])
 if prev then
   local code, _, balance, first_fp = string.match(prev, '^(%d+):(%-?%d+):(%-?%d+):(.*)$')
-  if first_fp ~= fp then return {9, tonumber(balance), 0} end
-  if tonumber(code) == 5 then return {5, tonumber(balance), tonumber(balance)} end
-  return {2, tonumber(balance), 0}
+  if first_fp ~= fp then return {KEY_REUSED, tonumber(balance), 0} end
+  if tonumber(code) == INSUFFICIENT then
+    return {INSUFFICIENT, tonumber(balance), tonumber(balance)}
+  end
+  return {DUPLICATE, tonumber(balance), 0}
 end
 if mode == 'restore' then
-  remember('1:' .. int(delta) .. ':' .. ARGV[10] .. ':' .. fp)
-  return {1, tonumber(ARGV[10]), 0}
+  remember(APPLIED .. ':' .. int(delta) .. ':' .. ARGV[10] .. ':' .. fp)
+  return {APPLIED, tonumber(ARGV[10]), 0}
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {8, 0, 0} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {MAINTENANCE, 0, 0} end
 
 local available = tonumber(redis.call('HGET', KEYS[2], user .. '|a') or '0')
 if floor and available + delta < 0 then
   if record_refusal then
-    remember('5:0:' .. int(available) .. ':' .. fp)
+    remember(INSUFFICIENT .. ':0:' .. int(available) .. ':' .. fp)
   end
-  return {5, available, available}
+  return {INSUFFICIENT, available, available}
 end
 local outbox_max = tonumber(ARGV[9])
-if outbox_max > 0 and redis.call('XLEN', KEYS[3]) >= outbox_max then return {7, available, available} end
+if outbox_max > 0 and redis.call('XLEN', KEYS[3]) >= outbox_max then
+  return {BACKPRESSURE, available, available}
+end
 
 local balance = redis.call('HINCRBY', KEYS[2], user .. '|a', delta)
 if lifetime == 's' then
@@ -72,5 +80,5 @@ else
   redis.call('HINCRBY', KEYS[2], user .. '|e', delta)
 end
 redis.call('XADD', KEYS[3], '*', 'p', delta, 'b', balance, 'd', ARGV[8])
-remember('1:' .. int(delta) .. ':' .. int(balance) .. ':' .. fp)
-return {1, balance, available}
+remember(APPLIED .. ':' .. int(delta) .. ':' .. int(balance) .. ':' .. fp)
+return {APPLIED, balance, available}

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from redis import exceptions as rexc
 
-from service.domain import PeriodRef
+from service.domain import PeriodRef, StoreCode
 from storage.entries import EARNED_KINDS
 from storage.keys import AVAILABLE, EARNED, SPENT, Shard, Topology, balance_field, counter_field
 from storage.redis.client import RedisClient, gate
 from storage.redis.scripts import LuaScript, redis_errors
 
-__all__ = ["BalanceChange", "BalanceStore", "BalanceView", "ChangeCode", "ChangeResult"]
+__all__ = ["BalanceChange", "BalanceStore", "BalanceView", "ChangeResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,15 +22,6 @@ class BalanceView:
     earned: int = 0
     spent: int = 0
     earned_in_period: int = 0
-
-
-class ChangeCode(enum.IntEnum):
-    APPLIED = 1
-    DUPLICATE = 2
-    INSUFFICIENT = 5
-    BACKPRESSURE = 7
-    MAINTENANCE = 8
-    KEY_REUSED = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +47,8 @@ class BalanceChange:
 
 @dataclass(frozen=True, slots=True)
 class ChangeResult:
-    code: ChangeCode
+    # APPLIED, DUPLICATE, INSUFFICIENT, BACKPRESSURE, MAINTENANCE or KEY_REUSED.
+    code: StoreCode
     balance: int
     available_before: int
 
@@ -105,7 +96,7 @@ class BalanceStore:
                 self.clock() // 1000,
             ],
         )
-        return ChangeResult(ChangeCode(int(code)), int(balance), int(before))
+        return ChangeResult(StoreCode(int(code)), int(balance), int(before))
 
     async def get(
         self, tenant_id: str, user_id: str, period: PeriodRef, earned_counter: str

@@ -1,7 +1,9 @@
 """Plain domain types shared by the rules engine, the service and storage.
 
-Pure data, no I/O. `storage` imports this module and nothing else from
+Pure data, no I/O. `storage` imports this package and nothing else from
 `service`, so the rules decide *what* to count and storage decides *where*.
+The award primitives a credit operation is made of are in
+`service.domain.steps`.
 """
 
 from __future__ import annotations
@@ -9,21 +11,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from service.domain.steps import Step
+
+S = TypeVar("S", bound="Step")
 
 __all__ = [
     "SEP",
     "TIME_MS_MAX",
-    "Accumulator",
-    "BoardPlan",
     "BoardRef",
-    "BoardSlot",
-    "BoardTemplate",
-    "CounterIncrement",
     "CreditOp",
     "CreditResult",
     "Event",
     "LedgerFacts",
-    "LimitCheck",
     "Metric",
     "Outcome",
     "Period",
@@ -117,35 +119,6 @@ class PeriodRef:
 
 
 @dataclass(frozen=True, slots=True)
-class LimitCheck:
-    """A cap on one counter of the credited user within one period."""
-
-    period: PeriodRef
-    counter: str
-    metric: Metric
-    max: int
-    label: str
-
-
-@dataclass(frozen=True, slots=True)
-class CounterIncrement:
-    """A counter of the credited user bumped on award (e.g. points earned today)."""
-
-    period: PeriodRef
-    counter: str
-    metric: Metric
-
-
-@dataclass(frozen=True, slots=True)
-class Accumulator:
-    """Quantity collected in a counter; points are due per whole `unit` crossed."""
-
-    period: PeriodRef
-    counter: str
-    unit: int
-
-
-@dataclass(frozen=True, slots=True)
 class BoardRef:
     """One leaderboard instance: a board, a scope and a period.
 
@@ -156,49 +129,6 @@ class BoardRef:
     scope: str
     kind: Period
     key: str
-
-
-@dataclass(frozen=True, slots=True)
-class BoardSlot:
-    """One board instance a credit feeds, whoever the user is.
-
-    scope: "t" (tenant), "d" (the credit's department) or "g" (the event's
-    group); the department or group id comes with each credit (BoardPlan).
-    group_member: the event's group is ranked instead of the user.
-    newcomer_window_ms > 0: only while the credited user's first activity (or
-    the join date the event carries) is less than that long ago.
-    """
-
-    board: str
-    kind: Period
-    period_key: str
-    scope: str
-    metric: Metric
-    expires_at_s: int
-    newcomer_window_ms: int = 0
-    group_member: bool = False
-
-    def ref(self, scope_id: str = "") -> BoardRef:
-        return BoardRef(
-            self.board, f"{self.scope}:{scope_id}" if scope_id else "t", self.kind, self.period_key
-        )
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class BoardTemplate:
-    """The board slots of one kind of credit in the current periods; shared by
-    every such credit until a period turns over, so stores can describe it
-    once per batch and credits just point at it."""
-
-    slots: tuple[BoardSlot, ...]
-
-
-@dataclass(slots=True)
-class BoardPlan:
-    template: BoardTemplate
-    department: str = ""
-    group: str = ""
-    join_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -218,10 +148,12 @@ class LedgerFacts:
 class CreditOp:
     """One atomic, idempotent credit of one user for one event.
 
-    Everything a store needs to apply it in a single atomic step: dedup,
-    throttling, limits, award, counters, and the outbox entry. Not frozen:
-    one is built per credit on the hot path, and frozen dataclasses pay for
-    every field set; treat it as immutable.
+    Everything a store needs to apply it in a single atomic step: the dedup
+    record (event id, fingerprint, expiry), the points, and `steps`, the
+    program the mechanics compiled for it (service/domain/steps.py; one
+    program object is shared by every credit of the same kind and periods).
+    Not frozen: one is built per credit on the hot path, and frozen
+    dataclasses pay for every field set; treat it as immutable.
     """
 
     tenant_id: str
@@ -234,13 +166,15 @@ class CreditOp:
     occurred_at_ms: int
     recorded_at_ms: int
     dedup_expires_at_s: int
-    limits: tuple[LimitCheck, ...] = ()
-    counters: tuple[CounterIncrement, ...] = ()
-    accumulator: Accumulator | None = None
-    interval_ms: int = 0
-    interval_key: str = ""
+    steps: tuple[Step, ...] = ()
     facts: LedgerFacts | None = None
-    boards: BoardPlan | None = None
+    # Facts about the credited user that steps read: the other user of the
+    # event, the user's department and join time (ms, 0 = unknown) as far as
+    # the event says, and the event's group.
+    counterpart: str = ""
+    department: str = ""
+    group: str = ""
+    joined_ms: int = 0
     # The event's first credit: its dedup record is the event's identity, kept
     # under the event id alone so any credit layout of a reused id collides.
     anchor: bool = True
@@ -252,17 +186,31 @@ class CreditOp:
         be caught atomically, and must then still leave one row per payment."""
         return f"e:{key_part(self.event_id)}:{self.role.letter}:{key_part(self.user_id)}"
 
+    def steps_of(self, kind: type[S]) -> tuple[S, ...]:
+        """The steps of one primitive, in program order."""
+        return tuple(s for s in self.steps if isinstance(s, kind))
+
 
 class StoreCode(enum.IntEnum):
-    """What the store did with one CreditOp (superset of Outcome)."""
+    """What a store did with a credit or a balance change: the one list of
+    result codes (award.lua and balance.lua repeat them in a block that
+    tests/test_codec.py checks). The first four equal `Outcome`."""
 
     AWARDED = 1
     DUPLICATE = 2
     CAPPED = 3
     THROTTLED = 4
+    # A balance change that would go below zero (balance.lua).
+    INSUFFICIENT = 5
+    # The shard's outbox is full: nothing applied.
     BACKPRESSURE = 7
+    # A rebuild owns the shard: nothing applied.
     MAINTENANCE = 8
+    # The id was used before for other content: nothing applied.
     ID_REUSED = 9
+    # Names balance changes read better with.
+    APPLIED = 1
+    KEY_REUSED = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +218,11 @@ class CreditResult:
     code: StoreCode
     points: int
     balance: int
-    # 1-based index into CreditOp.limits of the limit that capped or clipped
-    # the credit, 0 for none.
+    # The `number` of the Check step that capped or clipped the credit, 0 for
+    # none (caps number theirs 1, 2, ... in the order of the rule's limits).
     limit_index: int = 0
     # For DUPLICATE and ID_REUSED: the first recording's outcome.
     original: StoreCode | None = None
+    # Bonuses the credit earned (for DUPLICATE: the first recording's), as
+    # (tag, points).
+    bonuses: tuple[tuple[str, int], ...] = ()
