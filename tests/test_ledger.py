@@ -326,3 +326,47 @@ async def test_consumers_of_dead_processes_are_forgotten(
     names = {c["name"] for c in rds.xinfo_consumers(shard.outbox, OUTBOX_GROUP)}
     assert b"dead-idle" not in names and b"dead-holder" in names
     assert await api.app.flusher.drain(30, [shard])
+
+
+def test_migration_0005_keeps_rows_and_admits_zero_point_milestones(servers) -> None:
+    """Data written at revision 0004 stays through the upgrade; afterwards a
+    zero-point row is accepted for a bonus (a milestone), still refused for
+    an award; the downgrade keeps the milestone rows."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from storage.postgres import migrate, sqlalchemy_url
+
+    name = f"pointsd_mig_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(sqlalchemy_url(servers.database_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    url = make_url(sqlalchemy_url(servers.database_url)).set(database=name)
+    scratch = url.render_as_string(hide_password=False).replace("+psycopg", "")
+    row = (
+        "INSERT INTO ledger_entries (tenant_id, entry_key, user_id, points, balance_after, kind, "
+        "occurred_at, recorded_at) VALUES ('t', :k, 'u', :p, 0, :kind, now(), now())"
+    )
+    engine = create_engine(url)
+    try:
+        migrate.upgrade(scratch, "0004")
+        with engine.begin() as conn:
+            conn.execute(text(row), {"k": "e:1:a:u", "p": 5, "kind": "award"})
+        migrate.upgrade(scratch)
+        assert migrate.current_revision(scratch) == "0005"
+        with engine.begin() as conn:
+            conn.execute(text(row), {"k": "e:1:a:u:level-2", "p": 0, "kind": "bonus"})
+            kept = conn.execute(text("SELECT entry_key, points FROM ledger_entries ORDER BY id"))
+            assert [tuple(r) for r in kept] == [("e:1:a:u", 5), ("e:1:a:u:level-2", 0)]
+        with pytest.raises(Exception, match="points_nonzero"), engine.begin() as conn:
+            conn.execute(text(row), {"k": "e:2:a:u", "p": 0, "kind": "award"})
+        migrate.downgrade(scratch, "0004")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM ledger_entries")).scalar_one() == 2
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()

@@ -98,6 +98,8 @@ async def test_rebuild_after_flushall_restores_balances_dedup_and_caps(
 async def test_writes_are_refused_while_a_rebuild_owns_the_tenant(api: Api, rds) -> None:
     await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))
     shard = api.app.shards()[0]
+    # The flusher may empty the outbox at any moment: let it, before looking.
+    assert await api.app.flusher.drain(30)
     before = tenant_keys(rds, api.tenant)
     await api.app.stores.balances.set_maintenance(shard, True)
     try:

@@ -10,7 +10,7 @@ from sqlalchemy import exc as saexc
 
 from storage.postgres.db import pg_errors, sqlalchemy_url
 
-__all__ = ["current_revision", "upgrade"]
+__all__ = ["current_revision", "downgrade", "upgrade"]
 
 _SCRIPTS = Path(__file__).resolve().parent / "migrations"
 
@@ -26,6 +26,14 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Blocking; run it in a thread from async code."""
     try:
         command.upgrade(_config(url), revision)
+    except (saexc.SQLAlchemyError, OSError) as exc:
+        raise pg_errors(exc) from exc
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Blocking; for operators undoing a release (and the migration tests)."""
+    try:
+        command.downgrade(_config(url), revision)
     except (saexc.SQLAlchemyError, OSError) as exc:
         raise pg_errors(exc) from exc
 

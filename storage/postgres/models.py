@@ -44,7 +44,8 @@ class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         UniqueConstraint("tenant_id", "entry_key"),
-        CheckConstraint("points <> 0", name="points_nonzero"),
+        # Bonus rows may be zero-point milestones (migration 0005).
+        CheckConstraint("points <> 0 OR kind = 'bonus'", name="points_nonzero"),
         Index(
             "ix_ledger_entries_user_history",
             "tenant_id",

@@ -25,6 +25,9 @@ with engine.connect() as connection:
             context.run_migrations()
         connection.commit()
     finally:
+        # A failed migration left its transaction aborted: end it, or the
+        # unlock fails too and hides the migration's own error.
+        connection.rollback()
         connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
         connection.commit()
 engine.dispose()
