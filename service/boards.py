@@ -8,23 +8,17 @@ from dataclasses import dataclass
 from datetime import date
 
 from service.api.points.v1 import points_pb2 as pb
+from service.convert import PERIOD_NAMES, PERIODS
 from service.domain import BoardRef, Period
 from service.errors import NotFound
 from service.rules import RulesEngine
 from service.rules.mechanics.boards import BOARDS, BoardMember, BoardRule, BoardScope
 from service.rules.model import TenantRules
 from service.rules.periods import period_key, shift_period
-from service.validation import InvalidField, check_id
+from service.validation import InvalidField, check_id, check_tenant
 
-__all__ = ["PERIODS", "BoardQuery", "resolve_board"]
+__all__ = ["BoardQuery", "resolve_board"]
 
-PERIODS = {
-    pb.DAY: Period.DAY,
-    pb.WEEK: Period.WEEK,
-    pb.MONTH: Period.MONTH,
-    pb.ALL_TIME: Period.EVER,
-}
-PERIOD_NAMES = {v: pb.Period.Name(k) for k, v in PERIODS.items()}
 _KEY_FORMS = {
     # fullmatch and [0-9]: "$" would let a trailing newline through, "\d" any
     # script's digits (which int() accepts).
@@ -99,10 +93,7 @@ def resolve_board(
     *,
     periods: tuple[Period, ...] | None = None,
 ) -> BoardQuery:
-    check_id("tenant_id", tenant_id)
-    tenant = engine.tenant(tenant_id)
-    if tenant is None:
-        raise InvalidField("tenant_id", f"unknown tenant {tenant_id!r}")
+    tenant = check_tenant(engine, tenant_id)
     if not board_name:
         raise InvalidField("board", "is required")
     boards = tenant.part(BOARDS)

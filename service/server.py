@@ -22,12 +22,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.admin import AdminServicer
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App, resolve_urls
 from service.config import ConfigError, Settings
 from service.metrics import OUTBOX_BACKLOG, serve_metrics
-from service.rewards import AdminServicer
 from service.servicer import PointsServicer
 from service.supervisor import Child, ChildFailed
 from storage.postgres import migrate

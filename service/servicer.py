@@ -9,103 +9,49 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from service import rewards
+from service import queries
 from service.api.points.v1 import points_pb2 as pb
 from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from service.app import App
 from service.boards import resolve_board
-from service.domain import TIME_MS_MAX, Outcome, Period
+from service.convert import (
+    board_entry_to_pb,
+    entry_to_pb,
+    item_to_pb,
+    redemption_to_pb,
+    result_to_pb,
+    reward_to_pb,
+    winners_to_pb,
+)
+from service.domain import Outcome, Period
 from service.errors import AlreadyExists, InvalidArgument, NotFound
 from service.ingest import EventResult
 from service.metrics import EVENTS
 from service.rpc import Ctx, abort, unary
-from service.rules import EARNED
-from service.validation import InvalidField, check_id, event_from_pb
-from storage.entries import KIND_ADJUST, KIND_AWARD, KIND_REFUND, KIND_SPEND, LedgerRow
-from storage.redis.boards import BoardEntry
+from service.validation import (
+    InvalidField,
+    check_id,
+    check_tenant,
+    event_from_pb,
+    page_size,
+    quantity_of,
+)
 
 __all__ = ["PointsServicer"]
 
 log = logging.getLogger("pointsd.rpc")
 
-_ROLES = {"a": pb.ACTOR, "t": pb.TARGET}
 BOARD_OFFSET_MAX = 10_000
 BOARD_LIMIT_MAX = 1000
 NEIGHBOURS_MAX = 50
 WINNER_PAGE_MAX = 100
 # Resolved once: a labels() lookup per event costs more than the increment.
 _EVENTS_BY_OUTCOME = {o: EVENTS.labels(o.name) for o in Outcome}
-_KINDS = {KIND_AWARD: pb.AWARD, KIND_SPEND: pb.SPEND, KIND_REFUND: pb.REFUND,
-          KIND_ADJUST: pb.ADJUSTMENT}  # fmt: skip
-
-
-def _timestamp(ms: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
-
-
-def result_to_pb(r: EventResult) -> pb.ActivityResult:
-    msg = pb.ActivityResult(
-        event_id=r.event_id,
-        outcome=int(r.outcome),  # type: ignore[arg-type]
-        points=r.points,
-        balance=r.balance,
-        reason=r.reason,
-        field=r.field,
-    )
-    if r.original_outcome is not None:
-        msg.original_outcome = int(r.original_outcome)  # type: ignore[assignment]
-    for c in r.credits:
-        msg.credits.add(
-            user_id=c.user_id,
-            role=int(c.role),
-            outcome=int(c.outcome),
-            points=c.points,
-            balance=c.balance,
-            reason=c.reason,
-        )
-    return msg
-
-
-def entry_to_pb(row: LedgerRow) -> pb.LedgerEntry:
-    return pb.LedgerEntry(
-        entry_id=row.entry_key,
-        kind=_KINDS.get(row.kind, pb.ENTRY_KIND_UNSPECIFIED),
-        action=row.action,
-        points=row.points,
-        balance_after=row.balance_after,
-        event_id=row.event_id,
-        role=_ROLES.get(row.role, pb.ROLE_UNSPECIFIED),
-        counterpart_user_id=row.counterpart_id,
-        group_id=row.group_id,
-        department_id=row.department_id,
-        occurred_at=_timestamp(row.occurred_at_ms),
-        recorded_at=_timestamp(row.recorded_at_ms),
-        reason=row.reason,
-        quantity=row.quantity,
-        attributes=dict(row.attributes),
-    )
-
-
-async def decode_ledger_token(
-    app: App, token: str, tenant_id: str, user_id: str
-) -> tuple[int, int]:
-    cursor = await app.tokens.decode("ListLedger", (tenant_id, user_id), token)
-    try:
-        at, row = int(cursor["o"]), int(cursor["i"])
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise InvalidField("page_token", "is not a token ListLedger returned") from None
-    if not (0 <= at <= TIME_MS_MAX and 0 <= row < 2**63):
-        raise InvalidField("page_token", "is not a token ListLedger returned")
-    return at, row
 
 
 class PointsServicer(pb_grpc.PointsServiceServicer):
@@ -116,72 +62,48 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
     async def ListRewards(
         self, request: pb.ListRewardsRequest, context: Ctx
     ) -> pb.ListRewardsResponse:
-        rewards.check_tenant(self.app, request.tenant_id)
+        check_tenant(self.app.engine, request.tenant_id)
         check_id("user_id", request.user_id, required=False)
-        now = datetime.fromtimestamp(self._now_ms() / 1000, tz=UTC)
-        items = [
-            i for i in await self.app.stores.catalog.list_items(
-                request.tenant_id, include_disabled=False)
-            if not i.inactive_reason(now) and (i.stock is None or i.stock > 0)
-        ]  # fmt: skip
-        used: dict[str, int] = {}
-        if request.user_id:
-            keys = {
-                i.item_id: key
-                for i in items
-                if (key := self.app.redemptions.limit_period_key(request.tenant_id, i))
-            }
-            used = await self.app.stores.catalog.used_quantities(
-                request.tenant_id, request.user_id, keys
-            )
-        return pb.ListRewardsResponse(
-            rewards=[
-                pb.Reward(
-                    item=rewards.item_to_pb(i),
-                    **(rewards.reward_remaining(i, used) if request.user_id else {}),
-                )
-                for i in items
-            ]
-        )
+        found = await queries.rewards(self.app, request.tenant_id, request.user_id)
+        return pb.ListRewardsResponse(rewards=[reward_to_pb(i, left) for i, left in found])
 
     @unary
     async def Redeem(self, request: pb.RedeemRequest, context: Ctx) -> pb.RedeemResponse:
-        rewards.check_tenant(self.app, request.tenant_id)
+        check_tenant(self.app.engine, request.tenant_id)
         user_id = check_id("user_id", request.user_id)
         item_id = check_id("item_id", request.item_id)
         request_id = check_id("request_id", request.request_id)
-        quantity = rewards.quantity_of(request.quantity)
+        quantity = quantity_of(request.quantity)
         r = await self.app.redemptions.redeem(
             request.tenant_id, user_id, item_id, quantity, request_id
         )
-        item = await self.app.stores.catalog.get_item(request.tenant_id, item_id)
+        item = await queries.item(self.app, request.tenant_id, item_id)
+        redemption = redemption_to_pb(r)
         return pb.RedeemResponse(
             redemption_id=r.redemption_id,
-            status=rewards.redemption_to_pb(r).status,
+            status=redemption.status,
             points_spent=r.points,
             balance=r.balance_after or 0,
-            item=rewards.item_to_pb(item) if item else None,
-            redemption=rewards.redemption_to_pb(r),
+            item=item_to_pb(item) if item else None,
+            redemption=redemption,
         )
 
     @unary
     async def ListRedemptions(
         self, request: pb.ListRedemptionsRequest, context: Ctx
     ) -> pb.ListRedemptionsResponse:
-        rewards.check_tenant(self.app, request.tenant_id)
+        check_tenant(self.app.engine, request.tenant_id)
         user_id = check_id("user_id", request.user_id)
-        return await rewards.list_redemptions(
-            self.app, request.tenant_id, user_id, "", rewards.page_size(request.page_size),
+        page = await queries.redemptions(
+            self.app, request.tenant_id, user_id, "", page_size(request.page_size),
             request.page_token,
         )  # fmt: skip
+        return pb.ListRedemptionsResponse(
+            redemptions=[redemption_to_pb(r) for r in page.rows], next_page_token=page.next_token
+        )
 
     def _now_ms(self) -> int:
         return self.app.clock()
-
-    def _tenant(self, tenant_id: str) -> None:
-        check_id("tenant_id", tenant_id)
-        if self.app.engine.tenant(tenant_id) is None:
-            raise InvalidField("tenant_id", f"unknown tenant {tenant_id!r}")
 
     @staticmethod
     def _count(results: list[EventResult]) -> None:
@@ -289,49 +211,32 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
 
     @unary
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Ctx) -> pb.Balance:
-        self._tenant(request.tenant_id)
+        tenant = check_tenant(self.app.engine, request.tenant_id)
         user_id = check_id("user_id", request.user_id)
-        tenant = self.app.engine.tenant(request.tenant_id)
-        assert tenant is not None
-        today = self.app.engine.period(tenant, Period.DAY, self._now_ms())
-        view = await self.app.stores.balances.get(tenant.tenant_id, user_id, today, EARNED)
+        now = await queries.balance(self.app, tenant, user_id)
         return pb.Balance(
             tenant_id=tenant.tenant_id,
             user_id=user_id,
-            available=view.available,
-            lifetime_earned=view.earned,
-            spent=view.spent,
-            earned_today=view.earned_in_period,
-            day=today.key,
+            available=now.view.available,
+            lifetime_earned=now.view.earned,
+            spent=now.view.spent,
+            earned_today=now.view.earned_in_period,
+            day=now.day,
         )
 
     @unary
     async def ListLedger(
         self, request: pb.ListLedgerRequest, context: Ctx
     ) -> pb.ListLedgerResponse:
-        self._tenant(request.tenant_id)
+        check_tenant(self.app.engine, request.tenant_id)
         user_id = check_id("user_id", request.user_id)
         size_max = self.app.settings.ledger_page_size_max
         size = request.page_size or 50
         if not 1 <= size <= size_max:
             raise InvalidField("page_size", f"must be between 1 and {size_max}, got {size}")
-        cursor = (
-            await decode_ledger_token(self.app, request.page_token, request.tenant_id, user_id)
-            if request.page_token
-            else None
-        )
-        page = await self.app.stores.ledger.page(request.tenant_id, user_id, size, cursor)
+        page = await queries.ledger(self.app, request.tenant_id, user_id, size, request.page_token)
         return pb.ListLedgerResponse(
-            entries=[entry_to_pb(r) for r in page.rows],
-            next_page_token=(
-                self.app.tokens.encode(
-                    "ListLedger",
-                    (request.tenant_id, user_id),
-                    {"o": page.next_cursor[0], "i": page.next_cursor[1]},
-                )
-                if page.next_cursor
-                else ""
-            ),
+            entries=[entry_to_pb(r) for r in page.rows], next_page_token=page.next_token
         )
 
     @unary
@@ -348,11 +253,9 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         limit = request.limit or 10
         if not 1 <= limit <= BOARD_LIMIT_MAX:
             raise InvalidField("limit", f"must be between 1 and {BOARD_LIMIT_MAX}, got {limit}")
-        ranking = await self.app.stores.boards.top(
-            q.tenant.tenant_id, q.ref, request.offset, limit, q.summed
-        )
+        ranking = await queries.top(self.app, q, request.offset, limit)
         return pb.LeaderboardResponse(
-            entries=[_board_entry(e) for e in ranking.entries],
+            entries=[board_entry_to_pb(e) for e in ranking.entries],
             total_members=ranking.total,
             period_key=q.ref.key,
         )
@@ -367,20 +270,18 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         member = check_id("member_id", request.member_id)
         if not 0 <= request.neighbours <= NEIGHBOURS_MAX:
             raise InvalidField("neighbours", f"must be between 0 and {NEIGHBOURS_MAX}")
-        around = await self.app.stores.boards.around(
-            q.tenant.tenant_id, q.ref, member, request.neighbours, q.summed
-        )
-        if around is None:
+        found = await queries.around(self.app, q, member, request.neighbours)
+        if found is None:
             raise NotFound(
                 f"member_id: {member!r} has no score on board {q.board.name!r} in "
                 f"{q.ref.key} ({'tenant' if q.ref.scope == 't' else q.ref.scope})"
             )
         return pb.GetRankResponse(
-            rank=around.entry.rank,
-            score=around.entry.score,
-            total_members=around.total,
-            above=[_board_entry(e) for e in around.above],
-            below=[_board_entry(e) for e in around.below],
+            rank=found.entry.rank,
+            score=found.entry.score,
+            total_members=found.total,
+            above=[board_entry_to_pb(e) for e in found.above],
+            below=[board_entry_to_pb(e) for e in found.below],
             period_key=q.ref.key,
         )
 
@@ -396,43 +297,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         size = request.page_size or 10
         if not 1 <= size <= WINNER_PAGE_MAX:
             raise InvalidField("page_size", f"must be between 1 and {WINNER_PAGE_MAX}, got {size}")
-        query = (q.tenant.tenant_id, q.board.name, q.ref.kind.value, q.ref.scope)
-        before = ""
-        if request.page_token:
-            cursor = await self.app.tokens.decode("ListWinners", query, request.page_token)
-            key = cursor.get("k")
-            if not isinstance(key, str):
-                raise InvalidField("page_token", "is not a token ListWinners returned")
-            before = key
-        records = await self.app.stores.hall_of_fame.list(
-            q.tenant.tenant_id, q.board.name, q.ref.kind.value, q.ref.scope,
-            only_key=request.period_key, before_key=before, limit=size + 1,
-        )  # fmt: skip
-        more = len(records) > size
-        records = records[:size]
+        page = await queries.winners(self.app, q, request.period_key, size, request.page_token)
         return pb.ListWinnersResponse(
-            periods=[
-                pb.WinnersPeriod(
-                    board=r.board,
-                    period=request.period,
-                    period_key=r.period_key,
-                    scope_type=q.scope_type,  # type: ignore[arg-type]
-                    scope_id=q.scope_id,
-                    winners=[
-                        pb.LeaderboardEntry(rank=w.rank, member_id=w.member_id, score=w.score)
-                        for w in r.winners
-                    ],
-                    recorded_at=_timestamp(int(r.recorded_at.timestamp() * 1000)),
-                )
-                for r in records
-            ],
-            next_page_token=(
-                self.app.tokens.encode("ListWinners", query, {"k": records[-1].period_key})
-                if more
-                else ""
-            ),
+            periods=[winners_to_pb(r, request.period, q.scope_type, q.scope_id) for r in page.rows],
+            next_page_token=page.next_token,
         )
-
-
-def _board_entry(e: BoardEntry) -> pb.LeaderboardEntry:
-    return pb.LeaderboardEntry(rank=e.rank, member_id=e.member, score=e.score)

@@ -5,14 +5,42 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.api.points.v1 import points_pb2 as pb
-from service.domain import Event
+from service.convert import ITEM_KINDS, PERIODS
+from service.domain import TIME_MS_MAX, Event
 from service.errors import InvalidArgument
+from service.redeem import QUANTITY_MAX
+from service.rules import RulesEngine, TenantRules
+from storage.postgres.catalog import Item
 
-__all__ = ["ID_BYTES_MAX", "InvalidField", "Limits", "check_id", "check_text", "event_from_pb"]
+__all__ = [
+    "ADJUST_MAX",
+    "COST_MAX",
+    "ID_BYTES_MAX",
+    "PAGE_MAX",
+    "STOCK_MAX",
+    "InvalidField",
+    "Limits",
+    "check_id",
+    "check_tenant",
+    "check_text",
+    "event_from_pb",
+    "item_from_pb",
+    "page_size",
+    "quantity_of",
+    "timestamp_of",
+]
 
 ID_BYTES_MAX = 128
+COST_MAX = 1_000_000_000
+# Far below bigint: stock given back by refunds can never overflow it.
+STOCK_MAX = 1_000_000_000
+ADJUST_MAX = 1_000_000
+PAGE_MAX = 200
 ATTRIBUTE_KEY_BYTES_MAX = 64
 ATTRIBUTE_VALUE_BYTES_MAX = 256
 # C0 and C1 control characters and the Unicode line/paragraph separators.
@@ -166,3 +194,72 @@ def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
         quantity=quantity or 1,
         attributes=dict(attrs) if count else {},
     )
+
+
+def check_tenant(engine: RulesEngine, tenant_id: str, field: str = "tenant_id") -> TenantRules:
+    check_id(field, tenant_id)
+    tenant = engine.tenant(tenant_id)
+    if tenant is None:
+        raise InvalidField(field, f"unknown tenant {tenant_id!r}")
+    return tenant
+
+
+def timestamp_of(ts: Timestamp, field: str) -> datetime:
+    # Item windows from 1970 to the year 9999.
+    if not (0 <= ts.seconds <= TIME_MS_MAX // 1000 and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidField(field, "is not a valid timestamp between 1970 and 9999")
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def page_size(value: int) -> int:
+    size = value or 50
+    if not 1 <= size <= PAGE_MAX:
+        raise InvalidField("page_size", f"must be between 1 and {PAGE_MAX}, got {size}")
+    return size
+
+
+def quantity_of(value: int) -> int:
+    quantity = value or 1
+    if not 1 <= quantity <= QUANTITY_MAX:
+        raise InvalidField("quantity", f"must be between 1 and {QUANTITY_MAX}, got {quantity}")
+    return quantity
+
+
+def item_from_pb(msg: pb.Item, engine: RulesEngine) -> Item:
+    """A validated catalog item; InvalidField names what to fix."""
+    check_tenant(engine, msg.tenant_id, "item.tenant_id")
+    check_id("item.item_id", msg.item_id)
+    check_text("item.name", msg.name, max_chars=200, required=True)
+    check_text("item.description", msg.description, max_chars=2000, multiline=True)
+    kind = ITEM_KINDS.get(msg.kind)
+    if kind is None:
+        raise InvalidField("item.kind", "is required: VIRTUAL, PHYSICAL, BENEFIT or DONATION")
+    if not 1 <= msg.cost <= COST_MAX:
+        raise InvalidField("item.cost", f"must be between 1 and {COST_MAX}, got {msg.cost}")
+    stock = msg.stock if msg.HasField("stock") else None
+    if stock is not None and not 0 <= stock <= STOCK_MAX:
+        raise InvalidField(
+            "item.stock", f"must be 0..{STOCK_MAX} (or unset for unlimited), got {stock}"
+        )
+    limit = msg.per_user_limit or None
+    period = PERIODS.get(msg.limit_period)
+    if limit is not None:
+        if limit < 0:
+            raise InvalidField("item.per_user_limit", f"must be >= 0, got {limit}")
+        if period is None:
+            raise InvalidField(
+                "item.limit_period",
+                "is required with a per_user_limit: DAY, WEEK, MONTH or ALL_TIME",
+            )
+    elif period is not None:
+        raise InvalidField("item.limit_period", "must be unset without a per_user_limit")
+    starts = timestamp_of(msg.starts_at, "item.starts_at") if msg.HasField("starts_at") else None
+    ends = timestamp_of(msg.ends_at, "item.ends_at") if msg.HasField("ends_at") else None
+    if starts is not None and ends is not None and ends <= starts:
+        raise InvalidField("item.ends_at", "must be after starts_at")
+    return Item(
+        tenant_id=msg.tenant_id, item_id=msg.item_id, name=msg.name,
+        description=msg.description, kind=kind, cost=msg.cost, stock=stock,
+        per_user_limit=limit, limit_period=period.value if period else None,
+        starts_at=starts, ends_at=ends, enabled=msg.enabled,
+    )  # fmt: skip
