@@ -38,17 +38,17 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from pointsd.service.clock import system_clock
+from pointsd.service.rules import Plan, RulesEngine, load_rule_book
+from pointsd.service.validation import InvalidField, Limits, event_from_pb
+from pointsd.storage.keys import KeySchema, Topology
+from pointsd.storage.postgres import migrate, sqlalchemy_url
+from pointsd.storage.redis import AwardStore, connect_redis
+from pointsd.storage.redis.codec import APPLY, CallEncoder
 from scripts.loadgen import DEFAULT_MIX, Traffic, TrafficSpec, run_load
 from scripts.loadtest import RssSampler, resolve_servers, wait_for_ledger
 from scripts.naive import run_naive
 from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
-from service.clock import system_clock
-from service.rules import Plan, RulesEngine, load_rule_book
-from service.validation import InvalidField, Limits, event_from_pb
-from storage.keys import KeySchema, Topology
-from storage.postgres import migrate, sqlalchemy_url
-from storage.redis import AwardStore, connect_redis
-from storage.redis.codec import APPLY, CallEncoder
 
 __all__ = ["main"]
 

@@ -27,14 +27,14 @@ from typing import Any
 import grpc
 import redis as sync_redis
 
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.domain import BoardRef, Period
+from pointsd.storage.keys import KeySchema, Topology
+from pointsd.storage.postgres import migrate
 from scripts.bench import cleanup_tenants
 from scripts.loadtest import resolve_servers
 from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
-from service.domain import BoardRef, Period
-from storage.keys import KeySchema, Topology
-from storage.postgres import migrate
 
 __all__ = ["main"]
 

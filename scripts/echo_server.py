@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 
 
 def canned(event: pb.ActivityEvent) -> pb.ActivityResult:

@@ -1,6 +1,6 @@
-"""Generate the Python protobuf/gRPC modules from `protos/` into `service/api/`.
+"""Generate the Python protobuf/gRPC modules from `protos/` into `pointsd.service.api`.
 
-    python -m scripts.gen_protos           # write service/api/points/v1/*
+    python -m scripts.gen_protos           # write service/pointsd/service/api/points/v1/*
     python -m scripts.gen_protos --check   # exit 1 if the committed files differ
 
 The generated code is committed so a clone runs without a build step; the test
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-OUT_ROOT = ROOT / "service" / "api"
+OUT_ROOT = ROOT / "service" / "pointsd" / "service" / "api"
 PROTOS = ["points/v1/points.proto"]
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
@@ -43,7 +43,7 @@ def _generate(out: Path) -> list[Path]:
         text = path.read_text()
         # protoc writes absolute imports rooted at the proto path ("from points.v1
         # import points_pb2"); the modules live inside the service package.
-        text = text.replace("from points.v1 import", "from service.api.points.v1 import")
+        text = text.replace("from points.v1 import", "from pointsd.service.api.points.v1 import")
         path.write_text(text)
     return files
 

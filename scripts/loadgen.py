@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_MIX",

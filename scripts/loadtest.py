@@ -38,16 +38,16 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from pointsd.storage.postgres import migrate, sqlalchemy_url
 from scripts.loadgen import DEFAULT_MIX, RunResult, TrafficSpec, parse_mix, run_load
 from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
-from storage.postgres import migrate, sqlalchemy_url
 
 __all__ = ["RssSampler", "ledger_points", "main", "resolve_servers", "wait_for_ledger"]
 
 
 def resolve_servers(data_dir: Path, redis: bool = True) -> tuple[str, str, list[Any]]:
     """REDIS_URL / DATABASE_URL, or embedded servers in data_dir (started or reused)."""
-    from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+    from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
 
     started: list[Any] = []
     redis_url = os.environ.get("REDIS_URL", "")

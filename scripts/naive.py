@@ -16,11 +16,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from service.api.points.v1 import points_pb2 as pb
-from service.domain import CreditOp, Metric
-from service.domain.steps import Board, Check
-from service.rules import Plan, RulesEngine
-from service.validation import InvalidField, Limits, event_from_pb
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.domain import CreditOp, Metric
+from pointsd.service.domain.steps import Board, Check
+from pointsd.service.rules import Plan, RulesEngine
+from pointsd.service.validation import InvalidField, Limits, event_from_pb
 
 __all__ = ["NaiveStore", "run_naive"]
 

@@ -16,7 +16,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.rules import load_rule_file
+from pointsd.service.rules import load_rule_file
 
 __all__ = [
     "ROOT",
@@ -70,7 +70,7 @@ def run_cli(
     args: list[str], env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "pointsd.service.cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -97,7 +97,7 @@ class ServerProcess:
         self.new_session = new_session
         self.port = port
         self.log = log
-        self.argv = argv or [sys.executable, "-m", "service.cli", "serve"]
+        self.argv = argv or [sys.executable, "-m", "pointsd.service.cli", "serve"]
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_fh: IO[bytes] | None = None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
-from service.clock import parse_instant
+from pointsd.service.clock import parse_instant
 
 __all__ = ["INSTANTS", "Instant", "TestClock", "current", "instant_named", "now_ms", "use"]
 

@@ -29,13 +29,13 @@ import pytest
 import redis as sync_redis
 from sqlalchemy import create_engine, text
 
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
-from service.app import App
-from service.config import Settings
-from service.rules import RuleBook, load_rule_file, parse_rule_book
-from service.server import Running, start_server
-from storage.embedded import EmbeddedPostgres, EmbeddedRedis
-from storage.postgres import migrate, sqlalchemy_url
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.app import App
+from pointsd.service.config import Settings
+from pointsd.service.rules import RuleBook, load_rule_file, parse_rule_book
+from pointsd.service.server import Running, start_server
+from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from pointsd.storage.postgres import migrate, sqlalchemy_url
 from tests import clock as test_clock
 from tests.clock import INSTANTS, NOW, Instant, TestClock, instant_named
 

@@ -9,8 +9,8 @@ from typing import Any
 import redis as sync_redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pointsd.service.api.points.v1 import points_pb2 as pb
 from scripts.procs import pointsd_env, write_rules
-from service.api.points.v1 import points_pb2 as pb
 from tests import clock as test_clock
 
 

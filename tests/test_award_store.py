@@ -1,7 +1,7 @@
 """The award store's contract, primitive by primitive: hand-built operations
 applied (and restored) straight through AwardStore on a real Redis, no rules
 engine in between. Beside the API tests, this is the behaviour suite a new
-mechanic compiles onto (service/domain/steps.py)."""
+mechanic compiles onto (service/pointsd/service/domain/steps.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
-from service.domain import (
+from pointsd.service.domain import (
     SEP,
     BoardRef,
     CreditOp,
@@ -24,7 +24,7 @@ from service.domain import (
     Role,
     StoreCode,
 )
-from service.domain.steps import (
+from pointsd.service.domain.steps import (
     Accumulate,
     Amount,
     Board,
@@ -43,11 +43,11 @@ from service.domain.steps import (
     Threshold,
     Throttle,
 )
-from service.ops import reconcile
-from storage.entries import KIND_BONUS
-from storage.keys import counter_field
-from storage.redis import RestoreOp
-from storage.redis.awards import AwardStore
+from pointsd.service.ops import reconcile
+from pointsd.storage.entries import KIND_BONUS
+from pointsd.storage.keys import counter_field
+from pointsd.storage.redis import RestoreOp
+from pointsd.storage.redis.awards import AwardStore
 from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory
 
@@ -484,7 +484,7 @@ async def test_dedup_records_of_the_previous_format_are_read(
 
 
 async def test_a_call_in_another_wire_format_is_refused(ops: Ops) -> None:
-    from storage.errors import StorageError
+    from pointsd.storage.errors import StorageError
 
     store = ops.store
     keys = [ops.shard("ann").maintenance, ops.shard("ann").balances, ops.shard("ann").outbox]

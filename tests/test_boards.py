@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2 as pb
 from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, new_tenant
 from tests.helpers import ev, now_ms
@@ -358,7 +358,7 @@ async def test_first_award_is_kept_for_credits_that_feed_no_board(
     make_api: ApiFactory, tenant: str
 ) -> None:
     """A newcomers board added later still knows who has been earning."""
-    from service.rules import load_rule_file, parse_rule_book
+    from pointsd.service.rules import load_rule_file, parse_rule_book
 
     doc = load_rule_file(None)
     # Before: one board, fed by replies only; vic earns from files.

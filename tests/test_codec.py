@@ -1,5 +1,5 @@
-"""The wire format has one owner (storage/redis/codec.py) and one reader
-(storage/redis/award.lua): they agree on every name, and the result codes
+"""The wire format has one owner (storage/pointsd/storage/redis/codec.py) and one reader
+(storage/pointsd/storage/redis/award.lua): they agree on every name, and the result codes
 are the one StoreCode list. Pure: no servers."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from scripts.procs import ROOT
-from service.domain import CreditOp, Metric, Period, PeriodRef, Role, StoreCode
-from service.domain.steps import (
+from pointsd.service.domain import CreditOp, Metric, Period, PeriodRef, Role, StoreCode
+from pointsd.service.domain.steps import (
     Accumulate,
     Amount,
     Board,
@@ -32,11 +31,19 @@ from service.domain.steps import (
     Threshold,
     Throttle,
 )
-from storage.keys import KeySchema
-from storage.redis.codec import APPLY, RESTORE, WIRE_VERSION, CallEncoder, Restored, decode_results
+from pointsd.storage.keys import KeySchema
+from pointsd.storage.redis.codec import (
+    APPLY,
+    RESTORE,
+    WIRE_VERSION,
+    CallEncoder,
+    Restored,
+    decode_results,
+)
+from scripts.procs import ROOT
 
-AWARD_LUA = (ROOT / "storage/redis/award.lua").read_text()
-BALANCE_LUA = (ROOT / "storage/redis/balance.lua").read_text()
+AWARD_LUA = (ROOT / "storage/pointsd/storage/redis/award.lua").read_text()
+BALANCE_LUA = (ROOT / "storage/pointsd/storage/redis/balance.lua").read_text()
 DAY = PeriodRef(Period.DAY, "2027-01-01", 1_800_000_000)
 
 EVERY_STEP: tuple[Step, ...] = (

@@ -8,8 +8,8 @@ from collections import Counter
 
 import grpc
 
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from tests.conftest import Api, ApiFactory, wait_for
 from tests.helpers import ev, ledger_count, ledger_sum
 

@@ -1,4 +1,4 @@
-"""Unit tests for service/config.py: Settings read from an environment mapping."""
+"""Unit tests for pointsd.service.config: Settings read from an environment mapping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.config import ConfigError, Settings
+from pointsd.service.config import ConfigError, Settings
 
 FIELDS = [f.name for f in dataclasses.fields(Settings)]
 

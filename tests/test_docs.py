@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
+from pointsd.service.config import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

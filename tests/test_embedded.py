@@ -11,7 +11,7 @@ import psutil
 import pytest
 import redis as sync_redis
 
-from storage.embedded import EmbeddedRedis
+from pointsd.storage.embedded import EmbeddedRedis
 from tests.conftest import server_data_dir
 
 KEYS = 3_000_000

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2 as pb
 from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, wait_for
 from tests.helpers import ev, ledger_count, ledger_sum, now_ms, tenant_keys
@@ -457,8 +457,8 @@ async def test_event_id_reused_across_shards_still_leaves_one_row_per_payment(
 ) -> None:
     """Reuse of an id by another user on another shard cannot be caught
     atomically (README, Guarantees); the ledger still records both payments."""
-    from service.ops import reconcile
-    from storage.keys import shard_of
+    from pointsd.service.ops import reconcile
+    from pointsd.storage.keys import shard_of
 
     api = await make_api({tenant: {"shards": 4}})
     users = ["alice"] + [f"u{i}" for i in range(20)]

@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 
-from service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2 as pb
 from tests.conftest import ApiFactory
 from tests.helpers import ev, now_ms
 

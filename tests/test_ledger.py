@@ -9,13 +9,13 @@ import dataclasses
 import grpc
 import pytest
 
-from service.api.points.v1 import points_pb2 as pb
-from service.domain import CreditOp, LedgerFacts, Role
-from service.ops import reconcile
-from storage.entries import LedgerRow, award_data, decode_entry
-from storage.flusher import Flusher
-from storage.keys import OUTBOX_GROUP
-from storage.redis import Outbox
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.domain import CreditOp, LedgerFacts, Role
+from pointsd.service.ops import reconcile
+from pointsd.storage.entries import LedgerRow, award_data, decode_entry
+from pointsd.storage.flusher import Flusher
+from pointsd.storage.keys import OUTBOX_GROUP
+from pointsd.storage.redis import Outbox
 from tests.conftest import Api, ApiFactory, new_tenant
 from tests.helpers import ev, ledger_count, ledger_sum, tenant_keys
 
@@ -310,7 +310,7 @@ async def test_consumers_of_dead_processes_are_forgotten(
 ) -> None:
     """Every process joins the group under a new name; the idle ones that own
     nothing are dropped, the live one and any owning entries are kept."""
-    from storage.redis.outbox import Outbox
+    from pointsd.storage.redis.outbox import Outbox
 
     api = await make_api([tenant], flusher="off")
     shard = api.app.shards()[0]
@@ -337,7 +337,7 @@ def test_migration_0005_keeps_rows_and_admits_zero_point_milestones(servers) -> 
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from storage.postgres import migrate, sqlalchemy_url
+    from pointsd.storage.postgres import migrate, sqlalchemy_url
 
     name = f"pointsd_mig_{uuid.uuid4().hex[:8]}"
     admin = create_engine(sqlalchemy_url(servers.database_url), isolation_level="AUTOCOMMIT")

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from service.api.points.v1 import points_pb2 as pb
-from service.ops import reconcile
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.ops import reconcile
 from tests.conftest import ApiFactory, Servers
 from tests.helpers import ev, ledger_count, ledger_sum
 from tests.proxy import TcpProxy
@@ -93,7 +93,7 @@ async def test_drain_reconcile_and_rebuild_give_up_in_time_while_postgres_is_dow
     """The drain's timeout holds while PostgreSQL is away: reconcile says
     "not drained", and a rebuild refuses and lifts its maintenance flag, so
     the tenant's writes go on. Cancelling a rebuild lifts the flag too."""
-    from service.ops import RebuildFailed, rebuild
+    from pointsd.service.ops import RebuildFailed, rebuild
 
     api = await make_api(
         [tenant], database_url=outage.database_url, flusher="off", flush_backoff_max_ms=200,

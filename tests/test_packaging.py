@@ -51,14 +51,21 @@ def test_the_wheel_ships_every_module_and_data_file(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     (wheel,) = tmp_path.glob("pointsd-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
-    runtime = [f for f in files if f.split("/")[0] in ("service", "storage")]
+    # service/pointsd/service/x and storage/pointsd/storage/x install as
+    # pointsd/service/x and pointsd/storage/x: one top-level name.
+    runtime = [f.split("/", 1)[1] for f in files if f.split("/")[0] in ("service", "storage")]
+    assert all(f.startswith(("pointsd/service/", "pointsd/storage/")) for f in runtime)
     missing = sorted(set(runtime) - shipped)
     assert not missing, f"left out of the wheel: {missing}"
     for needed in (
-        "storage/redis/award.lua",
-        "service/rules/default_rules.yaml",
-        "storage/postgres/migrations/env.py",
+        "pointsd/storage/redis/award.lua",
+        "pointsd/service/rules/default_rules.yaml",
+        "pointsd/storage/postgres/migrations/env.py",
     ):
         assert needed in shipped
+    top_level = {n.split("/")[0] for n in shipped if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"pointsd"}
     entry_points = next(n for n in shipped if n.endswith("entry_points.txt"))
-    assert "pointsd = service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (
+        "pointsd = pointsd.service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )

@@ -1,4 +1,4 @@
-"""Unit tests for service/rules/periods.py: calendar periods in a tenant's zone.
+"""Unit tests for pointsd.service.rules.periods: calendar periods in a tenant's zone.
 
 Pure: fixed instants, no clock. Expected values are written out by hand
 (calendar facts), not recomputed with the code under test.
@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from service.domain import Period, PeriodRef
-from service.rules.periods import (
+from pointsd.service.domain import Period, PeriodRef
+from pointsd.service.rules.periods import (
     local_date,
     period_bounds,
     period_key,

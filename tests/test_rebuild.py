@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from service.api.points.v1 import points_pb2 as pb
-from service.ops import rebuild, reconcile
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.ops import rebuild, reconcile
 from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, LoseRedisData
 from tests.helpers import ev, tenant_keys
@@ -140,8 +140,8 @@ async def test_old_awards_stay_on_all_time_boards_and_dead_letters_survive(
 async def test_a_rebuild_that_fails_half_way_keeps_writes_refused(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.ops import RebuildFailed
-    from storage.errors import StorageUnavailable
+    from pointsd.service.ops import RebuildFailed
+    from pointsd.storage.errors import StorageUnavailable
 
     await api.stub.RecordActivity(ev(api.tenant, "u1", "file"))
     assert await api.app.flusher.drain(30)

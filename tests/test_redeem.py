@@ -15,9 +15,9 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
-from service.ops import rebuild, reconcile
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.ops import rebuild, reconcile
 from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, LoseRedisData, new_tenant
 from tests.helpers import ev
@@ -494,7 +494,7 @@ async def test_recovery_finishes_abandoned_redemptions_and_skips_unknown_tenants
     starve them."""
     from sqlalchemy import create_engine, text
 
-    from storage.postgres import sqlalchemy_url
+    from pointsd.storage.postgres import sqlalchemy_url
 
     await create_item(api, "book", 20, 3)
     await grant(api, "ann", 30)

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from scripts.procs import ServerProcess, free_port, run_cli
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
 from tests.conftest import Servers, _cleanup_tenants, new_tenant
 from tests.helpers import child_env, rules_file
 

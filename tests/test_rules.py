@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from service.domain import (
+from pointsd.service.domain import (
     SEP,
     CreditOp,
     Event,
@@ -21,8 +21,8 @@ from service.domain import (
     PeriodRef,
     Role,
 )
-from service.domain.steps import Accumulate, Amount, Bump, Check, Throttle
-from service.rules import (
+from pointsd.service.domain.steps import Accumulate, Amount, Bump, Check, Throttle
+from pointsd.service.rules import (
     EARNED,
     LIMITS,
     ActionRule,
@@ -39,7 +39,7 @@ from service.rules import (
     load_rule_file,
     parse_rule_book,
 )
-from service.rules.mechanics.accumulators import PER_QUANTITY
+from pointsd.service.rules.mechanics.accumulators import PER_QUANTITY
 
 DAY_S = 86_400
 

@@ -7,10 +7,10 @@ import uuid
 import grpc
 import pytest
 
-from service.api.points.v1 import points_pb2 as pb
-from service.api.points.v1 import points_pb2_grpc as pb_grpc
-from service.tokens import PageTokens
-from service.validation import InvalidField
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.tokens import PageTokens
+from pointsd.service.validation import InvalidField
 from tests.conftest import ApiFactory
 
 

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
+from pointsd.service.api.points.v1 import points_pb2 as pb
 from scripts.procs import ROOT
-from service.api.points.v1 import points_pb2 as pb
 from tests.clock import TestClock
 from tests.conftest import ApiFactory, Servers
 from tests.helpers import child_env, ev, rules_file
@@ -52,7 +52,7 @@ async def test_winners_of_a_closed_week_are_written_once_by_racing_processes(
 
     def winners_pass() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", "winners"],
+            [sys.executable, "-m", "pointsd.service.cli", "winners"],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
 
@@ -118,8 +118,8 @@ async def test_winners_are_recorded_when_the_delay_outlasts_keep_periods(
     """Events may be 10 days late, so last week is final only when it is two
     weeks back, beyond keep_periods = 1; its board still exists then, and its
     winners must be recorded."""
-    from service.domain import Period
-    from service.rules.periods import period_bounds, period_key
+    from pointsd.service.domain import Period
+    from pointsd.service.rules.periods import period_bounds, period_key
 
     api = await make_api(
         {tenant: {"timezone": "Asia/Shanghai"}},

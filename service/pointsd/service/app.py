@@ -1,0 +1,179 @@
+"""The application: settings in, every component wired and started.
+
+Owns the lifecycle of what it opens (embedded servers, stores, the flusher),
+so the gRPC server, the CLI commands and the tests share one way to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pointsd.service.clock import Clock
+from pointsd.service.config import Settings
+from pointsd.service.ingest import Ingestor
+from pointsd.service.metrics import observe_flush
+from pointsd.service.redeem import Redemptions
+from pointsd.service.rules import RuleBook, RulesEngine, load_rule_book
+from pointsd.service.tokens import PageTokens
+from pointsd.service.validation import Limits
+from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from pointsd.storage.flusher import Flusher
+from pointsd.storage.keys import KeySchema, Shard, Topology
+from pointsd.storage.postgres import migrate
+from pointsd.storage.redis.secrets import shared_secret
+from pointsd.storage.stores import Stores
+
+if TYPE_CHECKING:
+    from pointsd.service.winners import WinnersRecorder
+
+__all__ = ["App"]
+
+log = logging.getLogger("pointsd")
+
+# Dedup records outlive the oldest accepted event by this margin.
+_DEDUP_MARGIN_S = 86_400
+
+
+async def resolve_urls(
+    settings: Settings, *, redis: bool = True
+) -> tuple[str, str, list[EmbeddedRedis | EmbeddedPostgres]]:
+    """The configured URLs, starting embedded servers for the unset ones."""
+    embedded: list[EmbeddedRedis | EmbeddedPostgres] = []
+    redis_url, database_url = settings.redis_url, settings.database_url
+    if not redis_url and redis:
+        er = EmbeddedRedis(settings.data_dir)
+        redis_url = await asyncio.to_thread(er.start)
+        embedded.append(er)
+    if not database_url:
+        ep = EmbeddedPostgres(settings.data_dir)
+        database_url = await asyncio.to_thread(ep.start)
+        embedded.append(ep)
+    return redis_url, database_url, embedded
+
+
+@dataclass
+class App:
+    settings: Settings
+    rules: RuleBook
+    engine: RulesEngine
+    limits: Limits
+    stores: Stores
+    ingestor: Ingestor
+    redemptions: Redemptions
+    flusher: Flusher
+    tokens: PageTokens
+    redis_url: str
+    database_url: str
+    # Every "now" of the service (see service/pointsd/service/clock.py).
+    clock: Clock
+    embedded: list[EmbeddedRedis | EmbeddedPostgres] = field(default_factory=list)
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, rules: RuleBook | None = None, *, clock: Clock | None = None
+    ) -> App:
+        if clock is None:
+            clock = settings.clock()
+            if settings.clock_start:
+                log.warning(
+                    "the service clock starts at %s (POINTS_CLOCK_START), not the system "
+                    "clock: for tests and demos only",
+                    settings.clock_start,
+                )
+        if rules is None:
+            path = Path(settings.rules_file) if settings.rules_file else None
+            rules = load_rule_book(path, default_shards=settings.shards)
+        redis_url, database_url, embedded = await resolve_urls(settings)
+        if settings.migrate_on_start:
+            await asyncio.to_thread(migrate.upgrade, database_url)
+        topology = Topology(
+            KeySchema(settings.redis_prefix),
+            {t.tenant_id: t.shards for t in rules.tenants.values()},
+        )
+        stores = await Stores.open(
+            redis_url,
+            database_url,
+            topology,
+            clock=clock,
+            outbox_entries_max=settings.outbox_entries_max,
+            ops_per_call_max=settings.ingest_ops_per_call_max,
+            ops_per_round_trip_max=settings.ingest_ops_per_round_trip_max,
+            inflight_max=settings.ingest_inflight_max,
+            coalesce_us=settings.ingest_coalesce_us,
+            coalesce_ops=settings.ingest_coalesce_ops,
+            redis_cluster=settings.redis_cluster,
+            redis_pool_max=settings.redis_pool_max,
+            redis_timeout_s=settings.redis_timeout_s,
+            db_pool_size=settings.db_pool_size,
+            db_timeout_s=settings.db_timeout_s,
+        )
+        retention_s = settings.event_max_age_s + settings.event_future_skew_s
+        engine = RulesEngine(
+            rules, state_retention_s=retention_s, dedup_retention_s=retention_s + _DEDUP_MARGIN_S
+        )
+        ingestor = Ingestor(engine, stores.awards, clock)
+        tokens = PageTokens(
+            lambda held: shared_secret(stores.redis, topology.schema.page_token_secret, held)
+        )
+        try:
+            await tokens.start()
+        except BaseException:
+            await stores.close()
+            raise
+        shards = list(topology.all_shards())
+        flusher = Flusher(
+            stores.outbox,
+            stores.ledger,
+            lambda: shards,
+            batch_rows_max=settings.flush_batch_rows_max,
+            interval_ms=settings.flush_interval_ms,
+            claim_idle_ms=settings.flush_claim_idle_ms,
+            backoff_max_ms=settings.flush_backoff_max_ms,
+            on_batch=observe_flush,
+            clock=clock,
+        )
+        return cls(
+            settings=settings,
+            rules=rules,
+            engine=engine,
+            limits=Limits(
+                event_max_age_s=settings.event_max_age_s,
+                event_future_skew_s=settings.event_future_skew_s,
+                attributes_max=settings.attributes_max,
+                quantity_max=settings.quantity_max,
+            ),
+            stores=stores,
+            ingestor=ingestor,
+            redemptions=Redemptions(
+                stores,
+                engine,
+                clock,
+                recovery_after_s=settings.redeem_recovery_after_s,
+                recovery_interval_s=settings.redeem_recovery_interval_s,
+            ),
+            flusher=flusher,
+            tokens=tokens,
+            redis_url=redis_url,
+            database_url=database_url,
+            clock=clock,
+            embedded=embedded,
+        )
+
+    def winners_recorder(self) -> WinnersRecorder:
+        from pointsd.service.winners import WinnersRecorder
+
+        return WinnersRecorder(self, self.settings.winners_delay, self.settings.winners_interval_s)
+
+    def shards(self) -> list[Shard]:
+        return list(self.stores.topology.all_shards())
+
+    async def close(self, *, stop_embedded: bool = True) -> None:
+        await self.stores.close()
+        if stop_embedded:
+            for server in self.embedded:
+                if server.owned:
+                    await asyncio.to_thread(server.stop)

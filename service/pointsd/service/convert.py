@@ -1,0 +1,175 @@
+"""Protobuf conversion, in one place: domain values and store records out
+as `points.v1` messages. (Requests in are validated by service/pointsd/service/validation.py,
+which turns them into domain values.)"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.domain import Period
+from pointsd.storage.entries import (
+    KIND_ADJUST,
+    KIND_AWARD,
+    KIND_BONUS,
+    KIND_REFUND,
+    KIND_SPEND,
+    LedgerRow,
+)
+from pointsd.storage.postgres.catalog import Item, Redemption
+from pointsd.storage.postgres.winners import WinnersRecord
+from pointsd.storage.redis.boards import BoardEntry
+
+if TYPE_CHECKING:
+    from pointsd.service.ingest import EventResult
+
+__all__ = [
+    "ITEM_KINDS",
+    "PERIODS",
+    "PERIOD_NAMES",
+    "board_entry_to_pb",
+    "entry_to_pb",
+    "item_to_pb",
+    "redemption_to_pb",
+    "result_to_pb",
+    "reward_to_pb",
+    "timestamp",
+    "winners_to_pb",
+]
+
+PERIODS = {
+    pb.DAY: Period.DAY,
+    pb.WEEK: Period.WEEK,
+    pb.MONTH: Period.MONTH,
+    pb.ALL_TIME: Period.EVER,
+}
+PERIOD_NAMES = {v: pb.Period.Name(k) for k, v in PERIODS.items()}
+_PERIOD_PB = {v.value: k for k, v in PERIODS.items()}
+ITEM_KINDS = {pb.VIRTUAL: "virtual", pb.PHYSICAL: "physical", pb.BENEFIT: "benefit",
+              pb.DONATION: "donation"}  # fmt: skip
+_ITEM_KIND_PB = {v: k for k, v in ITEM_KINDS.items()}
+_STATUS = {"pending": pb.PENDING, "completed": pb.COMPLETED, "failed": pb.FAILED,
+           "refunding": pb.REFUNDING, "refunded": pb.REFUNDED}  # fmt: skip
+_ROLES = {"a": pb.ACTOR, "t": pb.TARGET}
+# A bonus row is an award's milestone: the API shows it as an award.
+_ENTRY_KINDS = {KIND_AWARD: pb.AWARD, KIND_BONUS: pb.AWARD, KIND_SPEND: pb.SPEND,
+                KIND_REFUND: pb.REFUND, KIND_ADJUST: pb.ADJUSTMENT}  # fmt: skip
+
+
+def timestamp(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def result_to_pb(r: EventResult) -> pb.ActivityResult:
+    msg = pb.ActivityResult(
+        event_id=r.event_id,
+        outcome=int(r.outcome),  # type: ignore[arg-type]
+        points=r.points,
+        balance=r.balance,
+        reason=r.reason,
+        field=r.field,
+    )
+    if r.original_outcome is not None:
+        msg.original_outcome = int(r.original_outcome)  # type: ignore[assignment]
+    for c in r.credits:
+        msg.credits.add(
+            user_id=c.user_id,
+            role=int(c.role),
+            outcome=int(c.outcome),
+            points=c.points,
+            balance=c.balance,
+            reason=c.reason,
+        )
+    return msg
+
+
+def entry_to_pb(row: LedgerRow) -> pb.LedgerEntry:
+    return pb.LedgerEntry(
+        entry_id=row.entry_key,
+        kind=_ENTRY_KINDS.get(row.kind, pb.ENTRY_KIND_UNSPECIFIED),
+        action=row.action,
+        points=row.points,
+        balance_after=row.balance_after,
+        event_id=row.event_id,
+        role=_ROLES.get(row.role, pb.ROLE_UNSPECIFIED),
+        counterpart_user_id=row.counterpart_id,
+        group_id=row.group_id,
+        department_id=row.department_id,
+        occurred_at=timestamp(row.occurred_at_ms),
+        recorded_at=timestamp(row.recorded_at_ms),
+        reason=row.reason,
+        quantity=row.quantity,
+        attributes=dict(row.attributes),
+    )
+
+
+def board_entry_to_pb(e: BoardEntry) -> pb.LeaderboardEntry:
+    return pb.LeaderboardEntry(rank=e.rank, member_id=e.member, score=e.score)
+
+
+def winners_to_pb(
+    r: WinnersRecord, period: int, scope_type: int, scope_id: str
+) -> pb.WinnersPeriod:
+    return pb.WinnersPeriod(
+        board=r.board,
+        period=period,  # type: ignore[arg-type]
+        period_key=r.period_key,
+        scope_type=scope_type,  # type: ignore[arg-type]
+        scope_id=scope_id,
+        winners=[
+            pb.LeaderboardEntry(rank=w.rank, member_id=w.member_id, score=w.score)
+            for w in r.winners
+        ],
+        recorded_at=timestamp(int(r.recorded_at.timestamp() * 1000)),
+    )
+
+
+def item_to_pb(item: Item) -> pb.Item:
+    msg = pb.Item(
+        tenant_id=item.tenant_id,
+        item_id=item.item_id,
+        name=item.name,
+        description=item.description,
+        kind=_ITEM_KIND_PB[item.kind],
+        cost=item.cost,
+        per_user_limit=item.per_user_limit or 0,
+        limit_period=_PERIOD_PB[item.limit_period] if item.limit_period else 0,  # type: ignore[arg-type]
+        enabled=item.enabled,
+    )
+    if item.stock is not None:
+        msg.stock = item.stock
+    for name in ("starts_at", "ends_at", "created_at", "updated_at"):
+        ts = _ts(getattr(item, name))
+        if ts is not None:
+            getattr(msg, name).CopyFrom(ts)
+    return msg
+
+
+def reward_to_pb(item: Item, remaining: int | None) -> pb.Reward:
+    extra: dict[str, Any] = {} if remaining is None else {"user_remaining": remaining}
+    return pb.Reward(item=item_to_pb(item), **extra)
+
+
+def redemption_to_pb(r: Redemption) -> pb.Redemption:
+    msg = pb.Redemption(
+        redemption_id=r.redemption_id, tenant_id=r.tenant_id, request_id=r.request_id,
+        user_id=r.user_id, item_id=r.item_id, item_name=r.item_name, quantity=r.quantity,
+        points=r.points, status=_STATUS[r.status], reason=r.reason,
+        balance_after=r.balance_after or 0, refund_reason=r.refund_reason,
+    )  # fmt: skip
+    msg.created_at.FromDatetime(r.created_at.astimezone(UTC))
+    msg.updated_at.FromDatetime(r.updated_at.astimezone(UTC))
+    return msg

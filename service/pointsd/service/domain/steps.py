@@ -1,0 +1,257 @@
+"""The award primitives: what one credit operation may do, step by step.
+
+A mechanic (caps, throttles, boards, ...) is compiled by the rules engine
+into a program: a tuple of these steps. Storage applies a program in one
+atomic Lua call per (tenant, shard) chunk (storage/pointsd/storage/redis/award.lua) in two
+passes: first every step that can refuse or change the points (`checks`:
+Accumulate, Throttle, Check); if none refused, every step's effect, in
+order. Steps are frozen and shared: one program serves every credit of the
+same kind in the same periods, so storage can encode it once per call.
+
+Counters are per user: storage prefixes a counter name with the credited
+user, and files it in the hash of its period. `expires_at_s` (unix s, 0 =
+never) is when a step's state may be dropped; a rebuild skips steps whose
+state has expired.
+
+Values: some steps produce a value (old, new) that a following Cross step
+reads: Bump and Distinct (the counter), Day (the run of active days around
+the day), Credit (the user's lifetime earned points).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pointsd.service.domain import BoardRef, Metric, Period, PeriodRef
+
+__all__ = [
+    "Accumulate",
+    "Amount",
+    "Board",
+    "BoardSlot",
+    "Bonus",
+    "Bump",
+    "Check",
+    "Credit",
+    "Cross",
+    "Day",
+    "Distinct",
+    "Entry",
+    "First",
+    "Member",
+    "Step",
+    "Threshold",
+    "Throttle",
+]
+
+
+class Step:
+    """Base of the primitives. `expires_at_s`: when its state may go (0 = never)."""
+
+    __slots__ = ()
+
+    @property
+    def expires_at_s(self) -> int:
+        return 0
+
+
+class Amount(enum.StrEnum):
+    """What a Bump adds: 1 per award, the awarded points, or the quantity."""
+
+    COUNT = "c"
+    POINTS = "p"
+    QUANTITY = "q"
+
+
+class Member(enum.StrEnum):
+    """Which of the credit's facts a Distinct counts."""
+
+    COUNTERPART = "cp"
+    DEPARTMENT = "dep"
+    GROUP = "grp"
+
+
+@dataclass(frozen=True, slots=True)
+class Bonus:
+    """An extra ledger row of an award (a milestone): `points` (may be 0)
+    credited on top, `tag` names it ([a-z0-9._-], unique within the credit),
+    `reason` is the row's text."""
+
+    tag: str
+    points: int
+    reason: str
+
+
+# --------------------------------------------------------------------------
+# Checks: may refuse the credit or change its points; nothing is written
+# unless every check passed.
+
+
+@dataclass(frozen=True, slots=True)
+class Accumulate(Step):
+    """Collect the quantity in a counter; the points are `points per unit` x
+    the whole `unit`s crossed (1 point per 30 online minutes, reported in any
+    chunks). Effect: the counter holds the new total."""
+
+    period: PeriodRef
+    counter: str
+    unit: int
+
+    @property
+    def expires_at_s(self) -> int:
+        return self.period.expires_at_s
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle(Step):
+    """Refuse (THROTTLED) an award closer than `interval_ms` to another
+    awarded one of the same `name`, before or after (events arrive in any
+    order). Keeps the latest award times (occurred_at) for `keep_ms`."""
+
+    name: str
+    interval_ms: int
+    keep_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check(Step):
+    """A cap on a counter. COUNT: refuse (CAPPED) when the counter is at
+    `max`. POINTS: clip the points to what is left under `max`, refuse when
+    nothing is. `number` (1-based) is reported with the result so the
+    caller can name the cap; `label` is that name (not sent to storage).
+    The counter itself moves with a Bump."""
+
+    period: PeriodRef
+    counter: str
+    metric: Metric
+    max: int
+    label: str
+    number: int = 0
+
+    @property
+    def expires_at_s(self) -> int:
+        return self.period.expires_at_s
+
+
+# --------------------------------------------------------------------------
+# Effects: applied in order once every check passed.
+
+
+@dataclass(frozen=True, slots=True)
+class Bump(Step):
+    """Add to a counter (by 1, the points, or the quantity; never 0).
+    Produces (old, new)."""
+
+    period: PeriodRef
+    counter: str
+    by: Amount
+
+    @property
+    def expires_at_s(self) -> int:
+        return self.period.expires_at_s
+
+
+@dataclass(frozen=True, slots=True)
+class Distinct(Step):
+    """Count the distinct values of `member` (e.g. colleagues thanked), at
+    most `bound` of them (memory stays bounded). Produces (old, new)."""
+
+    period: PeriodRef
+    counter: str
+    member: Member
+    bound: int
+
+    @property
+    def expires_at_s(self) -> int:
+        return self.period.expires_at_s
+
+
+@dataclass(frozen=True, slots=True)
+class Day(Step):
+    """Mark `ordinal` (the event's business day, numbered by the tenant's
+    calendar so non-working days have none) in the user's bitmap `name`.
+    Produces (old, new) lengths of the run of marked days containing it,
+    ORing in bitmap `cover` when named (days covered otherwise), looking at
+    most `scan` days either way; marking a marked day changes nothing, so
+    arrival order never matters. The bitmap lives `keep_s` past each write."""
+
+    name: str
+    ordinal: int
+    scan: int
+    keep_s: int
+    cover: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    at: int
+    bonus: Bonus
+
+
+@dataclass(frozen=True, slots=True)
+class Cross(Step):
+    """For each threshold with old < at <= new of the value the previous
+    producing step made, the credit earns the threshold's bonus. A counter
+    that only grows crosses each threshold once; a run once per run."""
+
+    thresholds: tuple[Threshold, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Credit(Step):
+    """The user's balance: available and lifetime earned move by the points,
+    and the credit's ledger entry joins the outbox. Produces (old, new)
+    lifetime earned points. A program without it (rebuild) moves no balance."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(Step):
+    """The credit earns `bonus` whenever it is awarded (an extra ledger row)."""
+
+    bonus: Bonus
+
+
+@dataclass(frozen=True, slots=True)
+class First(Step):
+    """Remember the occurred_at of the user's first paid credit (newcomer
+    windows of Board slots read it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoardSlot:
+    """One board instance a paid credit feeds.
+
+    scope: "t" (tenant), "d" (the credit's department) or "g" (the event's
+    group). group_member: the group is ranked instead of the user.
+    newcomer_window_ms > 0: only while the user's first paid credit (or the
+    join date the event carries) is less than that long ago.
+    """
+
+    board: str
+    kind: Period
+    period_key: str
+    scope: str
+    metric: Metric
+    expires_at_s: int
+    newcomer_window_ms: int = 0
+    group_member: bool = False
+
+    def ref(self, scope_id: str = "") -> BoardRef:
+        return BoardRef(
+            self.board, f"{self.scope}:{scope_id}" if scope_id else "t", self.kind, self.period_key
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Board(Step):
+    """Add each paid credit to its board slots: 1 (COUNT) or the points.
+    Increments of one call are summed per board and member first."""
+
+    slots: tuple[BoardSlot, ...]
+
+    @property
+    def expires_at_s(self) -> int:
+        if any(not s.expires_at_s for s in self.slots):
+            return 0
+        return max((s.expires_at_s for s in self.slots), default=0)

@@ -1,0 +1,82 @@
+"""Service errors and the one table that maps every error to a gRPC status.
+
+Handlers raise (or let storage raise) these; `status_of` picks the code and
+the message returned to the caller, and the category counted in metrics.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from pointsd.storage.errors import LedgerDataError, StorageError, StorageUnavailable
+
+__all__ = [
+    "AlreadyExists",
+    "Conflict",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "Overloaded",
+    "ServiceError",
+    "ShardBusy",
+    "status_of",
+]
+
+
+class ServiceError(Exception):
+    """An error with a message meant for the caller."""
+
+
+class InvalidArgument(ServiceError):
+    pass
+
+
+class NotFound(ServiceError):
+    pass
+
+
+class AlreadyExists(ServiceError):
+    pass
+
+
+class FailedPrecondition(ServiceError):
+    pass
+
+
+class Conflict(ServiceError):
+    """The target changed since the caller read it: read again and retry."""
+
+
+class Overloaded(ServiceError):
+    """A bound was hit (outbox full, too many in flight): retry with backoff."""
+
+
+class ShardBusy(ServiceError):
+    """The state is being rebuilt: retry shortly."""
+
+
+# Order matters: the first matching class wins (subclasses before bases).
+_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Conflict, grpc.StatusCode.ABORTED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ShardBusy, grpc.StatusCode.UNAVAILABLE),
+    (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (LedgerDataError, grpc.StatusCode.INTERNAL),
+    (StorageError, grpc.StatusCode.INTERNAL),
+]
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The status for a known error, or None for an unexpected one (a bug)."""
+    for kind, code in _TABLE:
+        if isinstance(exc, kind):
+            if isinstance(exc, ServiceError):
+                return code, str(exc)
+            if isinstance(exc, StorageUnavailable):
+                return code, "a backing store is unavailable; retry with backoff"
+            return code, "internal storage error"
+    return None

@@ -1,0 +1,251 @@
+"""Operator commands behind `pointsd reconcile` and `pointsd rebuild`.
+
+reconcile: drain the outbox, then compare every Redis balance with the sums
+of the user's ledger rows in PostgreSQL (guarantee 3, balances are derivable).
+
+rebuild: restore Redis state from the ledger after Redis data loss. Per
+tenant: refuse writes (maintenance flag) -> drain the outbox -> wipe the
+tenant's state -> balances from ledger sums -> replay every award entry
+through award.lua in restore mode, with the steps each mechanic's rebuild
+rule gives (engine.plan(restore=True)): dedup records (replays stay
+exactly-once), period counters (caps hold), lifetime counters (once-ever
+rules stay once) and boards, under the current rules -> allow writes again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field, replace
+
+from pointsd.service.app import App
+from pointsd.service.domain import CreditOp, Event, Role, StoreCode
+from pointsd.service.domain.steps import Step
+from pointsd.service.redeem import restoring_change
+from pointsd.service.rules import Plan, fingerprint
+from pointsd.storage.entries import KIND_AWARD, LedgerRow
+from pointsd.storage.errors import StorageError
+from pointsd.storage.redis import BalanceView, RestoreOp
+
+__all__ = ["Mismatch", "RebuildReport", "ReconcileReport", "rebuild", "reconcile"]
+
+log = logging.getLogger("pointsd.ops")
+
+_RESTORE_CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    tenant_id: str
+    user_id: str
+    redis: BalanceView
+    ledger: BalanceView
+
+
+@dataclass
+class ReconcileReport:
+    drained: bool
+    users: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return self.drained and not self.mismatches
+
+
+class RebuildFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class RebuildReport:
+    tenants: int = 0
+    users: int = 0
+    entries: int = 0
+    keys_deleted: int = 0
+
+
+async def _compare(app: App, tenant_id: str) -> tuple[int, list[Mismatch]]:
+    sums = await app.stores.ledger.sums(tenant_id)
+    ledger = {u: BalanceView(s.net, s.earned, s.spent) for u, s in sums.items()}
+    redis: dict[str, BalanceView] = {}
+    for shard in app.stores.topology.tenant_shards(tenant_id):
+        async for user, view in app.stores.balances.scan_balances(shard):
+            redis[user] = view
+    zero = BalanceView()
+    mismatches = []
+    for user in sorted(set(ledger) | set(redis)):
+        r, lg = redis.get(user, zero), ledger.get(user, zero)
+        if (r.available, r.earned, r.spent) != (lg.available, lg.earned, lg.spent):
+            mismatches.append(Mismatch(tenant_id, user, r, lg))
+    return len(set(ledger) | set(redis)), mismatches
+
+
+async def reconcile(app: App, *, drain_timeout_s: float = 60.0) -> ReconcileReport:
+    """Balances in Redis == ledger sums in PostgreSQL, for every user."""
+    if not await app.flusher.drain(drain_timeout_s):
+        return ReconcileReport(drained=False)
+    report = ReconcileReport(drained=True)
+    for tenant_id in sorted(app.rules.tenants):
+        users, mismatches = await _compare(app, tenant_id)
+        if mismatches:
+            # Events accepted while comparing show up as differences; drain and
+            # look again so only lasting differences are reported.
+            await app.flusher.drain(drain_timeout_s)
+            users, mismatches = await _compare(app, tenant_id)
+        report.users += users
+        report.mismatches.extend(mismatches)
+    return report
+
+
+def _event_of(row: LedgerRow) -> Event:
+    actor, target = (
+        (row.user_id, row.counterpart_id) if row.role == "a" else (row.counterpart_id, row.user_id)
+    )
+    return Event(
+        tenant_id=row.tenant_id,
+        event_id=row.event_id,
+        user_id=actor,
+        action=row.action,
+        occurred_at_ms=row.occurred_at_ms,
+        target_user_id=target,
+        group_id=row.group_id,
+        department_id=row.department_id,
+        quantity=row.quantity or 1,
+        attributes=dict(row.attributes),
+    )
+
+
+def _live(steps: tuple[Step, ...], now_s: int) -> tuple[Step, ...]:
+    """The steps whose state has not expired yet."""
+    return tuple(s for s in steps if not s.expires_at_s or s.expires_at_s > now_s)
+
+
+def _restore_op(app: App, row: LedgerRow, now_s: int) -> RestoreOp | None:
+    if row.kind != KIND_AWARD or not row.event_id:
+        return None
+    event = _event_of(row)
+    role = Role.ACTOR if row.role == "a" else Role.TARGET
+    # Each mechanic's rebuild rule: the steps that recreate its state from
+    # what the ledger says was paid (no checks, no balance moves).
+    planned = app.engine.plan(event, recorded_at_ms=row.recorded_at_ms, restore=True)
+    op: CreditOp | None = None
+    if isinstance(planned, Plan):
+        op = next((o for o in planned.ops if o.role is role), None)
+    if op is None:
+        # The rule is gone or changed shape: keep exactly-once, nothing else.
+        op = CreditOp(
+            tenant_id=row.tenant_id,
+            user_id=row.user_id,
+            role=role,
+            event_id=row.event_id,
+            fingerprint=fingerprint(event),
+            points_per_unit=0,
+            quantity=0,
+            occurred_at_ms=row.occurred_at_ms,
+            recorded_at_ms=row.recorded_at_ms,
+            dedup_expires_at_s=(row.occurred_at_ms // 1000 + app.engine.dedup_retention_s),
+        )
+    steps = _live(op.steps, now_s)
+    expires = op.dedup_expires_at_s if op.dedup_expires_at_s > now_s else 0
+    if not steps and not expires:
+        return None
+    return RestoreOp(replace(op, steps=steps, dedup_expires_at_s=expires), row.points,
+                     row.balance_after)  # fmt: skip
+
+
+def _identity_op(
+    app: App, row: LedgerRow, now_s: int, balances: dict[str, dict[str, BalanceView]]
+) -> RestoreOp | None:
+    planned = app.engine.plan(_event_of(row), recorded_at_ms=row.recorded_at_ms, restore=True)
+    if not isinstance(planned, Plan) or planned.ops[0].role is Role.TARGET:
+        return None  # the rule is gone, or the target credit is the anchor
+    anchor = planned.ops[0]
+    if anchor.dedup_expires_at_s <= now_s:
+        return None
+    op = replace(anchor, steps=())
+    shard = app.stores.topology.user_shard(row.tenant_id, anchor.user_id)
+    view = balances.get(shard.tag, {}).get(anchor.user_id, BalanceView())
+    return RestoreOp(op, 0, view.available, code=StoreCode.CAPPED)
+
+
+async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
+    """Rebuild Redis state of `tenants` (default: all) from the ledger."""
+    report = RebuildReport()
+    stores = app.stores
+    for tenant_id in tenants or sorted(app.rules.tenants):
+        shards = stores.topology.tenant_shards(tenant_id)
+        try:
+            for shard in shards:
+                await stores.balances.set_maintenance(shard, True)
+        except StorageError:
+            for shard in shards:  # nothing was changed: let writes go on
+                with contextlib.suppress(StorageError):
+                    await stores.balances.set_maintenance(shard, False)
+            raise
+        # This tenant's streams only: other tenants' traffic goes on meanwhile.
+        drained = False
+        try:
+            drained = await app.flusher.drain(300, shards)
+        finally:
+            if not drained:
+                # Not drained, failed or cancelled, and nothing touched yet:
+                # writes may go on, the rebuild waits.
+                for shard in shards:
+                    with contextlib.suppress(StorageError):
+                        await stores.balances.set_maintenance(shard, False)
+        if not drained:
+            raise RebuildFailed(
+                f"tenant {tenant_id}: the outbox could not be drained into PostgreSQL; "
+                "rebuilding now would lose its entries. Nothing was changed."
+            )
+        try:
+            for shard in shards:
+                report.keys_deleted += await stores.balances.wipe_state(shard)
+            sums = await stores.ledger.sums(tenant_id)
+            per_shard: dict[str, dict[str, BalanceView]] = {}
+            for user, s in sums.items():
+                shard = stores.topology.user_shard(tenant_id, user)
+                per_shard.setdefault(shard.tag, {})[user] = BalanceView(s.net, s.earned, s.spent)
+            for shard in shards:
+                await stores.balances.set_balances(shard, per_shard.get(shard.tag, {}))
+            report.users += len(sums)
+            now_s = app.clock() // 1000
+            chunk: list[RestoreOp] = []
+            async for row in stores.ledger.entries(tenant_id):
+                report.entries += 1
+                change = restoring_change(row, now_s)
+                if change is not None:
+                    await stores.balances.change(change, restore=True)
+                    continue
+                restore = _restore_op(app, row, now_s)
+                if restore is not None:
+                    chunk.append(restore)
+                if len(chunk) >= _RESTORE_CHUNK:
+                    await stores.awards.restore(chunk)
+                    chunk = []
+            if chunk:
+                await stores.awards.restore(chunk)
+            # An event whose first credit was not paid (capped) but whose
+            # second was has no ledger row for its identity record: restore
+            # that record as CAPPED, so replays stay duplicates.
+            identities = [
+                r for row in await stores.ledger.target_only(tenant_id)
+                if (r := _identity_op(app, row, now_s, per_shard)) is not None
+            ]  # fmt: skip
+            for start in range(0, len(identities), _RESTORE_CHUNK):
+                await stores.awards.restore(identities[start : start + _RESTORE_CHUNK])
+            report.tenants += 1
+            log.info(
+                "rebuilt tenant %s: %d users, %d entries", tenant_id, len(sums), report.entries
+            )
+        except Exception as exc:
+            # State is half-wiped: writes stay refused (UNAVAILABLE) until a
+            # rebuild completes; accepting them now would pay without dedup.
+            raise RebuildFailed(
+                f"tenant {tenant_id}: rebuild failed after wiping its Redis state ({exc}); "
+                "writes stay refused until `pointsd rebuild` completes"
+            ) from exc
+        for shard in shards:
+            await stores.balances.set_maintenance(shard, False)
+    return report

@@ -1,0 +1,202 @@
+"""Load and validate a rule book from YAML (or any mapping of the same shape).
+
+Every problem is reported with its path in the document, all at once, so an
+operator fixes a rule file in one pass. The loader reads the skeleton
+(tenants, rule sets, actions, each credit's points); every other key belongs
+to a mechanic (service/pointsd/service/rules/mechanics/), which parses it. See
+docs/rules.md for the format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from pointsd.service.domain import Role
+from pointsd.service.rules.checker import (
+    ACTION_RE,
+    ATTRIBUTE_RE,
+    ID_RE,
+    Checker,
+    RuleError,
+    one_line,
+)
+from pointsd.service.rules.mechanics import MECHANICS
+from pointsd.service.rules.model import ActionRule, CreditRule, RuleBook, TenantRules
+
+__all__ = ["DEFAULT_RULES", "RuleError", "load_rule_book", "load_rule_file", "parse_rule_book"]
+
+DEFAULT_RULES = "default_rules.yaml"
+SHARDS_MAX = 1024
+POINTS_MAX = 1_000_000
+
+_CREDIT_KEYS = {"points"}.union(*(m.credit_keys for m in MECHANICS))
+_ACTION_KEYS = {"description", "actor", "target", "target_required", "attributes_required"}
+_RULE_SET_KEYS = {"actions"} | {m.rule_set_key for m in MECHANICS if m.rule_set_key}
+
+
+def _credit(c: Checker, raw: Any, role: Role, path: str) -> CreditRule | None:
+    m = c.mapping(raw, path)
+    if m is None:
+        return None
+    c.unknown(m, _CREDIT_KEYS, path)
+    if "points" not in m:
+        c.fail(f"{path}.points", "is required")
+    points = c.integer(m.get("points", 1), f"{path}.points", 1, POINTS_MAX)
+    parts: dict[str, Any] = {}
+    for mechanic in MECHANICS:
+        if mechanic.credit_keys:
+            part = mechanic.parse_credit(c, m, path)
+            if part is not None:
+                parts[mechanic.name] = part
+    return CreditRule(role=role, points=points, parts=parts)
+
+
+def _action(c: Checker, key: str, raw: Any, path: str) -> ActionRule | None:
+    if not (isinstance(key, str) and ACTION_RE.match(key)):
+        c.fail(path, "action keys are 1-64 chars of a-z 0-9 . _ - starting with a letter or digit")
+        return None
+    m = c.mapping(raw, path)
+    if m is None:
+        return None
+    c.unknown(m, _ACTION_KEYS, path)
+    credits: list[CreditRule] = []
+    for role in (Role.ACTOR, Role.TARGET):
+        name = role.name.lower()
+        if name in m:
+            credit = _credit(c, m[name], role, f"{path}.{name}")
+            if credit is not None:
+                credits.append(credit)
+    if not credits:
+        c.fail(path, "needs an `actor` or a `target` credit")
+    target_required = c.boolean(m.get("target_required", False), f"{path}.target_required")
+    if any(cr.role is Role.TARGET for cr in credits):
+        target_required = True
+    raw_attributes = m.get("attributes_required", [])
+    if not isinstance(raw_attributes, list) or not all(
+        isinstance(a, str) and ATTRIBUTE_RE.match(a) for a in raw_attributes
+    ):
+        c.fail(f"{path}.attributes_required", "must be a list of attribute names")
+        raw_attributes = []
+    description = m.get("description", key)
+    if not one_line(description):
+        c.fail(f"{path}.description", "must be one line of at most 200 characters")
+        description = key
+    rule = ActionRule(
+        key=key,
+        description=description,
+        credits=tuple(credits),
+        target_required=target_required,
+        # A copy: the document's list may be shared (YAML anchors) with other actions.
+        attributes_required=tuple(raw_attributes),
+    )
+    for mechanic in MECHANICS:
+        if mechanic.credit_keys:
+            rule = mechanic.review_action(c, rule, path)
+    return rule
+
+
+def _rule_set(c: Checker, raw: Any, path: str) -> tuple[dict[str, ActionRule], dict[str, Any]]:
+    rs = c.mapping(raw, path) or {}
+    c.unknown(rs, _RULE_SET_KEYS, path)
+    actions: dict[str, ActionRule] = {}
+    raw_actions = c.mapping(rs.get("actions", {}), f"{path}.actions") or {}
+    for key, raw_action in raw_actions.items():
+        action = _action(c, key, raw_action, f"{path}.actions.{key}")
+        if action is not None:
+            actions[key] = action
+    parts: dict[str, Any] = {}
+    for mechanic in MECHANICS:
+        if mechanic.rule_set_key:
+            raw_part = rs.get(mechanic.rule_set_key, {})
+            part = mechanic.parse_rule_set(c, raw_part, actions, f"{path}.{mechanic.rule_set_key}")
+            if part is not None:
+                parts[mechanic.name] = part
+    return actions, parts
+
+
+def _tenant(
+    c: Checker,
+    raw: Any,
+    path: str,
+    rule_sets: Mapping[str, tuple[dict[str, ActionRule], dict[str, Any]]],
+    known: Mapping[str, TenantRules],
+    default_shards: int,
+) -> TenantRules | None:
+    t = c.mapping(raw, path)
+    if t is None:
+        return None
+    c.unknown(t, {"id", "timezone", "shards", "rule_set"}, path)
+    tenant_id = t.get("id")
+    if not (isinstance(tenant_id, str) and ID_RE.match(tenant_id)):
+        c.fail(f"{path}.id", "must be 1-128 chars of A-Z a-z 0-9 . _ : @ -")
+        return None
+    if tenant_id in known:
+        c.fail(f"{path}.id", f"tenant {tenant_id!r} is defined twice")
+        return None
+    tz_name = t.get("timezone", "UTC")
+    try:
+        tz = ZoneInfo(str(tz_name))
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a tzdata folder such as "Asia" is not a zone.
+        c.fail(f"{path}.timezone", f"unknown IANA time zone {tz_name!r}")
+        tz = ZoneInfo("UTC")
+    rule_set = t.get("rule_set", "default")
+    if not isinstance(rule_set, str) or rule_set not in rule_sets:
+        c.fail(f"{path}.rule_set", f"no rule set named {rule_set!r} in $.rule_sets")
+    actions, parts = rule_sets.get(str(rule_set), ({}, {}))
+    return TenantRules(
+        tenant_id=tenant_id,
+        timezone=tz,
+        shards=c.integer(t.get("shards", default_shards), f"{path}.shards", 1, SHARDS_MAX),
+        rule_set=str(rule_set),
+        actions=actions,
+        parts=parts,
+    )
+
+
+def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
+    """Validate a parsed rule document; raise RuleError listing every problem."""
+    c = Checker()
+    root = c.mapping(doc, "$") or {}
+    c.unknown(root, {"version", "tenants", "rule_sets"}, "$")
+    if root.get("version", 1) != 1:
+        c.fail("$.version", "only version 1 is supported")
+    rule_sets = {
+        str(name): _rule_set(c, raw_set, f"$.rule_sets.{name}")
+        for name, raw_set in (c.mapping(root.get("rule_sets", {}), "$.rule_sets") or {}).items()
+    }
+    tenants: dict[str, TenantRules] = {}
+    raw_tenants = root.get("tenants", [])
+    if not isinstance(raw_tenants, list) or not raw_tenants:
+        c.fail("$.tenants", "must be a non-empty list")
+        raw_tenants = []
+    for i, raw_tenant in enumerate(raw_tenants):
+        tenant = _tenant(c, raw_tenant, f"$.tenants[{i}]", rule_sets, tenants, default_shards)
+        if tenant is not None:
+            tenants[tenant.tenant_id] = tenant
+    if c.problems:
+        raise RuleError(c.problems)
+    return RuleBook(tenants=tenants)
+
+
+def default_rules_text() -> str:
+    return resources.files("pointsd.service.rules").joinpath(DEFAULT_RULES).read_text("utf-8")
+
+
+def load_rule_file(path: Path | None) -> Any:
+    """The parsed YAML document of `path`, or of the packaged default rules."""
+    text = default_rules_text() if path is None else path.read_text("utf-8")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleError([f"{path or DEFAULT_RULES}: not valid YAML: {exc}"]) from exc
+
+
+def load_rule_book(path: Path | None, *, default_shards: int = 1) -> RuleBook:
+    return parse_rule_book(load_rule_file(path), default_shards=default_shards)

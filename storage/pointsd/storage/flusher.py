@@ -1,0 +1,243 @@
+"""Move ledger entries from the Redis outbox streams into PostgreSQL.
+
+Loop: read a batch (new entries, or entries a dead flusher left pending) ->
+write it in one idempotent INSERT -> acknowledge and delete it. While
+PostgreSQL is unreachable the same batch is retried with capped exponential
+backoff; entries wait in Redis and ingest goes on. An entry is acknowledged
+only after its row is committed, so a crash at any point re-delivers it and
+the unique entry key turns the second write into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pointsd.storage.entries import LedgerRow, decode_entry
+from pointsd.storage.errors import LedgerDataError, StorageError, StorageUnavailable
+from pointsd.storage.keys import Shard
+from pointsd.storage.postgres.ledger import Ledger
+from pointsd.storage.redis.outbox import Outbox, OutboxEntry
+
+__all__ = ["FlushStats", "Flusher"]
+
+log = logging.getLogger("pointsd.flusher")
+
+# How often a running flusher drops the group's consumers of dead processes.
+_TIDY_INTERVAL_S = 600.0
+
+
+@dataclass(slots=True)
+class FlushStats:
+    rows_written: int = 0
+    rows_redelivered: int = 0
+    entries_dead: int = 0
+    conflicts: int = 0
+    batches: int = 0
+    failures: int = 0
+    # recorded_at -> committed, of the entries of the last batch, in ms.
+    lag_ms_last: list[int] = field(default_factory=list)
+    last_error: str = ""
+
+
+class Flusher:
+    def __init__(
+        self,
+        outbox: Outbox,
+        ledger: Ledger,
+        shards: Callable[[], Sequence[Shard]],
+        *,
+        batch_rows_max: int = 5000,
+        interval_ms: int = 50,
+        claim_idle_ms: int = 30_000,
+        backoff_max_ms: int = 5_000,
+        on_batch: Callable[[FlushStats, Sequence[LedgerRow]], None] | None = None,
+        clock: Callable[[], int],
+    ) -> None:
+        self.outbox = outbox
+        self.ledger = ledger
+        self.shards = shards
+        self.batch_rows_max = batch_rows_max
+        self.interval_ms = interval_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.on_batch = on_batch
+        # The service clock (ms), which stamped recorded_at: lag is read on it.
+        self.clock = clock
+        self.stats = FlushStats()
+        self._groups_ready = False
+        self._next_claim = 0.0
+        # One batch at a time: drain() and run() share this consumer's pending
+        # entries and must not both write (and park) the same ones.
+        self._batch_lock = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush until `stop` is set; the batch in hand is finished first."""
+        log.info("flusher %s started", self.outbox.consumer)
+        tidy_at = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= tidy_at:
+                    tidy_at = time.monotonic() + _TIDY_INTERVAL_S
+                    removed = await self.outbox.forget_stale_consumers(list(self.shards()))
+                    if removed:
+                        log.info("removed %d idle consumer(s) of dead processes", removed)
+                moved = await self.flush_once(stop)
+            except StorageError as exc:
+                self._failed(exc)
+                await self._sleep(stop, self._backoff_s(self.stats.failures))
+                continue
+            # Loop at once only after a full batch; otherwise wait an interval
+            # so rows accumulate: a few big transactions instead of many tiny
+            # ones (flush lag grows by at most one interval).
+            if moved < self.batch_rows_max:
+                await self._sleep(stop, self.interval_ms / 1000)
+        log.info("flusher %s stopped: %s", self.outbox.consumer, self.summary())
+
+    async def drain(self, timeout_s: float, shards: Sequence[Shard] | None = None) -> bool:
+        """Flush until every outbox stream (or those of `shards`) is empty;
+        False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        # Set at the deadline: a write retrying while PostgreSQL is down gives
+        # up then (its entries stay pending) instead of outliving the timeout.
+        stop = asyncio.Event()
+        timer = asyncio.get_running_loop().call_later(timeout_s, stop.set)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    await self.flush_once(stop, claim_idle_ms=0)
+                    if await self.outbox.backlog(shards or self.shards()) == 0:
+                        return True
+                except StorageError as exc:
+                    self._failed(exc)
+                    await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            return False
+        finally:
+            timer.cancel()
+
+    async def flush_once(self, stop: asyncio.Event, claim_idle_ms: int | None = None) -> int:
+        """Move one batch; returns how many stream entries it handled."""
+        async with self._batch_lock:
+            return await self._flush_once(stop, claim_idle_ms)
+
+    async def _flush_once(self, stop: asyncio.Event, claim_idle_ms: int | None) -> int:
+        shards = list(self.shards())
+        if not shards:
+            return 0
+        if not self._groups_ready:
+            await self.outbox.ensure_groups(shards)
+            self._groups_ready = True
+        per_shard = max(1, self.batch_rows_max // len(shards))
+        entries: list[OutboxEntry] = []
+        idle = self.claim_idle_ms if claim_idle_ms is None else claim_idle_ms
+        if claim_idle_ms is not None or time.monotonic() >= self._next_claim:
+            # Own pending entries first (a write that failed before a restart
+            # of this loop), then those of consumers that went quiet.
+            entries = await self.outbox.pending_own(shards, per_shard)
+            if not entries:
+                entries = await self.outbox.claim(shards, idle, per_shard)
+            if not entries:
+                self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
+        if not entries:
+            entries = await self.outbox.read(shards, per_shard)
+        if not entries:
+            return 0
+        rows: list[LedgerRow] = []
+        kept: list[OutboxEntry] = []
+        dead: list[OutboxEntry] = []
+        for entry in entries:
+            try:
+                rows.append(decode_entry(entry.shard.tenant_id, entry.fields))
+                kept.append(entry)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error(
+                    "outbox entry %s on %s is malformed (%s); parked in %s",
+                    entry.entry_id,
+                    entry.shard.outbox,
+                    exc,
+                    entry.shard.dead_letters,
+                )
+                dead.append(entry)
+        refused_keys = await self._write(rows, stop)
+        if refused_keys is None:
+            return 0  # stopping while the database is down: entries stay pending
+        if refused_keys:
+            for entry, row in zip(kept, rows, strict=True):
+                if (row.tenant_id, row.entry_key) in refused_keys:
+                    dead.append(entry)
+        await self.outbox.ack(kept, dead)
+        self.stats.entries_dead += len(dead)
+        return len(entries)
+
+    async def _write(
+        self, rows: list[LedgerRow], stop: asyncio.Event
+    ) -> set[tuple[str, str]] | None:
+        """Write rows, retrying while PostgreSQL is unreachable. Returns the
+        keys of rows PostgreSQL refused, or None if stopped before writing."""
+        attempt = 0
+        while True:
+            try:
+                result = await self.ledger.write(rows)
+                refused: list[LedgerRow] = []
+                break
+            except LedgerDataError as exc:
+                log.error(
+                    "ledger refused a batch of %d rows (%s); writing one by one", len(rows), exc
+                )
+                result, refused = await self.ledger.write_each(rows)
+                break
+            except StorageUnavailable as exc:
+                attempt += 1
+                self._failed(exc)
+                if stop.is_set():
+                    return None
+                await self._sleep(stop, self._backoff_s(attempt))
+        now_ms = self.clock()
+        written = result.inserted
+        self.stats.batches += 1
+        self.stats.rows_written += written
+        self.stats.rows_redelivered += len(rows) - written - len(refused) - len(result.conflicts)
+        self.stats.failures = 0
+        self.stats.lag_ms_last = [max(0, now_ms - r.recorded_at_ms) for r in rows]
+        if self.on_batch is not None:
+            self.on_batch(self.stats, rows)
+        for row in refused:
+            log.error("ledger refused entry %s of tenant %s: parked", row.entry_key, row.tenant_id)
+        for row in result.conflicts:
+            self.stats.conflicts += 1
+            log.error(
+                "entry %s of tenant %s (user %s, %+d points) clashes with a different ledger "
+                "row under the same key: parked; reconcile will show the difference",
+                row.entry_key,
+                row.tenant_id,
+                row.user_id,
+                row.points,
+            )
+        return {(r.tenant_id, r.entry_key) for r in [*refused, *result.conflicts]}
+
+    def _failed(self, exc: StorageError) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = str(exc)
+        level = logging.WARNING if self.stats.failures in (1, 10, 100) else logging.DEBUG
+        log.log(level, "flush failed (attempt %d): %s", self.stats.failures, exc)
+
+    def _backoff_s(self, attempt: int) -> float:
+        cap = self.backoff_max_ms / 1000
+        return random.uniform(0, min(cap, 0.05 * 2 ** min(attempt, 16)))
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+    def summary(self) -> str:
+        s = self.stats
+        return (
+            f"{s.rows_written} rows written, {s.rows_redelivered} redelivered, "
+            f"{s.entries_dead} parked"
+        )

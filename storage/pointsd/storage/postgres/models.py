@@ -1,0 +1,119 @@
+"""SQLAlchemy models of the durable store. Schema changes go through Alembic
+migrations in `storage/pointsd/storage/postgres/migrations/`; see INVARIANTS.md beside this
+file for what each column promises."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "LedgerEntry", "Winner", "WinnerPeriod", "metadata"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "entry_key"),
+        # Bonus rows may be zero-point milestones (migration 0005).
+        CheckConstraint("points <> 0 OR kind = 'bonus'", name="points_nonzero"),
+        Index(
+            "ix_ledger_entries_user_history",
+            "tenant_id",
+            "user_id",
+            text("occurred_at DESC"),
+            text("id DESC"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    entry_key: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)
+    points: Mapped[int] = mapped_column(BigInteger)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text, server_default="")
+    event_id: Mapped[str] = mapped_column(Text, server_default="")
+    role: Mapped[str] = mapped_column(Text, server_default="")
+    counterpart_id: Mapped[str] = mapped_column(Text, server_default="")
+    group_id: Mapped[str] = mapped_column(Text, server_default="")
+    department_id: Mapped[str] = mapped_column(Text, server_default="")
+    quantity: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    reason: Mapped[str] = mapped_column(Text, server_default="")
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    flushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WinnerPeriod(Base):
+    """A closed period whose winners are recorded: the row is the claim that
+    makes recording happen exactly once, whoever gets there first."""
+
+    __tablename__ = "winner_periods"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    board: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    # "t" (tenant), "d:<department>" or "g:<group>"
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class Winner(Base):
+    __tablename__ = "winners"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "board", "period_kind", "period_key", "scope"],
+            [
+                "winner_periods.tenant_id",
+                "winner_periods.board",
+                "winner_periods.period_kind",
+                "winner_periods.period_key",
+                "winner_periods.scope",
+            ],
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    board: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    member_id: Mapped[str] = mapped_column(Text)
+    score: Mapped[int] = mapped_column(BigInteger)

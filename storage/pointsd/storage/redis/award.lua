@@ -1,0 +1,393 @@
+-- award.lua: apply credit operations on ONE (tenant, shard), each atomically
+-- and idempotently. An operation is a dedup record plus a program of
+-- primitive steps (service/pointsd/service/domain/steps.py); mechanics are compiled onto the
+-- primitives in Python, so this script holds no mechanic of its own.
+-- Wire format 2, encoded and decoded by storage/pointsd/storage/redis/codec.py only.
+--
+-- KEYS[1]  maintenance flag  string; while it exists nothing is applied (apply mode)
+-- KEYS[2]  balances          hash "<user>|a" available, "<user>|e" earned (points)
+-- KEYS[3]  outbox            stream of ledger entries: p (points), b (balance
+--                            after), d (the op's entry data, opaque here), and for
+--                            a bonus row m ("<tag>\31<reason>")
+-- KEYS[4..] referenced by index from steps and ops: dedup records (string),
+--           per-period counter hashes, throttle sorted sets, day bitmaps,
+--           board sorted sets (member -> -score) and their scope sets,
+--           the first-award hash
+--
+-- ARGV[1]  wire format version: "2"
+-- ARGV[2]  mode: "apply", or "restore" (rebuild: no maintenance check, no
+--          outbox bound; each op says its points, balance and outcome)
+-- ARGV[3]  now, unix s of the service clock: expire-at times become TTLs from
+--          it, so state expires on the service's clock, not Redis's
+-- ARGV[4]  outbox length bound (entries); at or above it awards that pay are
+--          refused with BACKPRESSURE so a stalled flusher cannot exhaust memory; 0 = none
+-- ARGV[5]  JSON array of steps, numbered from 1; each an object with "op":
+--   "acc"      {h, c, unit, x}  collect the quantity in counter c of hash KEYS[h];
+--              points = points per unit x whole units crossed            (check)
+--   "throttle" {uk, ms, keep}   refuse when an awarded time lies closer than ms;
+--              the op's key op.k[uk] keeps award times for keep ms        (check)
+--   "check"    {h, c, max, m, n} m "c": refuse at max; m "p": clip the points
+--              to max - used, refuse when nothing is left; n = reported limit (check)
+--   "bump"     {h, c, by, x}    counter += 1 ("c"), points ("p"), quantity ("q");
+--              produces (old, new)
+--   "distinct" {h, c, of, max, x} count distinct op[of] values, at most max;
+--              produces (old, new)
+--   "day"      {uk, bit, scan, keep, cover} set bit `bit` of bitmap op.k[uk];
+--              produces the run of set bits (ORing op.k[cover]) around it, before/after
+--   "cross"    {at: [[threshold, points, tag, reason], ...]} bonus for every
+--              threshold with old < threshold <= new of the last produced value
+--   "credit"   {}               available and earned += points; the op's outbox
+--              entry; produces (old, new) earned
+--   "entry"    {pts, tag, why}  a bonus, always
+--   "first"    {h}              hash KEYS[h]: user -> occurred_at of the first paid credit
+--   "board"    {slots: [{m, w, gm, sc, key, x, set}, ...]} for a paid credit: each
+--              slot's board += 1 ("c") or points ("p"); sc "t" uses KEYS[key], "d"/"g"
+--              KEYS[key[department or group id]]; gm 1 ranks the group; w > 0 only
+--              within w ms of the user's first award (or op.join); x expire-at; set =
+--              the scope set recording "d:<id>"/"g:<id>" (0 for "t")
+--   x (expire-at, unix s; 0 = never) is set once per key per call.
+-- ARGV[6]  JSON array of programs (arrays of step numbers), numbered from 1
+-- ARGV[7]  JSON array of ops, each an object:
+--   u user id, d dedup key index, x dedup expire-at (unix s; 0 = do not keep),
+--   f content fingerprint, p points per unit, q quantity (>= 0), t occurred_at (ms),
+--   P program number, k [key index, ...] of the op's own keys (steps' uk),
+--   cp counterpart, dep department, grp group, join join ms (0 = unknown),
+--   e outbox entry data (apply), r [points, balance, outcome] (restore)
+--
+-- Checks run first, in program order; only when none refused do the effects
+-- run, in program order, then the bonuses are paid (available and earned move;
+-- one outbox row each). Board increments are summed per (board, member) over the
+-- call and applied at the end.
+--
+-- Returns a flat array per op, in op order:
+--   code, points, balance, limit, original, bonus count, then tag, points per bonus
+--   code: AWARDED, DUPLICATE, CAPPED, THROTTLED, BACKPRESSURE, MAINTENANCE,
+--         ID_REUSED (the last three applied nothing); points and balance of the
+--         first recording for DUPLICATE and ID_REUSED; limit: the n of the check
+--         that capped or clipped, else 0; original: the first recording's code
+--         for DUPLICATE and ID_REUSED, else 0
+--
+-- Dedup record: "code:points:balance:limit:fingerprint" and, when the credit
+-- earned bonuses, ":tag=points,tag=points".
+
+-- Result codes: service/pointsd/service/domain StoreCode (tests/test_codec.py checks this block).
+local AWARDED, DUPLICATE, CAPPED, THROTTLED = 1, 2, 3, 4
+local BACKPRESSURE, MAINTENANCE, ID_REUSED = 7, 8, 9
+
+if ARGV[1] ~= '2' then
+  return redis.error_reply('award.lua speaks wire format 2, got ' .. tostring(ARGV[1]))
+end
+local restore = ARGV[2] == 'restore'
+local now_s = tonumber(ARGV[3])
+local outbox_max = tonumber(ARGV[4])
+local steps = cjson.decode(ARGV[5])
+local programs = cjson.decode(ARGV[6])
+local ops = cjson.decode(ARGV[7])
+local SEP = '\31'
+-- Award times a throttle keeps per (user, name).
+local THROTTLE_KEPT = 64
+local out = {}
+
+local function emit(code, points, balance, limit, original, bonuses)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3] = code, points, balance
+  out[n + 4], out[n + 5], out[n + 6] = limit, original, #bonuses
+  for i = 1, #bonuses do
+    out[n + 5 + 2 * i], out[n + 6 + 2 * i] = bonuses[i][1], bonuses[i][2]
+  end
+end
+
+local NONE = {}
+if not restore and redis.call('EXISTS', KEYS[1]) == 1 then
+  for _ = 1, #ops do emit(MAINTENANCE, 0, 0, 0, 0, NONE) end
+  return out
+end
+
+local outbox_len = 0
+if outbox_max > 0 and not restore then outbox_len = redis.call('XLEN', KEYS[3]) end
+
+-- Numbers in record strings: `..` would write 1e+14 from 10^14 on.
+local function int(x)
+  return string.format('%d', x)
+end
+
+local function hget_number(key, field)
+  return tonumber(redis.call('HGET', key, field) or '0')
+end
+
+-- Expiry at a unix second of the service clock, once per key and call; a
+-- time already past deletes the key, as EXPIREAT would.
+local expiry_set = {}
+local function touch(idx, at)
+  if at == 0 or expiry_set[idx] then return end
+  expiry_set[idx] = true
+  if at > now_s then redis.call('EXPIRE', KEYS[idx], at - now_s) else redis.call('DEL', KEYS[idx]) end
+end
+
+local function keep_until(key, value, at)
+  if at > now_s then redis.call('SET', key, value, 'EX', at - now_s) else redis.call('DEL', key) end
+end
+
+local function amount(by, c, op)
+  if by == 'c' then return 1 elseif by == 'p' then return c.points end
+  return op.q
+end
+
+-- Length of the run of set bits left of p (ending at p - 1) and right of it,
+-- in bitmap `key` ORed with `cover`, looking at most `scan` bits either way.
+local function runs_around(key, cover, p, scan)
+  local lo = math.max(0, p - scan)
+  local first_byte = math.floor(lo / 8)
+  local last_byte = math.floor((p + scan) / 8)
+  local a = redis.call('GETRANGE', key, first_byte, last_byte)
+  local b = ''
+  if cover then b = redis.call('GETRANGE', cover, first_byte, last_byte) end
+  local function set(i)
+    local at = math.floor(i / 8) - first_byte + 1
+    local byte = bit.bor(string.byte(a, at) or 0, string.byte(b, at) or 0)
+    return bit.band(bit.rshift(byte, 7 - i % 8), 1) == 1
+  end
+  local left, i = 0, p - 1
+  while i >= lo and set(i) do left, i = left + 1, i - 1 end
+  local right = 0
+  i = p + 1
+  while i <= p + scan and set(i) do right, i = right + 1, i + 1 end
+  return left, right
+end
+
+-- The primitives. CHECK[op](c, s, op) returns a refusal code or nil; APPLY[op]
+-- does the step's effect. c is the credit's state: points, limit, balance,
+-- old/new (the last produced value), first, bonuses.
+local CHECK, APPLY = {}, {}
+
+CHECK.acc = function(c, s, op)
+  local before = hget_number(KEYS[s.h], op.u .. SEP .. s.c)
+  c.acc_total = before + op.q
+  c.points = op.p * (math.floor(c.acc_total / s.unit) - math.floor(before / s.unit))
+end
+APPLY.acc = function(c, s, op)
+  redis.call('HSET', KEYS[s.h], op.u .. SEP .. s.c, c.acc_total)
+  touch(s.h, s.x)
+end
+
+CHECK.throttle = function(c, s, op)
+  -- Any awarded time of this throttle closer than the interval, before or
+  -- after: events may arrive in any order.
+  local key = KEYS[op.k[s.uk]]
+  local near = redis.call('ZRANGEBYSCORE', key, '(' .. int(op.t - s.ms), '(' .. int(op.t + s.ms),
+    'LIMIT', 0, 1)
+  if #near > 0 then return THROTTLED end
+  if redis.call('ZCARD', key) >= THROTTLE_KEPT then
+    -- Only the latest times are kept: an event older than all of them
+    -- cannot be checked, and is refused rather than paid twice.
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if op.t < tonumber(oldest[2]) then return THROTTLED end
+  end
+end
+APPLY.throttle = function(c, s, op)
+  local key = KEYS[op.k[s.uk]]
+  redis.call('ZADD', key, op.t, int(op.t))
+  -- Older than any event still accepted can be compared with.
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. int(op.t - s.keep))
+  -- And at most THROTTLE_KEPT times (memory stays bounded).
+  redis.call('ZREMRANGEBYRANK', key, 0, -THROTTLE_KEPT - 1)
+  redis.call('PEXPIRE', key, s.keep)
+end
+
+CHECK.check = function(c, s, op)
+  local used = hget_number(KEYS[s.h], op.u .. SEP .. s.c)
+  if s.m == 'c' then
+    if used + 1 > s.max then c.limit = s.n; return CAPPED end
+  else
+    local room = s.max - used
+    if room <= 0 then c.limit = s.n; return CAPPED end
+    if c.points > room then c.points = room; c.limit = s.n end
+  end
+end
+
+APPLY.bump = function(c, s, op)
+  local by = amount(s.by, c, op)
+  if by == 0 then c.old, c.new = nil, nil; return end
+  c.new = redis.call('HINCRBY', KEYS[s.h], op.u .. SEP .. s.c, by)
+  c.old = c.new - by
+  touch(s.h, s.x)
+end
+
+APPLY.distinct = function(c, s, op)
+  local field = op.u .. SEP .. s.c
+  local count = hget_number(KEYS[s.h], field)
+  c.old, c.new = count, count
+  local member = op[s.of]
+  if member and member ~= '' and count < s.max
+      and redis.call('HSETNX', KEYS[s.h], field .. SEP .. '=' .. member, 1) == 1 then
+    c.new = redis.call('HINCRBY', KEYS[s.h], field, 1)
+  end
+  touch(s.h, s.x)
+end
+
+APPLY.day = function(c, s, op)
+  local key = KEYS[op.k[s.uk]]
+  local cover = nil
+  if s.cover ~= 0 then cover = KEYS[op.k[s.cover]] end
+  local was = redis.call('SETBIT', key, s.bit, 1)
+  if s.keep > 0 then redis.call('EXPIRE', key, s.keep) end
+  local left, right = runs_around(key, cover, s.bit, s.scan)
+  c.new = left + 1 + right
+  if was == 1 then c.old = c.new else c.old = math.max(left, right) end
+end
+
+APPLY.cross = function(c, s, op)
+  if not c.old then return end
+  for _, t in ipairs(s.at) do
+    if c.old < t[1] and t[1] <= c.new then
+      c.bonuses[#c.bonuses + 1] = {t[3], t[2], t[4]}
+    end
+  end
+end
+
+APPLY.credit = function(c, s, op)
+  c.balance = redis.call('HINCRBY', KEYS[2], op.u .. '|a', c.points)
+  if c.points ~= 0 then
+    c.new = redis.call('HINCRBY', KEYS[2], op.u .. '|e', c.points)
+    c.old = c.new - c.points
+    redis.call('XADD', KEYS[3], '*', 'p', c.points, 'b', c.balance, 'd', op.e)
+    outbox_len = outbox_len + 1
+  else
+    c.old, c.new = nil, nil
+  end
+end
+
+APPLY.entry = function(c, s, op)
+  c.bonuses[#c.bonuses + 1] = {s.tag, s.pts, s.why}
+end
+
+APPLY.first = function(c, s, op)
+  if c.points <= 0 then return end
+  -- Every paid credit, whether or not it feeds a board: a newcomers board
+  -- added later must know who is not new.
+  local first = tonumber(redis.call('HGET', KEYS[s.h], op.u) or '0')
+  if first == 0 or op.t < first then
+    redis.call('HSET', KEYS[s.h], op.u, op.t)
+    first = op.t
+  end
+  c.first = first
+end
+
+local board_sums, board_order = {}, {}
+APPLY.board = function(c, s, op)
+  if c.points <= 0 then return end
+  local since = c.first or op.t
+  if op.join and op.join > 0 then since = op.join end
+  for _, slot in ipairs(s.slots) do
+    local key_idx, scope_id = slot.key, 't'
+    if slot.sc ~= 't' then
+      if slot.sc == 'd' then scope_id = op.dep or '' else scope_id = op.grp or '' end
+      key_idx = slot.key[scope_id]
+    end
+    local member = op.u
+    if slot.gm == 1 then member = op.grp or '' end
+    if key_idx and member ~= '' and (slot.w == 0 or op.t - since < slot.w) then
+      local sums = board_sums[key_idx]
+      if not sums then
+        sums = {}
+        board_sums[key_idx] = sums
+        -- The scope set records "d:<id>" / "g:<id>", as BoardRef scopes read.
+        board_order[#board_order + 1] = {key_idx, slot.x, slot.set, slot.sc .. ':' .. scope_id}
+      end
+      local by = 1
+      if slot.m == 'p' then by = c.points end
+      sums[member] = (sums[member] or 0) + by
+    end
+  end
+end
+
+local function record(code, c, fp)
+  local text = code .. ':' .. int(c.points) .. ':' .. int(c.balance) .. ':' .. c.limit .. ':' .. fp
+  if #c.bonuses > 0 then
+    local parts = {}
+    for i, b in ipairs(c.bonuses) do parts[i] = b[1] .. '=' .. int(b[2]) end
+    text = text .. ':' .. table.concat(parts, ',')
+  end
+  return text
+end
+
+local function recorded_bonuses(text)
+  local bonuses = {}
+  for tag, points in string.gmatch(text or '', '([^,=]+)=(%-?%d+)') do
+    bonuses[#bonuses + 1] = {tag, tonumber(points)}
+  end
+  return bonuses
+end
+
+for i = 1, #ops do
+  local op = ops[i]
+  local dkey = KEYS[op.d]
+  local prev = redis.call('GET', dkey)
+  if prev then
+    local code, points, balance, limit, first_fp, extra =
+      string.match(prev, '^(%d+):(%-?%d+):(%-?%d+):(%d+):([^:]*):?(.*)$')
+    local same = DUPLICATE
+    if first_fp ~= op.f then same = ID_REUSED end
+    emit(same, tonumber(points), tonumber(balance), tonumber(limit), tonumber(code),
+      recorded_bonuses(extra))
+  else
+    local program = programs[op.P]
+    local c = {points = op.p * op.q, limit = 0, bonuses = {}}
+    if op.r then c.points = op.r[1] end
+    local code = nil
+    for j = 1, #program do
+      local s = steps[program[j]]
+      local check = CHECK[s.op]
+      if check then
+        code = check(c, s, op)
+        if code then break end
+      end
+    end
+    if not code and c.points > 0 and outbox_max > 0 and outbox_len >= outbox_max then
+      code = BACKPRESSURE
+    end
+    if code == BACKPRESSURE then
+      emit(BACKPRESSURE, 0, 0, 0, 0, NONE)
+    elseif code then
+      c.points = 0
+      c.balance = hget_number(KEYS[2], op.u .. '|a')
+      keep_until(dkey, record(code, c, op.f), op.x)
+      emit(code, 0, c.balance, c.limit, 0, NONE)
+    else
+      for j = 1, #program do
+        local s = steps[program[j]]
+        local apply = APPLY[s.op]
+        if apply then apply(c, s, op) end
+      end
+      if op.r then c.balance = op.r[2] end
+      if not c.balance then c.balance = hget_number(KEYS[2], op.u .. '|a') end
+      for _, b in ipairs(c.bonuses) do
+        if b[2] ~= 0 then
+          c.balance = redis.call('HINCRBY', KEYS[2], op.u .. '|a', b[2])
+          redis.call('HINCRBY', KEYS[2], op.u .. '|e', b[2])
+        end
+        redis.call('XADD', KEYS[3], '*', 'p', b[2], 'b', c.balance, 'd', op.e,
+          'm', b[1] .. SEP .. b[3])
+        outbox_len = outbox_len + 1
+      end
+      if op.x > 0 then
+        local recorded = AWARDED
+        if op.r then recorded = op.r[3] end
+        keep_until(dkey, record(recorded, c, op.f), op.x)
+      end
+      emit(AWARDED, c.points, c.balance, c.limit, 0, c.bonuses)
+    end
+  end
+end
+
+for _, b in ipairs(board_order) do
+  local key_idx, expire_at, set_idx, scope = b[1], b[2], b[3], b[4]
+  for member, by in pairs(board_sums[key_idx]) do
+    redis.call('ZINCRBY', KEYS[key_idx], -by, member)
+  end
+  if set_idx ~= 0 then redis.call('SADD', KEYS[set_idx], scope) end
+  touch(key_idx, expire_at)
+  if set_idx ~= 0 then touch(set_idx, expire_at) end
+end
+
+return out

@@ -1,0 +1,201 @@
+"""Balance reads, and the bulk state operations behind reconcile and rebuild."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from redis import exceptions as rexc
+
+from pointsd.service.domain import PeriodRef, StoreCode
+from pointsd.storage.entries import EARNED_KINDS
+from pointsd.storage.keys import (
+    AVAILABLE,
+    EARNED,
+    SPENT,
+    Shard,
+    Topology,
+    balance_field,
+    counter_field,
+)
+from pointsd.storage.redis.client import RedisClient, gate
+from pointsd.storage.redis.scripts import LuaScript, redis_errors
+
+__all__ = ["BalanceChange", "BalanceStore", "BalanceView", "ChangeResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceView:
+    available: int = 0
+    earned: int = 0
+    spent: int = 0
+    earned_in_period: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChange:
+    """One idempotent change of a user's balance, identified by `entry_key`
+    (also the ledger entry's key). `floor`: refuse to go below zero.
+    `final_refusal`: a refusal is remembered like an outcome, so every replay
+    of the key is refused too (a failed redemption must never spend later);
+    otherwise a refused change leaves nothing and may be retried."""
+
+    tenant_id: str
+    user_id: str
+    entry_key: str
+    kind: str
+    delta: int
+    floor: bool
+    fingerprint: str
+    dedup_expires_at_s: int
+    data: str
+    balance_after: int = 0  # restore mode only
+    final_refusal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeResult:
+    # APPLIED, DUPLICATE, INSUFFICIENT, BACKPRESSURE, MAINTENANCE or KEY_REUSED.
+    code: StoreCode
+    balance: int
+    available_before: int
+
+
+def _int(value: bytes | str | None) -> int:
+    return int(value) if value is not None else 0
+
+
+class BalanceStore:
+    def __init__(
+        self,
+        redis: RedisClient,
+        topology: Topology,
+        clock: Callable[[], int],
+        outbox_entries_max: int = 0,
+    ) -> None:
+        self.redis = redis
+        self.topology = topology
+        # The service clock (ms): dedup records expire on it (see balance.lua).
+        self.clock = clock
+        self.outbox_entries_max = outbox_entries_max
+        self.script = LuaScript("pointsd.storage.redis", "balance.lua")
+
+    async def start(self) -> None:
+        await self.script.load(self.redis)
+
+    async def change(self, ch: BalanceChange, *, restore: bool = False) -> ChangeResult:
+        """Apply (or, restoring, only remember) one change, atomically."""
+        shard = self.topology.user_shard(ch.tenant_id, ch.user_id)
+        lifetime = "e" if ch.kind in EARNED_KINDS else "s"
+        code, balance, before = await self.script.run(
+            self.redis,
+            [shard.maintenance, shard.balances, shard.outbox, shard.change(ch.entry_key)],
+            [
+                "restore" if restore else "apply",
+                ch.user_id,
+                ch.delta,
+                lifetime,
+                ("2" if ch.final_refusal else "1") if ch.floor else "0",
+                ch.dedup_expires_at_s,
+                ch.fingerprint,
+                ch.data,
+                self.outbox_entries_max,
+                ch.balance_after,
+                self.clock() // 1000,
+            ],
+        )
+        return ChangeResult(StoreCode(int(code)), int(balance), int(before))
+
+    async def get(
+        self, tenant_id: str, user_id: str, period: PeriodRef, earned_counter: str
+    ) -> BalanceView:
+        """One round trip: the balance hash fields and the period's earned counter."""
+        shard = self.topology.user_shard(tenant_id, user_id)
+        try:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(
+                    shard.balances,
+                    [balance_field(user_id, p) for p in (AVAILABLE, EARNED, SPENT)],
+                )
+                pipe.hget(shard.counters(period), counter_field(user_id, earned_counter))
+                (available, earned, spent), today = await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+        return BalanceView(_int(available), _int(earned), _int(spent), _int(today))
+
+    async def scan_balances(self, shard: Shard) -> AsyncIterator[tuple[str, BalanceView]]:
+        """Every user's balance on a shard (HSCAN; consistent enough when quiet)."""
+        partial: dict[str, dict[str, int]] = {}
+        try:
+            async with gate(self.redis):
+                scan = [fv async for fv in self.redis.hscan_iter(shard.balances, count=1000)]
+            for field, value in scan:
+                name = field.decode() if isinstance(field, bytes) else field
+                user, _, part = name.rpartition("|")
+                partial.setdefault(user, {})[part] = int(value)
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+        for user, parts in partial.items():
+            yield (
+                user,
+                BalanceView(parts.get(AVAILABLE, 0), parts.get(EARNED, 0), parts.get(SPENT, 0)),
+            )
+
+    async def in_maintenance(self, tenant_id: str) -> bool:
+        try:
+            # One EXISTS per shard: the flags live in different hash slots.
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
+                for shard in self.topology.tenant_shards(tenant_id):
+                    pipe.exists(shard.maintenance)
+                return any(await pipe.execute())
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+
+    async def set_maintenance(self, shard: Shard, on: bool) -> None:
+        try:
+            async with gate(self.redis):
+                if on:
+                    await self.redis.set(shard.maintenance, "rebuild")
+                else:
+                    await self.redis.delete(shard.maintenance)
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+
+    async def wipe_state(self, shard: Shard) -> int:
+        """Delete every key of the shard except the outbox, the dead letters and
+        the maintenance flag: the state a rebuild recreates from the ledger."""
+        keep = {shard.outbox.encode(), shard.maintenance.encode(), shard.dead_letters.encode()}
+        deleted = 0
+        try:
+            async with gate(self.redis):
+                found = [k async for k in self.redis.scan_iter(match=shard.pattern(), count=1000)]
+            batch: list[bytes] = []
+            for key in found:
+                raw = key if isinstance(key, bytes) else str(key).encode()
+                if raw not in keep:
+                    batch.append(raw)
+                if len(batch) >= 500:
+                    async with gate(self.redis):
+                        deleted += await self.redis.delete(*batch)
+                    batch.clear()
+            if batch:
+                async with gate(self.redis):
+                    deleted += await self.redis.delete(*batch)
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+        return deleted
+
+    async def set_balances(self, shard: Shard, balances: Mapping[str, BalanceView]) -> None:
+        """Overwrite the balance fields of the given users (rebuild)."""
+        items = list(balances.items())
+        try:
+            for start in range(0, len(items), 1000):
+                mapping: dict[str, int] = {}
+                for user, view in items[start : start + 1000]:
+                    mapping[balance_field(user, AVAILABLE)] = view.available
+                    mapping[balance_field(user, EARNED)] = view.earned
+                    mapping[balance_field(user, SPENT)] = view.spent
+                async with gate(self.redis):
+                    await self.redis.hset(shard.balances, mapping=mapping)  # type: ignore[arg-type]
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc

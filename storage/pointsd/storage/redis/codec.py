@@ -1,0 +1,272 @@
+"""Wire format 2 between Python and award.lua: the one module that knows it.
+
+A call carries the steps of its operations once (shared steps, numbered),
+the programs (lists of step numbers, numbered), and the operations, each an
+object with named fields that points at its program. award.lua's header
+documents every name; tests/test_codec.py checks that the two agree.
+
+    ARGV: version, mode, now (unix s), outbox bound, steps, programs, ops
+
+Replies are flat: per operation code, points, balance, limit, original,
+the number of bonuses, then (tag, points) per bonus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pointsd.service.domain import CreditOp, CreditResult, StoreCode
+from pointsd.service.domain.steps import (
+    Accumulate,
+    Board,
+    Bump,
+    Check,
+    Credit,
+    Cross,
+    Day,
+    Distinct,
+    Entry,
+    First,
+    Step,
+    Throttle,
+)
+from pointsd.storage.entries import award_data
+from pointsd.storage.keys import Shard
+
+__all__ = ["WIRE_VERSION", "CallEncoder", "Restored", "decode_results"]
+
+WIRE_VERSION = "2"
+APPLY = "apply"
+RESTORE = "restore"
+
+Call = tuple[list[str], list[str | int | bytes]]
+# Makes the key of a user-keyed step for one user.
+_UserKey = Callable[[str], str]
+
+_CODES = {c.value: c for c in StoreCode}
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What the ledger says of a credit replayed by `pointsd rebuild`."""
+
+    points: int
+    balance_after: int
+    # The outcome its dedup record says (AWARDED, or CAPPED for a credit the
+    # ledger shows was not paid while the event's other credit was).
+    code: StoreCode = StoreCode.AWARDED
+
+
+class KeyTable:
+    """KEYS of one call; steps and ops refer to keys by 1-based index."""
+
+    def __init__(self, fixed: list[str]) -> None:
+        self.keys = list(fixed)
+        self._index = {k: i + 1 for i, k in enumerate(fixed)}
+
+    def index(self, key: str) -> int:
+        found = self._index.get(key)
+        if found is None:
+            self.keys.append(key)
+            found = self._index[key] = len(self.keys)
+        return found
+
+
+@dataclass(slots=True)
+class _Program:
+    number: int
+    # Key makers of the program's user-keyed steps, in `uk` order.
+    user_keys: list[_UserKey]
+    # Board steps with their encoded slots, whose department and group key
+    # maps fill in as operations name scopes.
+    boards: list[tuple[Board, list[dict[str, Any]]]]
+
+
+class CallEncoder:
+    """Encodes the operations of one award.lua call on one (tenant, shard)."""
+
+    def __init__(self, shard: Shard, mode: str, now_s: int, outbox_entries_max: int) -> None:
+        self.shard = shard
+        self.mode = mode
+        self.now_s = now_s
+        self.outbox_entries_max = outbox_entries_max
+        self.keys = KeyTable([shard.maintenance, shard.balances, shard.outbox])
+        self.steps: list[dict[str, Any]] = []
+        self.programs: list[list[int]] = []
+        self.ops: list[dict[str, Any]] = []
+        self._step_numbers: dict[int, int] = {}
+        self._programs: dict[int, _Program] = {}
+
+    def add(self, op: CreditOp, restored: Restored | None = None) -> None:
+        program = self._programs.get(id(op.steps))
+        if program is None:
+            program = self._programs[id(op.steps)] = self._program(op.steps)
+        user = op.user_id
+        keys = self.keys
+        enc: dict[str, Any] = {
+            "u": user,
+            "d": keys.index(self.shard.dedup(op.event_id, op.anchor)),
+            "x": op.dedup_expires_at_s,
+            "f": op.fingerprint,
+            "p": op.points_per_unit,
+            "q": op.quantity,
+            "t": op.occurred_at_ms,
+            "P": program.number,
+        }
+        if program.user_keys:
+            enc["k"] = [keys.index(make(user)) for make in program.user_keys]
+        if op.counterpart:
+            enc["cp"] = op.counterpart
+        if op.department:
+            enc["dep"] = op.department
+        if op.group:
+            enc["grp"] = op.group
+        if op.joined_ms:
+            enc["join"] = op.joined_ms
+        if restored is None:
+            enc["e"] = award_data(op)
+        else:
+            enc["r"] = [restored.points, restored.balance_after, int(restored.code)]
+        for board, slots in program.boards:
+            self._scope_keys(board, slots, op.department, op.group)
+        self.ops.append(enc)
+
+    def call(self) -> Call:
+        args: list[str | int | bytes] = [
+            WIRE_VERSION,
+            self.mode,
+            self.now_s,
+            self.outbox_entries_max,
+            orjson.dumps(self.steps),
+            orjson.dumps(self.programs),
+            orjson.dumps(self.ops),
+        ]
+        return self.keys.keys, args
+
+    # -- programs and steps ------------------------------------------------
+
+    def _program(self, steps: Sequence[Step]) -> _Program:
+        numbers: list[int] = []
+        user_keys: list[_UserKey] = []
+        boards: list[tuple[Board, list[dict[str, Any]]]] = []
+        for step in steps:
+            if isinstance(step, Throttle | Day):
+                # Its key is the user's own: encoded per program, the key
+                # of each operation's user travels with the operation.
+                encoded = self._user_keyed(step, user_keys)
+                self.steps.append(encoded)
+                numbers.append(len(self.steps))
+                continue
+            number = self._step_numbers.get(id(step))
+            if number is None:
+                encoded = self._shared(step)
+                self.steps.append(encoded)
+                number = self._step_numbers[id(step)] = len(self.steps)
+            numbers.append(number)
+            if isinstance(step, Board):
+                boards.append((step, self.steps[number - 1]["slots"]))
+        self.programs.append(numbers)
+        return _Program(len(self.programs), user_keys, boards)
+
+    def _user_keyed(self, step: Throttle | Day, user_keys: list[_UserKey]) -> dict[str, Any]:
+        shard = self.shard
+        if isinstance(step, Throttle):
+            name = step.name
+            user_keys.append(lambda user: shard.interval(user, name))
+            return {"op": "throttle", "uk": len(user_keys), "ms": step.interval_ms,
+                    "keep": step.keep_ms}  # fmt: skip
+        bitmap, cover = step.name, step.cover
+        user_keys.append(lambda user: shard.days(user, bitmap))
+        encoded = {"op": "day", "uk": len(user_keys), "bit": step.ordinal, "scan": step.scan,
+                   "keep": step.keep_s, "cover": 0}  # fmt: skip
+        if cover:
+            user_keys.append(lambda user: shard.days(user, cover))
+            encoded["cover"] = len(user_keys)
+        return encoded
+
+    def _shared(self, step: Step) -> dict[str, Any]:
+        index, shard = self.keys.index, self.shard
+        if isinstance(step, Check):
+            return {"op": "check", "h": index(shard.counters(step.period)), "c": step.counter,
+                    "max": step.max, "m": step.metric.value[0], "n": step.number}  # fmt: skip
+        if isinstance(step, Bump):
+            return {"op": "bump", "h": index(shard.counters(step.period)), "c": step.counter,
+                    "by": step.by.value, "x": step.period.expires_at_s}  # fmt: skip
+        if isinstance(step, Credit):
+            return {"op": "credit"}
+        if isinstance(step, First):
+            return {"op": "first", "h": index(shard.first_seen)}
+        if isinstance(step, Board):
+            return {"op": "board", "slots": [self._slot(slot) for slot in step.slots]}
+        if isinstance(step, Accumulate):
+            return {"op": "acc", "h": index(shard.counters(step.period)), "c": step.counter,
+                    "unit": step.unit, "x": step.period.expires_at_s}  # fmt: skip
+        if isinstance(step, Distinct):
+            return {"op": "distinct", "h": index(shard.counters(step.period)),
+                    "c": step.counter, "of": step.member.value, "max": step.bound,
+                    "x": step.period.expires_at_s}  # fmt: skip
+        if isinstance(step, Cross):
+            return {"op": "cross", "at": [[t.at, t.bonus.points, t.bonus.tag, t.bonus.reason]
+                                          for t in step.thresholds]}  # fmt: skip
+        if isinstance(step, Entry):
+            b = step.bonus
+            return {"op": "entry", "pts": b.points, "tag": b.tag, "why": b.reason}
+        raise TypeError(f"no wire encoding for step {step!r}")
+
+    def _slot(self, slot: Any) -> dict[str, Any]:
+        index, shard = self.keys.index, self.shard
+        encoded: dict[str, Any] = {"m": slot.metric.value[0], "w": slot.newcomer_window_ms,
+                                   "gm": int(slot.group_member), "sc": slot.scope,
+                                   "x": slot.expires_at_s, "set": 0}  # fmt: skip
+        if slot.scope == "t":
+            encoded["key"] = index(shard.board(slot.ref()))
+        else:
+            encoded["key"] = {}
+            encoded["set"] = index(shard.board_scopes(slot.board, slot.kind, slot.period_key))
+        return encoded
+
+    def _scope_keys(
+        self, board: Board, slots: list[dict[str, Any]], department: str, group: str
+    ) -> None:
+        """Keys of the department and group scopes this operation feeds."""
+        for slot, encoded in zip(board.slots, slots, strict=True):
+            if slot.scope == "t":
+                continue
+            scope_id = department if slot.scope == "d" else group
+            if scope_id and scope_id not in encoded["key"]:
+                encoded["key"][scope_id] = self.keys.index(self.shard.board(slot.ref(scope_id)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_results(reply: Sequence[Any]) -> list[CreditResult]:
+    """The results of one call, in operation order."""
+    results: list[CreditResult] = []
+    i, end = 0, len(reply)
+    codes = _CODES
+    while i < end:
+        code, points, balance, limit, original, count = reply[i : i + 6]
+        i += 6
+        bonuses: tuple[tuple[str, int], ...] = ()
+        if count:
+            bonuses = tuple(
+                (_text(reply[i + 2 * j]), int(reply[i + 2 * j + 1])) for j in range(int(count))
+            )
+            i += 2 * int(count)
+        results.append(
+            CreditResult(
+                codes[int(code)],
+                int(points),
+                int(balance),
+                int(limit),
+                codes[int(original)] if original else None,
+                bonuses,
+            )
+        )
+    return results
