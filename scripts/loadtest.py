@@ -300,41 +300,64 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(ns: argparse.Namespace, tenants: list[str], run_id: str, spec: TrafficSpec) -> int:
-    summary: dict[str, Any]
     if ns.spawn:
-        extra = {"POINTS_WORKERS": str(ns.workers)}
-        with spawned_server(tenants, ns.shards, ns.data_dir, extra) as (server, database_url):
-            with RssSampler(server.pid) as rss:
-                result = asyncio.run(_drive(ns, server.target, spec))
-            summary = result.summary()
-            summary["server_memory"] = rss.summary()
-            if not ns.no_check:
-                summary["self_check"] = wait_for_ledger(
-                    database_url, tenants, run_id, result.stats.awarded_points, ns.drain_timeout
-                )
+        result, summary = _run_spawned(ns, tenants, run_id, spec)
     else:
-        if ns.server_pid:
-            with RssSampler(ns.server_pid) as rss:
-                result = asyncio.run(_drive(ns, ns.target, spec))
-        else:
-            rss = None
-            result = asyncio.run(_drive(ns, ns.target, spec))
+        result, summary = _run_against_target(ns, tenants, run_id, spec)
+    return _report(ns, result, summary, run_id)
+
+
+def _run_spawned(
+    ns: argparse.Namespace, tenants: list[str], run_id: str, spec: TrafficSpec
+) -> tuple[RunResult, dict[str, Any]]:
+    extra = {"POINTS_WORKERS": str(ns.workers)}
+    with spawned_server(tenants, ns.shards, ns.data_dir, extra) as (server, database_url):
+        with RssSampler(server.pid) as rss:
+            result = asyncio.run(_drive(ns, server.target, spec))
         summary = result.summary()
-        if rss is not None:
-            summary["server_memory"] = rss.summary()
+        summary["server_memory"] = rss.summary()
         if not ns.no_check:
-            database_url = ns.database_url
-            started: list[Any] = []
-            if not database_url:
-                _, database_url, started = resolve_servers(ns.data_dir, redis=False)
-            try:
-                summary["self_check"] = wait_for_ledger(
-                    database_url, tenants, run_id, result.stats.awarded_points, ns.drain_timeout
-                )
-            finally:
-                for server in started:
-                    if server.owned:
-                        server.stop()
+            summary["self_check"] = wait_for_ledger(
+                database_url, tenants, run_id, result.stats.awarded_points, ns.drain_timeout
+            )
+    return result, summary
+
+
+def _run_against_target(
+    ns: argparse.Namespace, tenants: list[str], run_id: str, spec: TrafficSpec
+) -> tuple[RunResult, dict[str, Any]]:
+    if ns.server_pid:
+        with RssSampler(ns.server_pid) as rss:
+            result = asyncio.run(_drive(ns, ns.target, spec))
+    else:
+        rss = None
+        result = asyncio.run(_drive(ns, ns.target, spec))
+    summary = result.summary()
+    if rss is not None:
+        summary["server_memory"] = rss.summary()
+    if not ns.no_check:
+        summary["self_check"] = _check_target_ledger(ns, tenants, run_id, result)
+    return result, summary
+
+
+def _check_target_ledger(
+    ns: argparse.Namespace, tenants: list[str], run_id: str, result: RunResult
+) -> dict[str, Any]:
+    database_url = ns.database_url
+    started: list[Any] = []
+    if not database_url:
+        _, database_url, started = resolve_servers(ns.data_dir, redis=False)
+    try:
+        return wait_for_ledger(
+            database_url, tenants, run_id, result.stats.awarded_points, ns.drain_timeout
+        )
+    finally:
+        for server in started:
+            if server.owned:
+                server.stop()
+
+
+def _report(ns: argparse.Namespace, result: RunResult, summary: dict[str, Any], run_id: str) -> int:
     summary["run_id"] = run_id
     if ns.plot:
         plot(result, ns.plot, f"{ns.mode}: {summary['events_per_s']:,.0f} events/s")

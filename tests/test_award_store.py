@@ -1,7 +1,9 @@
 """The award store's contract, primitive by primitive: hand-built operations
 applied (and restored) straight through AwardStore on a real Redis, no rules
 engine in between. Beside the API tests, this is the behaviour suite a new
-mechanic compiles onto (service/pointsd/service/domain/steps.py)."""
+mechanic compiles onto (service/pointsd/service/domain/steps.py): dedup
+(G1), checks in one atomic call (G5), bonus rows (G7), bounds (G10) and
+expiry on the service clock (G11)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The clock rules: the standard instants are what they claim, pinned clocks
-reach the service, and only the clock modules read the wall clock."""
+"""The clock rules (G11): the standard instants are what they claim, pinned
+clocks reach the service, and only the clock modules read the wall clock."""
 
 from __future__ import annotations
 

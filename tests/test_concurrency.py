@@ -1,4 +1,4 @@
-"""Invariants 1 and 5 under concurrency: exactly-once awarding and caps that
+"""Guarantees G1 and G5 under concurrency: exactly-once awarding and caps that
 hold, with many callers, several channels and two server instances at once."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ingest API through a real in-process gRPC server, real Redis and PostgreSQL:
-every shipped rule and cap, dedup, batches, streams, bad input, balances and
-the ledger."""
+every shipped rule and cap, dedup (G1), batches, streams, bad input that
+changes nothing (G6) and is bounded (G10), balances and the ledger."""
 
 from __future__ import annotations
 
@@ -456,7 +456,7 @@ async def test_event_id_reused_across_shards_still_leaves_one_row_per_payment(
     make_api: ApiFactory, tenant: str, sql
 ) -> None:
     """Reuse of an id by another user on another shard cannot be caught
-    atomically (README, Guarantees); the ledger still records both payments."""
+    atomically (G1); the ledger still records both payments (G7)."""
     from pointsd.service.ops import reconcile
     from pointsd.storage.keys import shard_of
 

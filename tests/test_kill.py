@@ -1,11 +1,12 @@
-"""Invariants 1-3 when the service process is killed with SIGKILL in the middle
-of a 20,000-event load. The client behaves like an IM server: whatever was
-not acknowledged is sent again once the service is back."""
+"""Guarantees G1, G2 and G3 when the service process is killed with SIGKILL
+in the middle of a 20,000-event load. The client behaves like an IM server:
+whatever was not acknowledged is sent again once the service is back."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,38 @@ def make_events(tenant: str) -> list[pb.ActivityEvent]:
             extra["quantity"] = rng.choice([5, 10, 30])
         out.append(ev(tenant, user, action, event_id=f"k{i}", **extra))
     return out
+
+
+def _credits_told(
+    batches: list[list[pb.ActivityEvent]], results: dict[int, pb.RecordActivitiesResponse]
+) -> dict[str, tuple[str, int]]:
+    """What the clients were told, for every credited user of every event."""
+    credits = {}
+    for i, resp in results.items():
+        for e, r in zip(batches[i], resp.results, strict=True):
+            assert r.outcome != pb.REJECTED, r.reason
+            for c in r.credits:
+                if c.points > 0:
+                    role = "a" if c.role == pb.ACTOR else "t"
+                    credits[f"e:{e.event_id}:{role}:{c.user_id}"] = (c.user_id, c.points)
+    return credits
+
+
+def _check_ledger(
+    env: dict[str, str],
+    sql: Callable[..., list[Any]],
+    tenant: str,
+    credits: dict[str, tuple[str, int]],
+) -> None:
+    """Once drained, the ledger holds exactly the credits the clients were told."""
+    drained = run_cli(["flush", "--drain"], env)
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    rows = sql("SELECT entry_key, user_id, points FROM ledger_entries WHERE tenant_id=:t", t=tenant)
+    assert len(rows) == len({r[0] for r in rows})  # no entry twice
+    assert {k: (u, p) for k, u, p in rows} == credits
+    check = run_cli(["reconcile"], env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "0 mismatches" in check.stdout
 
 
 @pytest.mark.slow
@@ -90,26 +123,8 @@ async def test_sigkill_during_load_loses_nothing_and_doubles_nothing(
         assert failures > 0, "the kill should have hit batches in flight"
         assert len(results) == len(batches)
 
-        # What the clients were told, for every credited user of every event.
-        credits = {}
-        for i, resp in results.items():
-            for e, r in zip(batches[i], resp.results, strict=True):
-                assert r.outcome != pb.REJECTED, r.reason
-                for c in r.credits:
-                    if c.points > 0:
-                        role = "a" if c.role == pb.ACTOR else "t"
-                        credits[f"e:{e.event_id}:{role}:{c.user_id}"] = (c.user_id, c.points)
-
-        drained = run_cli(["flush", "--drain"], env)
-        assert drained.returncode == 0, drained.stdout + drained.stderr
-        rows = sql(
-            "SELECT entry_key, user_id, points FROM ledger_entries WHERE tenant_id=:t", t=tenant
-        )
-        assert len(rows) == len({r[0] for r in rows})  # no entry twice
-        assert {k: (u, p) for k, u, p in rows} == credits
-        check = run_cli(["reconcile"], env)
-        assert check.returncode == 0, check.stdout + check.stderr
-        assert "0 mismatches" in check.stdout
+        credits = _credits_told(batches, results)
+        _check_ledger(env, sql, tenant, credits)
     finally:
         server.terminate()
         _cleanup_tenants(servers, [tenant])

@@ -1,5 +1,6 @@
-"""Invariants 2 and 3: every award reaches the ledger exactly once, through
-redelivery, dead flushers and refused entries; balances equal ledger sums."""
+"""Guarantees G2, G3, G7 and G9: every award reaches the ledger exactly once,
+through redelivery, dead flushers and refused entries (parked, never
+dropped); one row per payment; balances equal ledger sums."""
 
 from __future__ import annotations
 
@@ -370,3 +371,53 @@ def test_migration_0005_keeps_rows_and_admits_zero_point_milestones(servers) -> 
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
         admin.dispose()
+
+
+async def test_corrections_are_new_rows_and_earlier_rows_never_change(api: Api, sql) -> None:
+    """G8: refunds, spends and adjustments add rows; no row already written
+    is ever updated or deleted."""
+    from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+
+    admin = pb_grpc.AdminServiceStub(api.channel)
+    t = api.tenant
+
+    async def rows() -> list[tuple]:
+        assert await api.app.flusher.drain(30)
+        return [
+            tuple(r)
+            for r in sql(
+                "SELECT id, entry_key, user_id, points, balance_after, kind, reason, "
+                "occurred_at, recorded_at FROM ledger_entries WHERE tenant_id = :t ORDER BY id",
+                t=t,
+            )
+        ]
+
+    seen: list[tuple] = []
+    steps = [
+        lambda: api.stub.RecordActivity(ev(t, "ann", "file")),
+        lambda: admin.AdjustPoints(
+            pb.AdjustPointsRequest(tenant_id=t, user_id="ann", points=50, reason="gift",
+                                   idempotency_key="g1")
+        ),
+        lambda: admin.CreateItem(
+            pb.CreateItemRequest(item=pb.Item(tenant_id=t, item_id="mug", name="Mug",
+                                              kind=pb.PHYSICAL, cost=20, enabled=True))
+        ),
+        lambda: api.stub.Redeem(
+            pb.RedeemRequest(tenant_id=t, user_id="ann", item_id="mug", request_id="r1")
+        ),
+    ]  # fmt: skip
+    for step in steps:
+        await step()
+        now = await rows()
+        assert now[: len(seen)] == seen
+        seen = now
+    redemption = (
+        await api.stub.ListRedemptions(pb.ListRedemptionsRequest(tenant_id=t, user_id="ann"))
+    ).redemptions[0]
+    await admin.RefundRedemption(
+        pb.RefundRedemptionRequest(tenant_id=t, redemption_id=redemption.redemption_id, reason="x")
+    )
+    final = await rows()
+    assert final[: len(seen)] == seen
+    assert [r[5] for r in final] == ["award", "adjust", "spend", "refund"]

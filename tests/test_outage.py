@@ -1,4 +1,4 @@
-"""Invariant 2 with PostgreSQL down during ingest: ingest goes on, entries
+"""Guarantee G2 with PostgreSQL down during ingest: ingest goes on, entries
 wait in Redis, and once PostgreSQL is back nothing is lost or doubled."""
 
 from __future__ import annotations

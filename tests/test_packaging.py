@@ -4,13 +4,16 @@ a Lua script, the default rules or a migration left out of it."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from scripts.procs import ROOT
 
@@ -69,3 +72,31 @@ def test_the_wheel_ships_every_module_and_data_file(tmp_path: Path) -> None:
     assert (
         "pointsd = pointsd.service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     )
+
+
+def _pins(lock: str) -> dict[str, str]:
+    text = (ROOT / "requirements" / lock).read_text()
+    return {
+        m[1].lower().replace("_", "-"): m[2]
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", text, re.M)
+    }
+
+
+def test_the_lock_files_pin_what_pyproject_asks_and_agree() -> None:
+    """CI installs requirements/dev.lock, the image requirements/runtime.lock:
+    both satisfy pyproject.toml, and every package the image ships is the
+    version the tests ran with. Stale after a pyproject edit: run scripts/lock."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, dev = _pins("runtime.lock"), _pins("dev.lock")
+    wanted = [(r, runtime) for r in project["dependencies"]]
+    wanted += [(r, dev) for r in project["optional-dependencies"]["dev"] if "pointsd" not in r]
+    wanted += [(r, dev) for r in project["optional-dependencies"]["loadtest"]]
+    for text, pins in wanted:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in the lock: run scripts/lock"
+        assert req.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+    assert {n: v for n, v in runtime.items() if dev.get(n) != v} == {}
+    assert set(runtime) <= set(dev)

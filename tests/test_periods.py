@@ -1,4 +1,5 @@
-"""Unit tests for pointsd.service.rules.periods: calendar periods in a tenant's zone.
+"""Unit tests for pointsd.service.rules.periods: calendar periods in a tenant's
+zone (G11).
 
 Pure: fixed instants, no clock. Expected values are written out by hand
 (calendar facts), not recomputed with the code under test.

@@ -1,4 +1,4 @@
-"""Invariant 3: after Redis data loss, `rebuild` restores balances from the
+"""Guarantee G3: after Redis data loss, `rebuild` restores balances from the
 ledger, and with them exactly-once (dedup records) and caps (counters)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Redemption through the gRPC API on real Redis and PostgreSQL: never a
+"""Redemption through the gRPC API on real Redis and PostgreSQL (G4): never a
 negative balance, never oversold, never past a limit, idempotent, refunds
-once, adjustments, and a catalog with clear errors."""
+once, adjustments, and a catalog with clear errors (G6)."""
 
 from __future__ import annotations
 
@@ -672,7 +672,7 @@ async def test_malformed_page_tokens_are_invalid_argument_everywhere(api: Api) -
 
 
 async def test_a_tenant_cannot_reach_another_tenants_state(make_api: ApiFactory) -> None:
-    """Invariant 6, cross-tenant: ids of one tenant mean nothing in another;
+    """Guarantee G6, cross-tenant: ids of one tenant mean nothing in another;
     asking with them is NOT_FOUND (or empty) and changes nothing."""
     mine, other = new_tenant(), new_tenant()
     api = await make_api([mine, other])

@@ -1,4 +1,4 @@
-"""Invariant 4 when the server is killed with SIGKILL in the middle of a
+"""Guarantee G4 when the server is killed with SIGKILL in the middle of a
 redemption storm: after a restart and recovery, every completed redemption
 has exactly one spend in the ledger and vice versa, no stock is lost or
 oversold, and balances reconcile."""
@@ -9,7 +9,9 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,6 +25,99 @@ from tests.helpers import child_env, rules_file
 USERS = 60
 REQUESTS = 300
 STOCK = 150
+
+
+async def _seed(target: str, tenant: str) -> None:
+    """The voucher item, and enough points for every user to redeem it."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        admin = pb_grpc.AdminServiceStub(ch)
+        item = pb.Item(
+            tenant_id=tenant,
+            item_id="voucher",
+            name="Voucher",
+            kind=pb.PHYSICAL,
+            cost=10,
+            stock=STOCK,
+            enabled=True,
+        )
+        await admin.CreateItem(pb.CreateItemRequest(item=item))
+        for u in range(USERS):
+            await admin.AdjustPoints(
+                pb.AdjustPointsRequest(
+                    tenant_id=tenant,
+                    user_id=f"u{u}",
+                    points=50,
+                    reason="seed",
+                    idempotency_key=f"seed-{u}",
+                )
+            )
+
+
+async def _redeem_again(
+    target: str, tenant: str, requests: list[tuple[str, str]], todo: list[int]
+) -> None:
+    """Send the redemptions `todo` again, with their request ids."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.PointsServiceStub(ch)
+        for i in todo:
+            user, request_id = requests[i]
+            try:
+                await stub.Redeem(
+                    pb.RedeemRequest(
+                        tenant_id=tenant, user_id=user, item_id="voucher", request_id=request_id
+                    )
+                )
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+
+
+async def _wait_for_recovery(sql: Callable[..., list[Any]], tenant: str) -> None:
+    deadline = time.monotonic() + 60
+    while sql(
+        "SELECT COUNT(*) FROM redemptions WHERE tenant_id = :t AND status IN "
+        "('pending', 'refunding')",
+        t=tenant,
+    )[0][0]:
+        assert time.monotonic() < deadline, "unfinished redemptions were not recovered"
+        await asyncio.sleep(0.5)
+
+
+async def _check_records(
+    env: dict[str, str], sql: Callable[..., list[Any]], tenant: str, answered: dict[str, int]
+) -> None:
+    """Redemptions, spends, stock and balances agree, and with what clients were told."""
+    drained = await asyncio.to_thread(run_cli, ["flush", "--drain"], env)
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    completed = {
+        r[0]: (r[1], r[2])
+        for r in sql(
+            "SELECT redemption_id, points, quantity FROM redemptions WHERE tenant_id = :t "
+            "AND status = 'completed'",
+            t=tenant,
+        )
+    }
+    spends = sql(
+        "SELECT event_id, points, entry_key FROM ledger_entries WHERE tenant_id = :t "
+        "AND kind = 'spend'",
+        t=tenant,
+    )
+    assert len(spends) == len({s[2] for s in spends})
+    assert {s[0]: -s[1] for s in spends} == {k: v[0] for k, v in completed.items()}
+    stock = sql("SELECT stock FROM catalog_items WHERE tenant_id = :t", t=tenant)[0][0]
+    assert stock + sum(q for _, q in completed.values()) == STOCK
+    assert len(completed) == STOCK  # demand (300) exceeded the stock: all of it went
+    check = await asyncio.to_thread(run_cli, ["reconcile"], env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    negative = sql(
+        "SELECT user_id, SUM(points) FROM ledger_entries WHERE tenant_id = :t "
+        "GROUP BY user_id HAVING SUM(points) < 0",
+        t=tenant,
+    )
+    assert negative == []
+    # What clients were told agrees with the records.
+    status = dict(sql("SELECT request_id, status FROM redemptions WHERE tenant_id = :t", t=tenant))
+    for request_id, told in answered.items():
+        assert status[request_id] == ("completed" if told == pb.COMPLETED else "failed")
 
 
 @pytest.mark.slow
@@ -42,28 +137,7 @@ async def test_sigkill_during_a_redemption_storm(servers: Servers, tmp_path: Pat
     requests = [(f"u{i % USERS}", uuid.uuid4().hex) for i in range(REQUESTS)]
     answered: dict[str, int] = {}
     try:
-        async with grpc.aio.insecure_channel(server.target) as ch:
-            admin = pb_grpc.AdminServiceStub(ch)
-            item = pb.Item(
-                tenant_id=tenant,
-                item_id="voucher",
-                name="Voucher",
-                kind=pb.PHYSICAL,
-                cost=10,
-                stock=STOCK,
-                enabled=True,
-            )
-            await admin.CreateItem(pb.CreateItemRequest(item=item))
-            for u in range(USERS):
-                await admin.AdjustPoints(
-                    pb.AdjustPointsRequest(
-                        tenant_id=tenant,
-                        user_id=f"u{u}",
-                        points=50,
-                        reason="seed",
-                        idempotency_key=f"seed-{u}",
-                    )
-                )
+        await _seed(server.target, tenant)
 
         queue = list(range(REQUESTS))
         random.Random(3).shuffle(queue)
@@ -101,63 +175,12 @@ async def test_sigkill_during_a_redemption_storm(servers: Servers, tmp_path: Pat
         await asyncio.to_thread(server.start)
         # Like a client, retry half of what got no answer (same request ids);
         # the recovery sweep must finish the other half on its own.
-        async with grpc.aio.insecure_channel(server.target) as ch:
-            stub = pb_grpc.PointsServiceStub(ch)
-            for i in lost[::2] + queue:
-                user, request_id = requests[i]
-                try:
-                    await stub.Redeem(
-                        pb.RedeemRequest(
-                            tenant_id=tenant, user_id=user, item_id="voucher", request_id=request_id
-                        )
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
-        deadline = time.monotonic() + 60
-        while sql(
-            "SELECT COUNT(*) FROM redemptions WHERE tenant_id = :t AND status IN "
-            "('pending', 'refunding')",
-            t=tenant,
-        )[0][0]:
-            assert time.monotonic() < deadline, "unfinished redemptions were not recovered"
-            await asyncio.sleep(0.5)
+        await _redeem_again(server.target, tenant, requests, lost[::2] + queue)
+        await _wait_for_recovery(sql, tenant)
     finally:
         server.terminate()
 
     try:
-        drained = await asyncio.to_thread(run_cli, ["flush", "--drain"], env)
-        assert drained.returncode == 0, drained.stdout + drained.stderr
-        completed = {
-            r[0]: (r[1], r[2])
-            for r in sql(
-                "SELECT redemption_id, points, quantity FROM redemptions WHERE tenant_id = :t "
-                "AND status = 'completed'",
-                t=tenant,
-            )
-        }
-        spends = sql(
-            "SELECT event_id, points, entry_key FROM ledger_entries WHERE tenant_id = :t "
-            "AND kind = 'spend'",
-            t=tenant,
-        )
-        assert len(spends) == len({s[2] for s in spends})
-        assert {s[0]: -s[1] for s in spends} == {k: v[0] for k, v in completed.items()}
-        stock = sql("SELECT stock FROM catalog_items WHERE tenant_id = :t", t=tenant)[0][0]
-        assert stock + sum(q for _, q in completed.values()) == STOCK
-        assert len(completed) == STOCK  # demand (300) exceeded the stock: all of it went
-        check = await asyncio.to_thread(run_cli, ["reconcile"], env)
-        assert check.returncode == 0, check.stdout + check.stderr
-        negative = sql(
-            "SELECT user_id, SUM(points) FROM ledger_entries WHERE tenant_id = :t "
-            "GROUP BY user_id HAVING SUM(points) < 0",
-            t=tenant,
-        )
-        assert negative == []
-        # What clients were told agrees with the records.
-        status = dict(
-            sql("SELECT request_id, status FROM redemptions WHERE tenant_id = :t", t=tenant)
-        )
-        for request_id, told in answered.items():
-            assert status[request_id] == ("completed" if told == pb.COMPLETED else "failed")
+        await _check_records(env, sql, tenant, answered)
     finally:
         _cleanup_tenants(servers, [tenant])

@@ -9,7 +9,7 @@
     pointsd rules check [FILE]    validate a rule file
     pointsd health [--target H:P] exit 0 if a running server reports SERVING
 
-Configuration comes from environment variables (README "Configuration").
+Configuration comes from environment variables (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -187,7 +187,6 @@ async def _winners(settings: Settings) -> int:
 
 def _rules_check(path: str | None, default_shards: int) -> int:
     from pointsd.service.rules import RuleError, load_rule_book
-    from pointsd.service.rules.mechanics import MECHANICS
 
     try:
         book = load_rule_book(Path(path) if path else None, default_shards=default_shards)
@@ -204,7 +203,7 @@ def _rules_check(path: str | None, default_shards: int) -> int:
         )
         for action in tenant.actions.values():
             for credit in action.credits:
-                said = "; ".join(t for m in MECHANICS if (t := m.describe(credit)))
+                said = "; ".join(t for m in book.mechanics if (t := m.describe(credit)))
                 print(
                     f"  {action.key:<20} {credit.role.name.lower():<6} "
                     f"{credit.points:>4} points; {said}"
@@ -229,7 +228,7 @@ def _health(target: str, timeout_s: float) -> int:
     return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointsd", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gRPC server")
@@ -248,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     health = sub.add_parser("health", help="check a running server's health service")
     health.add_argument("--target", help="host:port (default: POINTS_LISTEN)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
     ns = parser.parse_args(argv)
     if ns.command == "flush" and not ns.drain:
         signal.signal(signal.SIGTERM, lambda *_: _early_stop.set())
@@ -259,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
+    return _dispatch(parser, ns, settings)
 
+
+def _dispatch(parser: argparse.ArgumentParser, ns: argparse.Namespace, settings: Settings) -> int:
     if ns.command == "health":
         target = ns.target or settings.listen.replace("0.0.0.0", "127.0.0.1")
         return _health(target, ns.timeout)

@@ -1,5 +1,5 @@
 """Settings: one frozen object, every field an environment variable with a
-default. README "Configuration" lists them all; keep the two in step."""
+default. docs/configuration.md lists them all (tests/test_docs.py checks)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,28 @@ class Settings:
         return settings
 
     def check(self) -> None:
+        # The order of the checks decides which error a bad environment reports.
+        self._check_positive()
+        if self.redeem_recovery_after_s < 0:
+            raise ConfigError(
+                f"POINTS_REDEEM_RECOVERY_AFTER_S must be >= 0, got {self.redeem_recovery_after_s}"
+            )
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"POINTS_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        self._check_ports()
+        if self.event_future_skew_s < 0 or self.outbox_entries_max < 0:
+            raise ConfigError(
+                "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
+            )
+        self._check_clock_start()
+        if self.flusher not in ("process", "inline", "off"):
+            raise ConfigError(
+                f"POINTS_FLUSHER: must be process, inline or off, got {self.flusher!r}"
+            )
+
+    def _check_positive(self) -> None:
         positive = [
             "workers",
             "shards",
@@ -154,14 +176,8 @@ class Settings:
             # "not >" also catches NaN.
             if not value > 0:
                 raise ConfigError(f"{self.env_name(name)} must be > 0, got {value}")
-        if self.redeem_recovery_after_s < 0:
-            raise ConfigError(
-                f"POINTS_REDEEM_RECOVERY_AFTER_S must be >= 0, got {self.redeem_recovery_after_s}"
-            )
-        if self.log_level.upper() not in _LOG_LEVELS:
-            raise ConfigError(
-                f"POINTS_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
-            )
+
+    def _check_ports(self) -> None:
         _host, colon, port = self.listen.rpartition(":")
         # host:port, or a gRPC unix: address.
         if not self.listen.startswith("unix:") and (
@@ -174,19 +190,13 @@ class Settings:
                 f"POINTS_METRICS_PORT must leave room for {self.workers} more port(s) "
                 f"below 65536, got {self.metrics_port}"
             )
-        if self.event_future_skew_s < 0 or self.outbox_entries_max < 0:
-            raise ConfigError(
-                "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
-            )
+
+    def _check_clock_start(self) -> None:
         if self.clock_start:
             try:
                 parse_instant(self.clock_start)
             except ValueError as exc:
                 raise ConfigError(f"POINTS_CLOCK_START: {exc}") from None
-        if self.flusher not in ("process", "inline", "off"):
-            raise ConfigError(
-                f"POINTS_FLUSHER: must be process, inline or off, got {self.flusher!r}"
-            )
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")

@@ -68,7 +68,18 @@ class Ingestor:
         """One result per item, in order. Raises Overloaded (outbox full) or
         ShardBusy (rebuild running) for the whole call: retry it as is, the
         events already applied come back as DUPLICATE."""
-        now_ms = self.clock_ms()
+        results, plans = self._plan(items, self.clock_ms())
+        store = await self._apply(plans)
+        self._raise_if_refused(store)
+        for i, plan in plans.items():
+            results[i] = self._combine(plan, store[i])
+        return [r for r in results if r is not None]
+
+    def _plan(
+        self, items: Sequence[Event | InvalidField], now_ms: int
+    ) -> tuple[list[EventResult | None], dict[int, Plan]]:
+        """The results known without storage (rejected, no rule), and the plans
+        of the other items, both by index."""
         results: list[EventResult | None] = [None] * len(items)
         plans: dict[int, Plan] = {}
         for i, item in enumerate(items):
@@ -82,7 +93,10 @@ class Ingestor:
                 results[i] = EventResult(item.event_id, Outcome.NO_RULE, reason=planned.message)
             else:
                 plans[i] = planned
+        return results, plans
 
+    async def _apply(self, plans: dict[int, Plan]) -> dict[int, list[CreditResult]]:
+        """Each plan's store results, by index, in the order of its credits."""
         # The anchor credit first: it detects a reused event id before any
         # other credit of the event is applied. Most rules have one credit.
         order = list(plans)
@@ -96,7 +110,10 @@ class Ingestor:
             applied = await self.awards.apply([op for _, op in rest])
             for (i, _op), res in zip(rest, applied, strict=True):
                 store[i].append(res)
+        return store
 
+    @staticmethod
+    def _raise_if_refused(store: dict[int, list[CreditResult]]) -> None:
         codes = {r.code for rs in store.values() for r in rs}
         if StoreCode.MAINTENANCE in codes:
             raise ShardBusy("a rebuild of this tenant's state is running; retry shortly")
@@ -105,9 +122,6 @@ class Ingestor:
                 "the ledger outbox is full (the flusher is behind or PostgreSQL is down); "
                 "retry with backoff"
             )
-        for i, plan in plans.items():
-            results[i] = self._combine(plan, store[i])
-        return [r for r in results if r is not None]
 
     @staticmethod
     def _rejected(field: str, message: str, event_id: str) -> EventResult:

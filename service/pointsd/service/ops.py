@@ -25,6 +25,7 @@ from pointsd.service.redeem import restoring_change
 from pointsd.service.rules import Plan, fingerprint
 from pointsd.storage.entries import KIND_AWARD, LedgerRow
 from pointsd.storage.errors import StorageError
+from pointsd.storage.keys import Shard
 from pointsd.storage.redis import BalanceView, RestoreOp
 
 __all__ = ["Mismatch", "RebuildReport", "ReconcileReport", "rebuild", "reconcile"]
@@ -172,80 +173,110 @@ def _identity_op(
 async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
     """Rebuild Redis state of `tenants` (default: all) from the ledger."""
     report = RebuildReport()
-    stores = app.stores
     for tenant_id in tenants or sorted(app.rules.tenants):
-        shards = stores.topology.tenant_shards(tenant_id)
-        try:
-            for shard in shards:
-                await stores.balances.set_maintenance(shard, True)
-        except StorageError:
-            for shard in shards:  # nothing was changed: let writes go on
-                with contextlib.suppress(StorageError):
-                    await stores.balances.set_maintenance(shard, False)
-            raise
-        # This tenant's streams only: other tenants' traffic goes on meanwhile.
-        drained = False
-        try:
-            drained = await app.flusher.drain(300, shards)
-        finally:
-            if not drained:
-                # Not drained, failed or cancelled, and nothing touched yet:
-                # writes may go on, the rebuild waits.
-                for shard in shards:
-                    with contextlib.suppress(StorageError):
-                        await stores.balances.set_maintenance(shard, False)
-        if not drained:
-            raise RebuildFailed(
-                f"tenant {tenant_id}: the outbox could not be drained into PostgreSQL; "
-                "rebuilding now would lose its entries. Nothing was changed."
-            )
-        try:
-            for shard in shards:
-                report.keys_deleted += await stores.balances.wipe_state(shard)
-            sums = await stores.ledger.sums(tenant_id)
-            per_shard: dict[str, dict[str, BalanceView]] = {}
-            for user, s in sums.items():
-                shard = stores.topology.user_shard(tenant_id, user)
-                per_shard.setdefault(shard.tag, {})[user] = BalanceView(s.net, s.earned, s.spent)
-            for shard in shards:
-                await stores.balances.set_balances(shard, per_shard.get(shard.tag, {}))
-            report.users += len(sums)
-            now_s = app.clock() // 1000
-            chunk: list[RestoreOp] = []
-            async for row in stores.ledger.entries(tenant_id):
-                report.entries += 1
-                change = restoring_change(row, now_s)
-                if change is not None:
-                    await stores.balances.change(change, restore=True)
-                    continue
-                restore = _restore_op(app, row, now_s)
-                if restore is not None:
-                    chunk.append(restore)
-                if len(chunk) >= _RESTORE_CHUNK:
-                    await stores.awards.restore(chunk)
-                    chunk = []
-            if chunk:
-                await stores.awards.restore(chunk)
-            # An event whose first credit was not paid (capped) but whose
-            # second was has no ledger row for its identity record: restore
-            # that record as CAPPED, so replays stay duplicates.
-            identities = [
-                r for row in await stores.ledger.target_only(tenant_id)
-                if (r := _identity_op(app, row, now_s, per_shard)) is not None
-            ]  # fmt: skip
-            for start in range(0, len(identities), _RESTORE_CHUNK):
-                await stores.awards.restore(identities[start : start + _RESTORE_CHUNK])
-            report.tenants += 1
-            log.info(
-                "rebuilt tenant %s: %d users, %d entries", tenant_id, len(sums), report.entries
-            )
-        except Exception as exc:
-            # State is half-wiped: writes stay refused (UNAVAILABLE) until a
-            # rebuild completes; accepting them now would pay without dedup.
-            raise RebuildFailed(
-                f"tenant {tenant_id}: rebuild failed after wiping its Redis state ({exc}); "
-                "writes stay refused until `pointsd rebuild` completes"
-            ) from exc
-        for shard in shards:
-            await stores.balances.set_maintenance(shard, False)
+        await _rebuild_tenant(app, tenant_id, report)
     return report
+
+
+async def _rebuild_tenant(app: App, tenant_id: str, report: RebuildReport) -> None:
+    shards = app.stores.topology.tenant_shards(tenant_id)
+    await _refuse_writes(app, shards)
+    await _drain_or_allow_writes(app, tenant_id, shards)
+    try:
+        await _restore_tenant(app, tenant_id, shards, report)
+    except Exception as exc:
+        # State is half-wiped: writes stay refused (UNAVAILABLE) until a
+        # rebuild completes; accepting them now would pay without dedup.
+        raise RebuildFailed(
+            f"tenant {tenant_id}: rebuild failed after wiping its Redis state ({exc}); "
+            "writes stay refused until `pointsd rebuild` completes"
+        ) from exc
+    for shard in shards:
+        await app.stores.balances.set_maintenance(shard, False)
+
+
+async def _refuse_writes(app: App, shards: list[Shard]) -> None:
+    balances = app.stores.balances
+    try:
+        for shard in shards:
+            await balances.set_maintenance(shard, True)
+    except StorageError:
+        for shard in shards:  # nothing was changed: let writes go on
+            with contextlib.suppress(StorageError):
+                await balances.set_maintenance(shard, False)
+        raise
+
+
+async def _drain_or_allow_writes(app: App, tenant_id: str, shards: list[Shard]) -> None:
+    # This tenant's streams only: other tenants' traffic goes on meanwhile.
+    drained = False
+    try:
+        drained = await app.flusher.drain(300, shards)
+    finally:
+        if not drained:
+            # Not drained, failed or cancelled, and nothing touched yet:
+            # writes may go on, the rebuild waits.
+            for shard in shards:
+                with contextlib.suppress(StorageError):
+                    await app.stores.balances.set_maintenance(shard, False)
+    if not drained:
+        raise RebuildFailed(
+            f"tenant {tenant_id}: the outbox could not be drained into PostgreSQL; "
+            "rebuilding now would lose its entries. Nothing was changed."
+        )
+
+
+async def _restore_tenant(
+    app: App, tenant_id: str, shards: list[Shard], report: RebuildReport
+) -> None:
+    """Wipe the tenant's Redis state and recreate it from the ledger."""
+    stores = app.stores
+    for shard in shards:
+        report.keys_deleted += await stores.balances.wipe_state(shard)
+    sums = await stores.ledger.sums(tenant_id)
+    per_shard: dict[str, dict[str, BalanceView]] = {}
+    for user, s in sums.items():
+        shard = stores.topology.user_shard(tenant_id, user)
+        per_shard.setdefault(shard.tag, {})[user] = BalanceView(s.net, s.earned, s.spent)
+    for shard in shards:
+        await stores.balances.set_balances(shard, per_shard.get(shard.tag, {}))
+    report.users += len(sums)
+    now_s = app.clock() // 1000
+    await _replay_entries(app, tenant_id, now_s, report)
+    await _restore_identities(app, tenant_id, now_s, per_shard)
+    report.tenants += 1
+    log.info("rebuilt tenant %s: %d users, %d entries", tenant_id, len(sums), report.entries)
+
+
+async def _replay_entries(app: App, tenant_id: str, now_s: int, report: RebuildReport) -> None:
+    stores = app.stores
+    chunk: list[RestoreOp] = []
+    async for row in stores.ledger.entries(tenant_id):
+        report.entries += 1
+        change = restoring_change(row, now_s)
+        if change is not None:
+            await stores.balances.change(change, restore=True)
+            continue
+        restore = _restore_op(app, row, now_s)
+        if restore is not None:
+            chunk.append(restore)
+        if len(chunk) >= _RESTORE_CHUNK:
+            await stores.awards.restore(chunk)
+            chunk = []
+    if chunk:
+        await stores.awards.restore(chunk)
+
+
+async def _restore_identities(
+    app: App, tenant_id: str, now_s: int, per_shard: dict[str, dict[str, BalanceView]]
+) -> None:
+    # An event whose first credit was not paid (capped) but whose
+    # second was has no ledger row for its identity record: restore
+    # that record as CAPPED, so replays stay duplicates.
+    stores = app.stores
+    identities = [
+        r for row in await stores.ledger.target_only(tenant_id)
+        if (r := _identity_op(app, row, now_s, per_shard)) is not None
+    ]  # fmt: skip
+    for start in range(0, len(identities), _RESTORE_CHUNK):
+        await stores.awards.restore(identities[start : start + _RESTORE_CHUNK])

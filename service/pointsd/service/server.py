@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from pointsd.service.config import ConfigError, Settings
 from pointsd.service.metrics import OUTBOX_BACKLOG, serve_metrics
 from pointsd.service.servicer import PointsServicer
 from pointsd.service.supervisor import Child, ChildFailed
+from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from pointsd.storage.postgres import migrate
 
 __all__ = ["SERVICE_NAMES", "Running", "serve", "start_server"]
@@ -244,28 +245,13 @@ async def serve_workers(settings: Settings) -> None:
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate.upgrade, database_url)
     env = child_env(settings, redis_url, database_url)
-    workers = []
-    for i in range(settings.workers):
-        worker_env = dict(env, POINTS_WORKERS="1", POINTS_REUSE_PORT="true", POINTS_FLUSHER="off")
-        # One metrics port per worker: base, base + 1, ...
-        worker_env["POINTS_METRICS_PORT"] = metrics_port_for(settings, i)
-        workers.append(Child(f"worker {i}", ["serve"], worker_env))
+    workers = _worker_children(settings, env)
     stopping = asyncio.Event()
     flusher_stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    flusher = (
-        asyncio.create_task(
-            Child(
-                "flusher",
-                ["flush"],
-                dict(env, POINTS_METRICS_PORT=metrics_port_for(settings, settings.workers)),
-            ).run(flusher_stopping)
-        )
-        if settings.flusher != "off"
-        else None
-    )
+    flusher = _start_flusher_child(settings, env, flusher_stopping)
     log.info("pointsd serving on %s with %d workers", settings.listen, settings.workers)
 
     async def run_worker(worker: Child) -> None:
@@ -289,9 +275,42 @@ async def serve_workers(settings: Settings) -> None:
     flusher_stopping.set()
     if flusher is not None:
         outcomes.append(*await asyncio.gather(flusher, return_exceptions=True))
+    await _stop_owned(embedded)
+    _raise_first(outcomes)
+
+
+def _worker_children(settings: Settings, env: dict[str, str]) -> list[Child]:
+    workers = []
+    for i in range(settings.workers):
+        worker_env = dict(env, POINTS_WORKERS="1", POINTS_REUSE_PORT="true", POINTS_FLUSHER="off")
+        # One metrics port per worker: base, base + 1, ...
+        worker_env["POINTS_METRICS_PORT"] = metrics_port_for(settings, i)
+        workers.append(Child(f"worker {i}", ["serve"], worker_env))
+    return workers
+
+
+def _start_flusher_child(
+    settings: Settings, env: dict[str, str], stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    if settings.flusher == "off":
+        return None
+    return asyncio.create_task(
+        Child(
+            "flusher",
+            ["flush"],
+            dict(env, POINTS_METRICS_PORT=metrics_port_for(settings, settings.workers)),
+        ).run(stop)
+    )
+
+
+async def _stop_owned(embedded: Sequence[EmbeddedRedis | EmbeddedPostgres]) -> None:
+    """Stop the embedded servers this process started (not reused ones)."""
     for server in embedded:
         if server.owned:
             await asyncio.to_thread(server.stop)
+
+
+def _raise_first(outcomes: Sequence[BaseException | None]) -> None:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome

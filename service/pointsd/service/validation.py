@@ -4,6 +4,7 @@ InvalidField naming the field and what to fix. Nothing here touches a store."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -130,27 +131,10 @@ def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
         or max(map(len, ids)) * 4 > ID_BYTES_MAX
         or _BAD_IDS.search("|".join(ids))
     ):
-        for name, value, required in zip(_ID_FIELDS, ids, _ID_REQUIRED, strict=True):
-            check_id(name, value, required=required)
+        _explain_ids(ids)
 
     if msg.HasField("occurred_at"):
-        ts = msg.occurred_at
-        if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds <= 0:
-            raise InvalidField("occurred_at", "is not a valid timestamp")
-        occurred_ms = ts.seconds * 1000 + ts.nanos // 1_000_000
-        age_s = (now_ms - occurred_ms) // 1000
-        if age_s > limits.event_max_age_s:
-            raise InvalidField(
-                "occurred_at",
-                f"is {_duration(age_s)} in the past; events older than "
-                f"{_duration(limits.event_max_age_s)} are refused",
-            )
-        if -age_s > limits.event_future_skew_s:
-            raise InvalidField(
-                "occurred_at",
-                f"is {_duration(-age_s)} in the future; at most "
-                f"{_duration(limits.event_future_skew_s)} of clock skew is accepted",
-            )
+        occurred_ms = _occurred_ms(msg.occurred_at, now_ms, limits)
     else:
         occurred_ms = now_ms
 
@@ -164,7 +148,52 @@ def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
     count = len(attrs)
     if count > limits.attributes_max:
         raise InvalidField("attributes", f"has {count} entries; at most {limits.attributes_max}")
-    for key, value in attrs.items() if count else ():
+    if count:
+        _check_attributes(attrs)
+
+    return Event(
+        tenant_id=tenant_id,
+        event_id=event_id,
+        user_id=user_id,
+        action=action,
+        occurred_at_ms=occurred_ms,
+        target_user_id=target,
+        group_id=group,
+        department_id=department,
+        quantity=quantity or 1,
+        attributes=dict(attrs) if count else {},
+    )
+
+
+def _explain_ids(ids: tuple[str, ...]) -> None:
+    """Raise the precise complaint about the first wrong id of an event."""
+    for name, value, required in zip(_ID_FIELDS, ids, _ID_REQUIRED, strict=True):
+        check_id(name, value, required=required)
+
+
+def _occurred_ms(ts: Timestamp, now_ms: int, limits: Limits) -> int:
+    """An event's occurred_at in ms, if within the accepted time window."""
+    if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds <= 0:
+        raise InvalidField("occurred_at", "is not a valid timestamp")
+    occurred_ms = ts.seconds * 1000 + ts.nanos // 1_000_000
+    age_s = (now_ms - occurred_ms) // 1000
+    if age_s > limits.event_max_age_s:
+        raise InvalidField(
+            "occurred_at",
+            f"is {_duration(age_s)} in the past; events older than "
+            f"{_duration(limits.event_max_age_s)} are refused",
+        )
+    if -age_s > limits.event_future_skew_s:
+        raise InvalidField(
+            "occurred_at",
+            f"is {_duration(-age_s)} in the future; at most "
+            f"{_duration(limits.event_future_skew_s)} of clock skew is accepted",
+        )
+    return occurred_ms
+
+
+def _check_attributes(attrs: Mapping[str, str]) -> None:
+    for key, value in attrs.items():
         if not key or len(key.encode()) > ATTRIBUTE_KEY_BYTES_MAX or _CONTROL.search(key):
             raise InvalidField(
                 "attributes",
@@ -179,21 +208,8 @@ def event_from_pb(msg: pb.ActivityEvent, now_ms: int, limits: Limits) -> Event:
 
     # Attributes that name a leaderboard scope obey the rules of ids, so every
     # scope a board records can be asked for by scope_id.
-    if count and "target_department_id" in attrs:
+    if "target_department_id" in attrs:
         check_id("attributes[target_department_id]", attrs["target_department_id"], required=False)
-
-    return Event(
-        tenant_id=tenant_id,
-        event_id=event_id,
-        user_id=user_id,
-        action=action,
-        occurred_at_ms=occurred_ms,
-        target_user_id=target,
-        group_id=group,
-        department_id=department,
-        quantity=quantity or 1,
-        attributes=dict(attrs) if count else {},
-    )
 
 
 def check_tenant(engine: RulesEngine, tenant_id: str, field: str = "tenant_id") -> TenantRules:

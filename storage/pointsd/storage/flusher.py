@@ -132,6 +132,24 @@ class Flusher:
         if not self._groups_ready:
             await self.outbox.ensure_groups(shards)
             self._groups_ready = True
+        entries = await self._next_batch(shards, claim_idle_ms)
+        if not entries:
+            return 0
+        rows, kept, dead = self._decode(entries)
+        refused_keys = await self._write(rows, stop)
+        if refused_keys is None:
+            return 0  # stopping while the database is down: entries stay pending
+        if refused_keys:
+            for entry, row in zip(kept, rows, strict=True):
+                if (row.tenant_id, row.entry_key) in refused_keys:
+                    dead.append(entry)
+        await self.outbox.ack(kept, dead)
+        self.stats.entries_dead += len(dead)
+        return len(entries)
+
+    async def _next_batch(
+        self, shards: list[Shard], claim_idle_ms: int | None
+    ) -> list[OutboxEntry]:
         per_shard = max(1, self.batch_rows_max // len(shards))
         entries: list[OutboxEntry] = []
         idle = self.claim_idle_ms if claim_idle_ms is None else claim_idle_ms
@@ -145,8 +163,14 @@ class Flusher:
                 self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
         if not entries:
             entries = await self.outbox.read(shards, per_shard)
-        if not entries:
-            return 0
+        return entries
+
+    @staticmethod
+    def _decode(
+        entries: list[OutboxEntry],
+    ) -> tuple[list[LedgerRow], list[OutboxEntry], list[OutboxEntry]]:
+        """The rows of the well-formed entries, those entries, and the
+        malformed ones (to park)."""
         rows: list[LedgerRow] = []
         kept: list[OutboxEntry] = []
         dead: list[OutboxEntry] = []
@@ -163,16 +187,7 @@ class Flusher:
                     entry.shard.dead_letters,
                 )
                 dead.append(entry)
-        refused_keys = await self._write(rows, stop)
-        if refused_keys is None:
-            return 0  # stopping while the database is down: entries stay pending
-        if refused_keys:
-            for entry, row in zip(kept, rows, strict=True):
-                if (row.tenant_id, row.entry_key) in refused_keys:
-                    dead.append(entry)
-        await self.outbox.ack(kept, dead)
-        self.stats.entries_dead += len(dead)
-        return len(entries)
+        return rows, kept, dead
 
     async def _write(
         self, rows: list[LedgerRow], stop: asyncio.Event

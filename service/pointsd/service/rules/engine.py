@@ -249,7 +249,7 @@ class RulesEngine:
             state_retention_s=self.state_retention_s,
             dedup_retention_s=self.dedup_retention_s,
         )
-        parts = [p for m in MECHANICS if (p := m.compile(ctx)) is not None]
+        parts = [p for m in self.book.mechanics or MECHANICS if (p := m.compile(ctx)) is not None]
         return CompiledCredit(rule, credit, parts)
 
     def plan(

@@ -9,7 +9,7 @@ docs/rules.md for the format.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from pointsd.service.rules.checker import (
     RuleError,
     one_line,
 )
-from pointsd.service.rules.mechanics import MECHANICS
+from pointsd.service.rules.mechanics import MECHANICS, Mechanic
 from pointsd.service.rules.model import ActionRule, CreditRule, RuleBook, TenantRules
 
 __all__ = ["DEFAULT_RULES", "RuleError", "load_rule_book", "load_rule_file", "parse_rule_book"]
@@ -35,21 +35,30 @@ DEFAULT_RULES = "default_rules.yaml"
 SHARDS_MAX = 1024
 POINTS_MAX = 1_000_000
 
-_CREDIT_KEYS = {"points"}.union(*(m.credit_keys for m in MECHANICS))
 _ACTION_KEYS = {"description", "actor", "target", "target_required", "attributes_required"}
-_RULE_SET_KEYS = {"actions"} | {m.rule_set_key for m in MECHANICS if m.rule_set_key}
 
 
-def _credit(c: Checker, raw: Any, role: Role, path: str) -> CreditRule | None:
+class _Reader:
+    """The checker and the mechanics one document is read with."""
+
+    def __init__(self, mechanics: Sequence[Mechanic]) -> None:
+        self.c = Checker()
+        self.mechanics = tuple(mechanics)
+        self.credit_keys = {"points"}.union(*(m.credit_keys for m in mechanics))
+        self.rule_set_keys = {"actions"} | {m.rule_set_key for m in mechanics if m.rule_set_key}
+
+
+def _credit(r: _Reader, raw: Any, role: Role, path: str) -> CreditRule | None:
+    c = r.c
     m = c.mapping(raw, path)
     if m is None:
         return None
-    c.unknown(m, _CREDIT_KEYS, path)
+    c.unknown(m, r.credit_keys, path)
     if "points" not in m:
         c.fail(f"{path}.points", "is required")
     points = c.integer(m.get("points", 1), f"{path}.points", 1, POINTS_MAX)
     parts: dict[str, Any] = {}
-    for mechanic in MECHANICS:
+    for mechanic in r.mechanics:
         if mechanic.credit_keys:
             part = mechanic.parse_credit(c, m, path)
             if part is not None:
@@ -57,7 +66,8 @@ def _credit(c: Checker, raw: Any, role: Role, path: str) -> CreditRule | None:
     return CreditRule(role=role, points=points, parts=parts)
 
 
-def _action(c: Checker, key: str, raw: Any, path: str) -> ActionRule | None:
+def _action(r: _Reader, key: str, raw: Any, path: str) -> ActionRule | None:
+    c = r.c
     if not (isinstance(key, str) and ACTION_RE.match(key)):
         c.fail(path, "action keys are 1-64 chars of a-z 0-9 . _ - starting with a letter or digit")
         return None
@@ -65,53 +75,69 @@ def _action(c: Checker, key: str, raw: Any, path: str) -> ActionRule | None:
     if m is None:
         return None
     c.unknown(m, _ACTION_KEYS, path)
-    credits: list[CreditRule] = []
-    for role in (Role.ACTOR, Role.TARGET):
-        name = role.name.lower()
-        if name in m:
-            credit = _credit(c, m[name], role, f"{path}.{name}")
-            if credit is not None:
-                credits.append(credit)
-    if not credits:
-        c.fail(path, "needs an `actor` or a `target` credit")
+    credits = _credits(r, m, path)
     target_required = c.boolean(m.get("target_required", False), f"{path}.target_required")
     if any(cr.role is Role.TARGET for cr in credits):
         target_required = True
-    raw_attributes = m.get("attributes_required", [])
-    if not isinstance(raw_attributes, list) or not all(
-        isinstance(a, str) and ATTRIBUTE_RE.match(a) for a in raw_attributes
-    ):
-        c.fail(f"{path}.attributes_required", "must be a list of attribute names")
-        raw_attributes = []
-    description = m.get("description", key)
-    if not one_line(description):
-        c.fail(f"{path}.description", "must be one line of at most 200 characters")
-        description = key
+    # Problems in document order: attributes before the description.
+    attributes = _attributes(c, m, path)
     rule = ActionRule(
         key=key,
-        description=description,
+        description=_description(c, m, key, path),
         credits=tuple(credits),
         target_required=target_required,
-        # A copy: the document's list may be shared (YAML anchors) with other actions.
-        attributes_required=tuple(raw_attributes),
+        attributes_required=attributes,
     )
-    for mechanic in MECHANICS:
+    for mechanic in r.mechanics:
         if mechanic.credit_keys:
             rule = mechanic.review_action(c, rule, path)
     return rule
 
 
-def _rule_set(c: Checker, raw: Any, path: str) -> tuple[dict[str, ActionRule], dict[str, Any]]:
+def _credits(r: _Reader, m: Mapping[str, Any], path: str) -> list[CreditRule]:
+    credits: list[CreditRule] = []
+    for role in (Role.ACTOR, Role.TARGET):
+        name = role.name.lower()
+        if name in m:
+            credit = _credit(r, m[name], role, f"{path}.{name}")
+            if credit is not None:
+                credits.append(credit)
+    if not credits:
+        r.c.fail(path, "needs an `actor` or a `target` credit")
+    return credits
+
+
+def _attributes(c: Checker, m: Mapping[str, Any], path: str) -> tuple[str, ...]:
+    raw = m.get("attributes_required", [])
+    if not isinstance(raw, list) or not all(
+        isinstance(a, str) and ATTRIBUTE_RE.match(a) for a in raw
+    ):
+        c.fail(f"{path}.attributes_required", "must be a list of attribute names")
+        return ()
+    # A copy: the document's list may be shared (YAML anchors) with other actions.
+    return tuple(raw)
+
+
+def _description(c: Checker, m: Mapping[str, Any], key: str, path: str) -> str:
+    description = m.get("description", key)
+    if not one_line(description):
+        c.fail(f"{path}.description", "must be one line of at most 200 characters")
+        return key
+    return str(description)
+
+
+def _rule_set(r: _Reader, raw: Any, path: str) -> tuple[dict[str, ActionRule], dict[str, Any]]:
+    c = r.c
     rs = c.mapping(raw, path) or {}
-    c.unknown(rs, _RULE_SET_KEYS, path)
+    c.unknown(rs, r.rule_set_keys, path)
     actions: dict[str, ActionRule] = {}
     raw_actions = c.mapping(rs.get("actions", {}), f"{path}.actions") or {}
     for key, raw_action in raw_actions.items():
-        action = _action(c, key, raw_action, f"{path}.actions.{key}")
+        action = _action(r, key, raw_action, f"{path}.actions.{key}")
         if action is not None:
             actions[key] = action
     parts: dict[str, Any] = {}
-    for mechanic in MECHANICS:
+    for mechanic in r.mechanics:
         if mechanic.rule_set_key:
             raw_part = rs.get(mechanic.rule_set_key, {})
             part = mechanic.parse_rule_set(c, raw_part, actions, f"{path}.{mechanic.rule_set_key}")
@@ -160,15 +186,19 @@ def _tenant(
     )
 
 
-def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
-    """Validate a parsed rule document; raise RuleError listing every problem."""
-    c = Checker()
+def parse_rule_book(
+    doc: Any, *, default_shards: int = 1, mechanics: Sequence[Mechanic] = MECHANICS
+) -> RuleBook:
+    """Validate a parsed rule document; raise RuleError listing every problem.
+    `mechanics`: the mechanics that read (and later compile) it."""
+    r = _Reader(mechanics)
+    c = r.c
     root = c.mapping(doc, "$") or {}
     c.unknown(root, {"version", "tenants", "rule_sets"}, "$")
     if root.get("version", 1) != 1:
         c.fail("$.version", "only version 1 is supported")
     rule_sets = {
-        str(name): _rule_set(c, raw_set, f"$.rule_sets.{name}")
+        str(name): _rule_set(r, raw_set, f"$.rule_sets.{name}")
         for name, raw_set in (c.mapping(root.get("rule_sets", {}), "$.rule_sets") or {}).items()
     }
     tenants: dict[str, TenantRules] = {}
@@ -182,7 +212,7 @@ def parse_rule_book(doc: Any, *, default_shards: int = 1) -> RuleBook:
             tenants[tenant.tenant_id] = tenant
     if c.problems:
         raise RuleError(c.problems)
-    return RuleBook(tenants=tenants)
+    return RuleBook(tenants=tenants, mechanics=r.mechanics)
 
 
 def default_rules_text() -> str:

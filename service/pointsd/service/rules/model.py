@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from pointsd.service.domain import Role
+
+if TYPE_CHECKING:
+    from pointsd.service.rules.mechanics.base import Mechanic
 
 __all__ = ["ActionRule", "CreditRule", "PartKey", "RuleBook", "TenantRules"]
 
@@ -74,6 +77,9 @@ class TenantRules:
 @dataclass(frozen=True, slots=True)
 class RuleBook:
     tenants: Mapping[str, TenantRules]
+    # The mechanics the book was read with, which the engine compiles it with
+    # (empty: the standard ones, mechanics.MECHANICS).
+    mechanics: tuple[Mechanic, ...] = ()
 
     def tenant(self, tenant_id: str) -> TenantRules | None:
         return self.tenants.get(tenant_id)

@@ -151,35 +151,14 @@ def _board(
     member = m.get("member", "user")
     if member not in ("user", "group"):
         c.fail(f"{path}.member", f"must be user or group, got {member!r}")
-    feeds: list[BoardFeed] = []
-    raw_feeds = m.get("feeds", [{"action": "*"}])
-    if not isinstance(raw_feeds, list) or not raw_feeds:
-        c.fail(f"{path}.feeds", "must be a non-empty list of {action, role}")
-        raw_feeds = []
-    for i, raw_feed in enumerate(raw_feeds):
-        fpath = f"{path}.feeds[{i}]"
-        f = c.mapping(raw_feed, fpath)
-        if f is None:
-            continue
-        c.unknown(f, {"action", "role"}, fpath)
-        action = f.get("action", "*")
-        if action != "*" and action not in actions:
-            c.fail(f"{fpath}.action", f"no action {action!r} in this rule set")
-        role = f.get("role")
-        if role not in (None, "actor", "target"):
-            c.fail(f"{fpath}.role", f"must be actor or target, got {role!r}")
-            role = None
-        feeds.append(BoardFeed(str(action), Role[role.upper()] if role else None))
+    feeds = _feeds(c, m, actions, path)
     periods = c.choices(m.get("periods"), f"{path}.periods", _PERIODS, [])
     scopes = c.choices(
         m.get("scopes"), f"{path}.scopes", {s.value: s for s in BoardScope}, ["tenant"]
     )
     if member == "group" and BoardScope.GROUP in scopes:
         c.fail(f"{path}.scopes", "a board of groups cannot also be scoped per group")
-    description = m.get("description", name)
-    if not isinstance(description, str) or len(description) > 200:
-        c.fail(f"{path}.description", "must be one line of at most 200 characters")
-        description = name
+    description = _description(c, m, name, path)
     return BoardRule(
         name=name,
         description=description,
@@ -192,6 +171,44 @@ def _board(
         keep_periods=c.integer(m.get("keep_periods", 3), f"{path}.keep_periods", 1, 100),
         winners=c.integer(m.get("winners", 10), f"{path}.winners", 0, 100),
     )
+
+
+def _feeds(
+    c: Checker, m: Mapping[str, Any], actions: Mapping[str, ActionRule], path: str
+) -> list[BoardFeed]:
+    feeds: list[BoardFeed] = []
+    raw_feeds = m.get("feeds", [{"action": "*"}])
+    if not isinstance(raw_feeds, list) or not raw_feeds:
+        c.fail(f"{path}.feeds", "must be a non-empty list of {action, role}")
+        raw_feeds = []
+    for i, raw_feed in enumerate(raw_feeds):
+        feed = _feed(c, raw_feed, actions, f"{path}.feeds[{i}]")
+        if feed is not None:
+            feeds.append(feed)
+    return feeds
+
+
+def _feed(c: Checker, raw: Any, actions: Mapping[str, ActionRule], fpath: str) -> BoardFeed | None:
+    f = c.mapping(raw, fpath)
+    if f is None:
+        return None
+    c.unknown(f, {"action", "role"}, fpath)
+    action = f.get("action", "*")
+    if action != "*" and action not in actions:
+        c.fail(f"{fpath}.action", f"no action {action!r} in this rule set")
+    role = f.get("role")
+    if role not in (None, "actor", "target"):
+        c.fail(f"{fpath}.role", f"must be actor or target, got {role!r}")
+        role = None
+    return BoardFeed(str(action), Role[role.upper()] if role else None)
+
+
+def _description(c: Checker, m: Mapping[str, Any], name: str, path: str) -> str:
+    description = m.get("description", name)
+    if not isinstance(description, str) or len(description) > 200:
+        c.fail(f"{path}.description", "must be one line of at most 200 characters")
+        description = name
+    return description
 
 
 class Boards(Mechanic):
