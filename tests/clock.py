@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
-from pointsd.service.clock import parse_instant
+from pointsd.service.clock import StartedClock, parse_instant
 
 __all__ = ["INSTANTS", "Instant", "TestClock", "current", "instant_named", "now_ms", "use"]
 
@@ -76,23 +76,14 @@ def instant_named(text: str, zone: str = "") -> Instant:
     return Instant(text, text, zone or DEFAULT_ZONE)
 
 
-class TestClock:
-    """Starts at an instant and runs at real speed; `set` moves it (it keeps
-    running from there). Callable: it is the service clock of the apps a test
+class TestClock(StartedClock):
+    """The service's StartedClock, with what tests need besides: it starts
+    at an instant and runs at real speed; `set` moves it (it keeps running
+    from there). Callable: it is the service clock of the apps a test
     starts."""
 
     __test__ = False  # not a test class
-    __slots__ = ("_origin_ns", "_start_ms")
-
-    def __init__(self, start_ms: int) -> None:
-        self.set(start_ms)
-
-    def __call__(self) -> int:
-        return self._start_ms + (time.monotonic_ns() - self._origin_ns) // 1_000_000
-
-    def set(self, at_ms: int) -> None:
-        self._start_ms = at_ms
-        self._origin_ns = time.monotonic_ns()
+    __slots__ = ()
 
     def advance(self, ms: int) -> None:
         self.set(self() + ms)

@@ -31,11 +31,15 @@ class StartedClock:
     __slots__ = ("_origin_ns", "_start_ms")
 
     def __init__(self, start_ms: int) -> None:
-        self._start_ms = start_ms
-        self._origin_ns = time.monotonic_ns()
+        self.set(start_ms)
 
     def __call__(self) -> int:
         return self._start_ms + (time.monotonic_ns() - self._origin_ns) // 1_000_000
+
+    def set(self, at_ms: int) -> None:
+        """Read `at_ms` now, and run on from there."""
+        self._start_ms = at_ms
+        self._origin_ns = time.monotonic_ns()
 
 
 def parse_instant(text: str) -> int:
