@@ -5,7 +5,7 @@ tests marked `calendar` (their outcome involves days, weeks, months or a
 zone's midnight) also run at each of INSTANTS; `--at NAME|ISO` pins every
 test of the run to one instant. The clock starts there and runs at real
 speed; the service under test reads the same clock (App.open(clock=...), or
-POINTS_CLOCK_START in a child process), so a test never meets a date it did
+POINTS_CLOCK_OFFSET_MS in a child process), so a test never meets a date it did
 not choose.
 """
 
@@ -85,15 +85,8 @@ class TestClock(StartedClock):
     __test__ = False  # not a test class
     __slots__ = ()
 
-    def advance(self, ms: int) -> None:
-        self.set(self() + ms)
-
     def datetime(self, tz: tzinfo) -> datetime:
         return datetime.fromtimestamp(self() / 1000, tz)
-
-    def iso(self) -> str:
-        """The current instant for POINTS_CLOCK_START."""
-        return datetime.fromtimestamp(self() / 1000, ZoneInfo("UTC")).isoformat()
 
 
 _current = TestClock(NOW.start_ms())

@@ -10,6 +10,7 @@ import redis as sync_redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.clock import child_clock_env
 from scripts.procs import pointsd_env, write_rules
 from tests import clock as test_clock
 
@@ -25,7 +26,7 @@ def child_env(
     """A pointsd child's environment whose service clock is the test's."""
     return pointsd_env(
         redis_url, database_url, rules, data_dir,
-        POINTS_CLOCK_START=test_clock.current().iso(), **extra,
+        **child_clock_env(test_clock.current()), **extra,
     )  # fmt: skip
 
 

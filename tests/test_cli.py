@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+from pointsd.service.clock import child_clock_env
 from scripts.procs import ROOT, ServerProcess, free_port, run_cli
 from tests import clock as test_clock
 from tests.conftest import Servers, _cleanup_tenants, new_tenant, server_data_dir
@@ -149,7 +150,7 @@ def test_serve_with_no_urls_starts_embedded_servers_and_keeps_data(tmp_path: Pat
         POINTS_DATA_DIR=str(data),
         POINTS_LOG_LEVEL="INFO",
         PYTHONPATH=str(ROOT),
-        POINTS_CLOCK_START=test_clock.current().iso(),
+        **child_clock_env(test_clock.current()),
     )
     server = ServerProcess(env, free_port(), tmp_path / "log")
     event = ev("demo", "newcomer", "login", event_id="first-login")

@@ -71,6 +71,30 @@ def test_clock_start_setting_is_checked() -> None:
         Settings.from_env({"POINTS_CLOCK_START": "tomorrow"})
     with pytest.raises(ConfigError, match="no UTC offset"):
         Settings.from_env({"POINTS_CLOCK_START": "2027-01-01T12:00:00"})
+    with pytest.raises(ConfigError, match="not both"):
+        Settings.from_env(
+            {"POINTS_CLOCK_START": "2027-01-01T12:00:00+08:00", "POINTS_CLOCK_OFFSET_MS": "5"}
+        )
+
+
+def test_child_processes_inherit_the_clock_and_keep_it_when_restarted() -> None:
+    """serve hands its clock to the flusher and workers as a shift of the
+    system clock, not as an instant: a child started (or restarted) later
+    reads the same time as its parent, not the parent's start instant."""
+    from pointsd.service.server import child_env
+
+    parent_settings = Settings.from_env({"POINTS_CLOCK_START": "2027-01-01T12:00:00+08:00"})
+    parent = parent_settings.clock()
+    assert isinstance(parent, StartedClock)
+    env = child_env(parent_settings, "redis://x", "postgresql://x", parent)
+    assert "POINTS_CLOCK_START" not in env
+    parent.set(parent() + 3_600_000)  # an hour later, for the parent: the child is restarted
+    env = child_env(parent_settings, "redis://x", "postgresql://x", parent)
+    child = Settings.from_env(env).clock()
+    assert abs(child() - parent()) < 1_000
+    # On the system clock, children get nothing to set.
+    plain = Settings.from_env({})
+    assert "POINTS_CLOCK_OFFSET_MS" not in child_env(plain, "r", "d", plain.clock())
 
 
 @pytest.mark.calendar

@@ -37,7 +37,7 @@ from pointsd.storage.redis.codec import (
     RESTORE,
     WIRE_VERSION,
     CallEncoder,
-    Restored,
+    RestoreOp,
     decode_results,
 )
 from scripts.procs import ROOT
@@ -78,9 +78,12 @@ def _op(**fields: Any) -> CreditOp:
     return CreditOp(**base)
 
 
-def _encoded(mode: str, restored: Restored | None = None, **fields: Any) -> dict[str, Any]:
+def _encoded(
+    mode: str, restored: tuple[int, int, StoreCode] | None = None, **fields: Any
+) -> dict[str, Any]:
     encoder = CallEncoder(KeySchema().shard("t", 0), mode, 1_798_000_000, 0)
-    encoder.add(_op(**fields), restored)
+    op = _op(**fields)
+    encoder.add(op if restored is None else RestoreOp(op, *restored))
     keys, args = encoder.call()
     assert args[:4] == [WIRE_VERSION, mode, 1_798_000_000, 0]
     steps, programs, ops = (orjson.loads(cast(bytes, a)) for a in args[4:7])
@@ -93,7 +96,7 @@ def _read(pattern: str) -> set[str]:
 
 def test_the_script_reads_every_operation_field_the_codec_writes_and_no_other() -> None:
     applied = _encoded(APPLY, counterpart="bob", department="rd", group="g1", joined_ms=5)
-    restored = _encoded(RESTORE, Restored(3, 9, StoreCode.CAPPED))
+    restored = _encoded(RESTORE, (3, 9, StoreCode.CAPPED))
     written = set(applied["ops"][0]) | set(restored["ops"][0])
     assert written == {"u", "d", "x", "f", "p", "q", "t", "P", "k", "cp", "dep", "grp", "join",
                        "e", "r"}  # fmt: skip

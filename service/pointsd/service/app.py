@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pointsd.service.clock import Clock
+from pointsd.service.clock import Clock, system_clock
 from pointsd.service.config import Settings
 from pointsd.service.ingest import Ingestor
 from pointsd.service.metrics import observe_flush
@@ -78,11 +79,11 @@ class App:
     ) -> App:
         if clock is None:
             clock = settings.clock()
-            if settings.clock_start:
+            if clock is not system_clock:
                 log.warning(
-                    "the service clock starts at %s (POINTS_CLOCK_START), not the system "
-                    "clock: for tests and demos only",
-                    settings.clock_start,
+                    "the service clock reads %s, not the system clock (POINTS_CLOCK_START "
+                    "or POINTS_CLOCK_OFFSET_MS): for tests and demos only",
+                    datetime.fromtimestamp(clock() / 1000, UTC).isoformat(),
                 )
         if rules is None:
             path = Path(settings.rules_file) if settings.rules_file else None

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-__all__ = ["Clock", "StartedClock", "parse_instant", "system_clock"]
+__all__ = ["Clock", "StartedClock", "child_clock_env", "parse_instant", "system_clock"]
 
 # Milliseconds since the Unix epoch.
 Clock = Callable[[], int]
@@ -24,22 +24,32 @@ def system_clock() -> int:
 
 
 class StartedClock:
-    """A clock that reads `start_ms` when created and then runs at real
-    speed (POINTS_CLOCK_START). Elapsed time comes from the monotonic clock,
-    so a step of the system clock does not move it."""
+    """The system clock shifted so that it reads `start_ms` now
+    (POINTS_CLOCK_START), running at the system clock's speed. The shift,
+    `offset_ms`, is what child processes inherit (POINTS_CLOCK_OFFSET_MS):
+    every process of a service, and one restarted an hour later, reads the
+    same time."""
 
-    __slots__ = ("_origin_ns", "_start_ms")
+    __slots__ = ("offset_ms",)
 
-    def __init__(self, start_ms: int) -> None:
-        self.set(start_ms)
+    def __init__(self, start_ms: int | None = None, *, offset_ms: int = 0) -> None:
+        self.offset_ms = offset_ms
+        if start_ms is not None:
+            self.set(start_ms)
 
     def __call__(self) -> int:
-        return self._start_ms + (time.monotonic_ns() - self._origin_ns) // 1_000_000
+        return time.time_ns() // 1_000_000 + self.offset_ms
 
     def set(self, at_ms: int) -> None:
         """Read `at_ms` now, and run on from there."""
-        self._start_ms = at_ms
-        self._origin_ns = time.monotonic_ns()
+        self.offset_ms = at_ms - time.time_ns() // 1_000_000
+
+
+def child_clock_env(clock: Clock) -> dict[str, str]:
+    """The environment that gives a child process this clock."""
+    if isinstance(clock, StartedClock):
+        return {"POINTS_CLOCK_OFFSET_MS": str(clock.offset_ms)}
+    return {}
 
 
 def parse_instant(text: str) -> int:

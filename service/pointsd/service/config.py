@@ -89,11 +89,16 @@ class Settings:
     # instant (ISO-8601 with a UTC offset) and runs at real speed. Empty = the
     # system clock.
     clock_start: str = ""
+    # The same, as a shift of the system clock in ms: what serve passes to its
+    # child processes, so that they (and one restarted later) share its time.
+    clock_offset_ms: int = 0
 
     def clock(self) -> Clock:
-        if not self.clock_start:
-            return system_clock
-        return StartedClock(parse_instant(self.clock_start))
+        if self.clock_start:
+            return StartedClock(parse_instant(self.clock_start))
+        if self.clock_offset_ms:
+            return StartedClock(offset_ms=self.clock_offset_ms)
+        return system_clock
 
     @property
     def winners_delay(self) -> int:
@@ -192,6 +197,8 @@ class Settings:
             )
 
     def _check_clock_start(self) -> None:
+        if self.clock_start and self.clock_offset_ms:
+            raise ConfigError("set POINTS_CLOCK_START or POINTS_CLOCK_OFFSET_MS, not both")
         if self.clock_start:
             try:
                 parse_instant(self.clock_start)

@@ -26,6 +26,7 @@ from pointsd.service.admin import AdminServicer
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.app import App, resolve_urls
+from pointsd.service.clock import Clock, child_clock_env
 from pointsd.service.config import ConfigError, Settings
 from pointsd.service.metrics import OUTBOX_BACKLOG, serve_metrics
 from pointsd.service.servicer import PointsServicer
@@ -156,7 +157,7 @@ async def start_server(
             _gather(app.flusher.run(stop_flusher), app.winners_recorder().run(stop_flusher))
         )
     elif settings.flusher == "process" and flusher_child:
-        env = child_env(app.settings, app.redis_url, app.database_url)
+        env = child_env(app.settings, app.redis_url, app.database_url, app.clock)
         # The flusher counts flush rows and lag: it serves them on port + 1.
         env["POINTS_METRICS_PORT"] = metrics_port_for(settings, 1)
         child = Child("flusher", ["flush"], env)
@@ -171,10 +172,15 @@ async def _gather(*coros: Coroutine[Any, Any, None]) -> None:
     await asyncio.gather(*coros)
 
 
-def child_env(settings: Settings, redis_url: str, database_url: str) -> dict[str, str]:
-    """Environment of a child process: the resolved servers, no migrations."""
+def child_env(
+    settings: Settings, redis_url: str, database_url: str, clock: Clock
+) -> dict[str, str]:
+    """Environment of a child process: the resolved servers, no migrations,
+    and this process's clock (as a shift, so a restarted child keeps it)."""
     env = dict(os.environ)
+    env.pop("POINTS_CLOCK_START", None)
     env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, POINTS_MIGRATE_ON_START="false")
+    env.update(child_clock_env(clock))
     return env
 
 
@@ -244,7 +250,7 @@ async def serve_workers(settings: Settings) -> None:
     redis_url, database_url, embedded = await resolve_urls(settings)
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate.upgrade, database_url)
-    env = child_env(settings, redis_url, database_url)
+    env = child_env(settings, redis_url, database_url, settings.clock())
     workers = _worker_children(settings, env)
     stopping = asyncio.Event()
     flusher_stopping = asyncio.Event()

@@ -119,6 +119,9 @@ class Shard:
         return f"{escaped}:*"
 
 
+# award.lua builds the same fields from an operation's user and a step's
+# counter name (so one step serves every user); tests/test_award_store.py
+# reads what the script wrote through these helpers, and fails if they part.
 def balance_field(user_id: str, part: str) -> str:
     return f"{user_id}|{part}"
 

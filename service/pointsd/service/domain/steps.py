@@ -56,6 +56,17 @@ class Step:
         return 0
 
 
+class _PeriodStep(Step):
+    """A step whose state lives in a period's counters: it expires with them."""
+
+    __slots__ = ()
+    period: PeriodRef
+
+    @property
+    def expires_at_s(self) -> int:
+        return self.period.expires_at_s
+
+
 class Amount(enum.StrEnum):
     """What a Bump adds: 1 per award, the awarded points, or the quantity."""
 
@@ -89,7 +100,7 @@ class Bonus:
 
 
 @dataclass(frozen=True, slots=True)
-class Accumulate(Step):
+class Accumulate(_PeriodStep):
     """Collect the quantity in a counter; the points are `points per unit` x
     the whole `unit`s crossed (1 point per 30 online minutes, reported in any
     chunks). Effect: the counter holds the new total."""
@@ -97,10 +108,6 @@ class Accumulate(Step):
     period: PeriodRef
     counter: str
     unit: int
-
-    @property
-    def expires_at_s(self) -> int:
-        return self.period.expires_at_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +122,7 @@ class Throttle(Step):
 
 
 @dataclass(frozen=True, slots=True)
-class Check(Step):
+class Check(_PeriodStep):
     """A cap on a counter. COUNT: refuse (CAPPED) when the counter is at
     `max`. POINTS: clip the points to what is left under `max`, refuse when
     nothing is. `number` (1-based) is reported with the result so the
@@ -129,17 +136,13 @@ class Check(Step):
     label: str
     number: int = 0
 
-    @property
-    def expires_at_s(self) -> int:
-        return self.period.expires_at_s
-
 
 # --------------------------------------------------------------------------
 # Effects: applied in order once every check passed.
 
 
 @dataclass(frozen=True, slots=True)
-class Bump(Step):
+class Bump(_PeriodStep):
     """Add to a counter (by 1, the points, or the quantity; never 0).
     Produces (old, new)."""
 
@@ -147,13 +150,9 @@ class Bump(Step):
     counter: str
     by: Amount
 
-    @property
-    def expires_at_s(self) -> int:
-        return self.period.expires_at_s
-
 
 @dataclass(frozen=True, slots=True)
-class Distinct(Step):
+class Distinct(_PeriodStep):
     """Count the distinct values of `member` (e.g. colleagues thanked), at
     most `bound` of them (memory stays bounded). Produces (old, new)."""
 
@@ -161,10 +160,6 @@ class Distinct(Step):
     counter: str
     member: Member
     bound: int
-
-    @property
-    def expires_at_s(self) -> int:
-        return self.period.expires_at_s
 
 
 @dataclass(frozen=True, slots=True)

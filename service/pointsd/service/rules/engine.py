@@ -87,6 +87,13 @@ def fingerprint(event: Event) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    kinds: Refs
+    parts: list[tuple[Step, ...] | None]
+    program: tuple[Step, ...] | None
+
+
 class CompiledCredit:
     """One credit of one action in one tenant: its mechanics' parts in rank
     order, and the programs they make, cached per set of periods."""
@@ -98,39 +105,36 @@ class CompiledCredit:
         self.kinds = tuple(dict.fromkeys(k for p in self.parts for k in p.kinds))
         self.per_event = any(p.per_event for p in self.parts)
         self.uses_quantity = any(p.uses_quantity for p in self.parts)
-        self._programs: dict[tuple[bool, tuple[PeriodRef, ...]], tuple[Step, ...]] = {}
-        self._static: dict[tuple[bool, tuple[PeriodRef, ...]], list[tuple[Step, ...] | None]] = {}
+        # Per (restore, periods): the periods by kind, each part's steps
+        # (None for a per-event part), and the whole program when no part is
+        # per-event.
+        self._fixed: dict[tuple[bool, tuple[PeriodRef, ...]], _Fixed] = {}
         self._texts: dict[tuple[StoreCode, StoreCode | None, int, int], str] = {}
 
     def program(
         self, refs: tuple[PeriodRef, ...], event: Event, counterpart: str, restore: bool
     ) -> tuple[Step, ...]:
-        key = (restore, refs)
-        if not self.per_event:
-            found = self._programs.get(key)
-            if found is None:
-                if len(self._programs) > _PROGRAMS_KEPT:  # periods turned over
-                    self._programs.clear()
-                by_kind = dict(zip(self.kinds, refs, strict=True))
-                found = self._programs[key] = tuple(
-                    s for p in self.parts for s in p.steps(by_kind, restore=restore)
-                )
-            return found
-        static = self._static.get(key)
-        kinds: Refs = dict(zip(self.kinds, refs, strict=True))
-        if static is None:
-            if len(self._static) > _PROGRAMS_KEPT:
-                self._static.clear()
-            static = self._static[key] = [
-                None if p.per_event else p.steps(kinds, restore=restore) for p in self.parts
-            ]
+        fixed = self._fixed.get((restore, refs))
+        if fixed is None:
+            fixed = self._compile_fixed(refs, restore)
+        if fixed.program is not None:
+            return fixed.program
         steps: list[Step] = []
-        for part, fixed in zip(self.parts, static, strict=True):
-            if fixed is None:
-                steps.extend(part.event_steps(kinds, event, counterpart, restore=restore))
+        for part, found in zip(self.parts, fixed.parts, strict=True):
+            if found is None:
+                steps.extend(part.event_steps(fixed.kinds, event, counterpart, restore=restore))
             else:
-                steps.extend(fixed)
+                steps.extend(found)
         return tuple(steps)
+
+    def _compile_fixed(self, refs: tuple[PeriodRef, ...], restore: bool) -> _Fixed:
+        if len(self._fixed) > _PROGRAMS_KEPT:  # periods turned over: forget old ones
+            self._fixed.clear()
+        kinds: Refs = dict(zip(self.kinds, refs, strict=True))
+        parts = [None if p.per_event else p.steps(kinds, restore=restore) for p in self.parts]
+        program = None if self.per_event else tuple(s for found in parts if found for s in found)
+        fixed = self._fixed[(restore, refs)] = _Fixed(kinds, parts, program)
+        return fixed
 
     def reason(self, code: StoreCode, original: StoreCode | None, points: int, limit: int) -> str:
         """The sentence for one result of this credit; a handful of distinct

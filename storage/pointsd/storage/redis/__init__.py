@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pointsd.storage.redis.awards import AwardStore, RestoreOp
+from pointsd.storage.redis.awards import AwardStore
 from pointsd.storage.redis.balances import BalanceStore, BalanceView
 from pointsd.storage.redis.client import RedisClient, connect_redis, is_cluster
+from pointsd.storage.redis.codec import RestoreOp
 from pointsd.storage.redis.outbox import Outbox, OutboxEntry
 from pointsd.storage.redis.scripts import redis_errors
 

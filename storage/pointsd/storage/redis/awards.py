@@ -17,31 +17,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from pointsd.service.domain import CreditOp, CreditResult, StoreCode
+from pointsd.service.domain import CreditOp, CreditResult
 from pointsd.storage.keys import Shard, Topology
 from pointsd.storage.redis.client import RedisClient
-from pointsd.storage.redis.codec import APPLY, RESTORE, CallEncoder, Restored, decode_results
+from pointsd.storage.redis.codec import APPLY, RESTORE, CallEncoder, RestoreOp, decode_results
 from pointsd.storage.redis.scripts import Call, LuaScript
 
 __all__ = ["AwardStore", "RestoreOp"]
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreOp:
-    """A ledger entry replayed into Redis state by `pointsd rebuild`: its
-    operation (a program of the steps to replay) and what the ledger says."""
-
-    op: CreditOp
-    points: int
-    balance_after: int
-    # Outcome the restored dedup record says (AWARDED, or CAPPED).
-    code: StoreCode = StoreCode.AWARDED
-
-    @property
-    def restored(self) -> Restored:
-        return Restored(self.points, self.balance_after, self.code)
 
 
 @dataclass(slots=True)
@@ -115,9 +98,9 @@ class AwardStore:
         return await request.future
 
     async def restore(self, ops: Sequence[RestoreOp]) -> list[CreditResult]:
-        """Replay ledger entries (rebuild): dedup records and counters only."""
-        pairs = [(r.op, r) for r in ops]
-        return await self._execute(pairs, RESTORE)
+        """Replay ledger entries (rebuild): their programs' state and dedup
+        records, no balance moves."""
+        return await self._execute(ops, RESTORE)
 
     async def drain(self) -> None:
         """Wait until every queued operation has been sent and answered."""
@@ -165,9 +148,9 @@ class AwardStore:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[_Request, int, int]]) -> None:
-        pairs = [(req.ops[i], (req, i)) for req, start, end in batch for i in range(start, end)]
+        slots = [(req, i) for req, start, end in batch for i in range(start, end)]
         try:
-            results = await self._execute(pairs, APPLY)
+            results = await self._execute([req.ops[i] for req, i in slots], APPLY)
         except BaseException as exc:
             # Callers must never wait forever: a cancelled dispatch (loop
             # shutdown) cancels them, any other failure is theirs to see.
@@ -180,7 +163,7 @@ class AwardStore:
             if not isinstance(exc, Exception):
                 raise
         else:
-            for (_op, (request, i)), result in zip(pairs, results, strict=True):
+            for (request, i), result in zip(slots, results, strict=True):
                 request.results[i] = result
                 request.missing -= 1
                 if request.missing == 0 and not request.future.done():
@@ -190,11 +173,12 @@ class AwardStore:
             self._schedule()
 
     async def _execute(
-        self, pairs: Sequence[tuple[CreditOp, Any]], mode: str
+        self, items: Sequence[CreditOp | RestoreOp], mode: str
     ) -> list[CreditResult]:
         by_shard: dict[Shard, list[int]] = {}
         user_shard = self.topology.user_shard
-        for i, (op, _) in enumerate(pairs):
+        for i, item in enumerate(items):
+            op = item.op if isinstance(item, RestoreOp) else item
             by_shard.setdefault(user_shard(op.tenant_id, op.user_id), []).append(i)
         now_s = self.clock() // 1000
         calls: list[Call] = []
@@ -204,12 +188,11 @@ class AwardStore:
                 chunk = indexes[start : start + self.ops_per_call_max]
                 encoder = CallEncoder(shard, mode, now_s, self.outbox_entries_max)
                 for i in chunk:
-                    op, extra = pairs[i]
-                    encoder.add(op, extra.restored if mode == RESTORE else None)
+                    encoder.add(items[i])
                 calls.append(encoder.call())
                 call_ops.append(chunk)
         replies = await self.script.run_many(self.redis, calls)
-        results: list[CreditResult] = [None] * len(pairs)  # type: ignore[list-item]
+        results: list[CreditResult] = [None] * len(items)  # type: ignore[list-item]
         for chunk, reply in zip(call_ops, replies, strict=True):
             for i, result in zip(chunk, decode_results(reply), strict=True):
                 results[i] = result

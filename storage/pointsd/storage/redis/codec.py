@@ -23,6 +23,7 @@ from pointsd.service.domain import CreditOp, CreditResult, StoreCode
 from pointsd.service.domain.steps import (
     Accumulate,
     Board,
+    BoardSlot,
     Bump,
     Check,
     Credit,
@@ -37,7 +38,7 @@ from pointsd.service.domain.steps import (
 from pointsd.storage.entries import award_data
 from pointsd.storage.keys import Shard
 
-__all__ = ["WIRE_VERSION", "CallEncoder", "Restored", "decode_results"]
+__all__ = ["WIRE_VERSION", "CallEncoder", "RestoreOp", "decode_results"]
 
 WIRE_VERSION = "2"
 APPLY = "apply"
@@ -51,9 +52,11 @@ _CODES = {c.value: c for c in StoreCode}
 
 
 @dataclass(frozen=True, slots=True)
-class Restored:
-    """What the ledger says of a credit replayed by `pointsd rebuild`."""
+class RestoreOp:
+    """A ledger entry replayed into Redis state by `pointsd rebuild`: its
+    operation (a program of the steps to replay) and what the ledger says."""
 
+    op: CreditOp
     points: int
     balance_after: int
     # The outcome its dedup record says (AWARDED, or CAPPED for a credit the
@@ -101,7 +104,10 @@ class CallEncoder:
         self._step_numbers: dict[int, int] = {}
         self._programs: dict[int, _Program] = {}
 
-    def add(self, op: CreditOp, restored: Restored | None = None) -> None:
+    def add(self, item: CreditOp | RestoreOp) -> None:
+        """An operation to apply, or (restore mode) one to replay."""
+        restored = item if isinstance(item, RestoreOp) else None
+        op = item.op if isinstance(item, RestoreOp) else item
         program = self._programs.get(id(op.steps))
         if program is None:
             program = self._programs[id(op.steps)] = self._program(op.steps)
@@ -217,7 +223,7 @@ class CallEncoder:
             return {"op": "entry", "pts": b.points, "tag": b.tag, "why": b.reason}
         raise TypeError(f"no wire encoding for step {step!r}")
 
-    def _slot(self, slot: Any) -> dict[str, Any]:
+    def _slot(self, slot: BoardSlot) -> dict[str, Any]:
         index, shard = self.keys.index, self.shard
         encoded: dict[str, Any] = {"m": slot.metric.value[0], "w": slot.newcomer_window_ms,
                                    "gm": int(slot.group_member), "sc": slot.scope,
