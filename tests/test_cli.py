@@ -219,7 +219,7 @@ def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) 
             env={**env, "POINTS_METRICS_PORT": str(port)},
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        assert done.returncode == 2
+        assert done.returncode == 4  # ExitCode.LISTEN
         assert "POINTS_METRICS_PORT" in done.stderr
         # Workers on a gRPC port held by another process (without SO_REUSEPORT).
         done = subprocess.run(
@@ -227,8 +227,9 @@ def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) 
             env={**env, "POINTS_WORKERS": "2", "POINTS_LISTEN": f"127.0.0.1:{port}"},
             cwd=ROOT, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
-        assert done.returncode == 1
-        assert "right after starting" in done.stderr
+        # The workers' own start-up code: the port is taken.
+        assert done.returncode == 4
+        assert "right after starting" in done.stderr and "is in use" in done.stderr
         # Workers that start, and a flusher that cannot (its metrics port,
         # base + 2, is taken): the whole service stops, not just the flusher.
         done = subprocess.run(
@@ -236,7 +237,7 @@ def test_serve_refuses_a_taken_port_and_exits(servers: Servers, tmp_path: Path) 
             env={**env, "POINTS_WORKERS": "2", "POINTS_METRICS_PORT": str(port - 2)},
             cwd=ROOT, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
-        assert done.returncode == 1
+        assert done.returncode == 4
         assert "flusher exited 5 times" in done.stderr
 
 

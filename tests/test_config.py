@@ -129,17 +129,41 @@ def sample(field: str) -> tuple[str, Any]:
         return "2.5", 2.5
     if field in INT_FIELDS:
         return "7", 7
-    if field == "listen":
-        return "0.0.0.0:6000", "0.0.0.0:6000"
-    if field == "data_dir":
-        return "/var/lib/pointsd", Path("/var/lib/pointsd")
-    if field == "flusher":
-        return "inline", "inline"
-    if field == "log_level":
-        return "debug", "debug"
-    if field == "clock_start":
-        return "2027-01-01T12:00:00+08:00", "2027-01-01T12:00:00+08:00"
-    return "some-value", "some-value"
+    return _STRING_SAMPLES.get(field, ("some-value", "some-value"))
+
+
+_STRING_SAMPLES: dict[str, tuple[str, Any]] = {
+    "listen": ("0.0.0.0:6000", "0.0.0.0:6000"),
+    "data_dir": ("/var/lib/pointsd", Path("/var/lib/pointsd")),
+    "flusher": ("inline", "inline"),
+    "log_level": ("debug", "debug"),
+    "clock_start": ("2027-01-01T12:00:00+08:00", "2027-01-01T12:00:00+08:00"),
+    "redis_url": ("redis://cache:6379/2", "redis://cache:6379/2"),
+    "database_url": ("postgresql://points@db/points", "postgresql://points@db/points"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+        ("REDIS_URL", "127.0.0.1:6379"),
+        ("DATABASE_URL", "mysql://u:pw@db/points"),
+        ("DATABASE_URL", "sqlite:///points.db"),
+    ],
+)
+def test_a_url_of_the_wrong_kind_is_refused_without_echoing_it(name: str, url: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name} must start with") as info:
+        Settings.from_env({name: url})
+    assert "pw@" not in str(info.value) and "6379" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://h:6379/0", "rediss://h:6380", "unix:///tmp/r.sock", "REDIS://h"],
+)
+def test_every_redis_scheme_is_accepted(url: str) -> None:
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
 
 
 @pytest.mark.parametrize("field", FIELDS)

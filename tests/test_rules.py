@@ -777,7 +777,9 @@ def test_load_rule_file_reports_invalid_yaml(tmp_path: Path) -> None:
     with pytest.raises(RuleError) as info:
         load_rule_file(path)
     assert len(info.value.problems) == 1
-    assert info.value.problems[0].startswith(f"{path}: not valid YAML")
+    # file:line:column, never PyYAML's "<unicode string>".
+    assert info.value.problems[0].startswith(f"{path}:2:3: not valid YAML")
+    assert "<unicode string>" not in info.value.problems[0]
     with pytest.raises(RuleError):
         load_rule_book(path)
 

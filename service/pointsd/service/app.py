@@ -51,7 +51,11 @@ async def resolve_urls(
         embedded.append(er)
     if not database_url:
         ep = EmbeddedPostgres(settings.data_dir)
-        database_url = await asyncio.to_thread(ep.start)
+        try:
+            database_url = await asyncio.to_thread(ep.start)
+        except BaseException:
+            await _stop_owned(embedded)
+            raise
         embedded.append(ep)
     return redis_url, database_url, embedded
 
@@ -89,6 +93,23 @@ class App:
             path = Path(settings.rules_file) if settings.rules_file else None
             rules = load_rule_book(path, default_shards=settings.shards)
         redis_url, database_url, embedded = await resolve_urls(settings)
+        try:
+            return await cls._assemble(settings, rules, clock, redis_url, database_url, embedded)
+        except BaseException:
+            # A start that fails half-way leaves no embedded server behind.
+            await _stop_owned(embedded)
+            raise
+
+    @classmethod
+    async def _assemble(
+        cls,
+        settings: Settings,
+        rules: RuleBook,
+        clock: Clock,
+        redis_url: str,
+        database_url: str,
+        embedded: list[EmbeddedRedis | EmbeddedPostgres],
+    ) -> App:
         if settings.migrate_on_start:
             await asyncio.to_thread(migrate.upgrade, database_url)
         topology = Topology(
@@ -175,6 +196,10 @@ class App:
     async def close(self, *, stop_embedded: bool = True) -> None:
         await self.stores.close()
         if stop_embedded:
-            for server in self.embedded:
-                if server.owned:
-                    await asyncio.to_thread(server.stop)
+            await _stop_owned(self.embedded)
+
+
+async def _stop_owned(servers: list[EmbeddedRedis | EmbeddedPostgres]) -> None:
+    for server in servers:
+        if server.owned:
+            await asyncio.to_thread(server.stop)

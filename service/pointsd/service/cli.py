@@ -8,14 +8,21 @@
     pointsd winners               record winners of closed weeks/months, once
     pointsd rules check [FILE]    validate a rule file
     pointsd health [--target H:P] exit 0 if a running server reports SERVING
+    pointsd embedded status|stop  the embedded Redis and PostgreSQL of POINTS_DATA_DIR
+    pointsd --version
 
 Configuration comes from environment variables (docs/configuration.md).
+A start-up failure a user can cause (a taken port, a server that cannot be
+reached, a bad rule file or setting) prints what to fix and exits with its
+own code (pointsd.service.startup.ExitCode); the traceback is logged at DEBUG.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -30,6 +37,7 @@ from typing import Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from pointsd.service.config import ConfigError, Settings
+from pointsd.service.startup import ExitCode, describe_rule_error, explain
 from pointsd.service.supervisor import die_with_supervisor
 
 __all__ = ["main"]
@@ -61,12 +69,9 @@ async def _serve(settings: Settings) -> int:
 
     try:
         await serve(settings)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
     except ChildFailed as exc:
         log.error("stopping: %s", exc)
-        return 1
+        return exc.exit_code
     return 0
 
 
@@ -77,15 +82,12 @@ _early_stop = threading.Event()
 
 async def _flush(settings: Settings, drain: bool) -> int:
     from pointsd.service.app import App
+    from pointsd.service.server import SHUTDOWN_GIVE_UP_S
 
     if not drain:
         from pointsd.service.server import start_metrics
 
-        try:
-            start_metrics(settings)
-        except ConfigError as exc:
-            print(f"configuration error: {exc}", file=sys.stderr)
-            return 2
+        start_metrics(settings)
     app = await App.open(settings)
     try:
         if drain:
@@ -100,7 +102,9 @@ async def _flush(settings: Settings, drain: bool) -> int:
             stop.set()
         # The flusher process also records the winners of closed periods.
         await asyncio.gather(app.flusher.run(stop), app.winners_recorder().run(stop))
-        drained = await app.flusher.drain(settings.shutdown_grace_s)
+        drained = await app.flusher.drain(
+            settings.shutdown_grace_s, unreachable_s=SHUTDOWN_GIVE_UP_S
+        )
         log.info(
             "outbox %s on shutdown (%s)",
             "drained" if drained else "NOT drained, the next flusher takes over",
@@ -191,10 +195,7 @@ def _rules_check(path: str | None, default_shards: int) -> int:
     try:
         book = load_rule_book(Path(path) if path else None, default_shards=default_shards)
     except RuleError as exc:
-        print(exc)
-        return 1
-    except OSError as exc:
-        print(f"cannot read {path}: {exc}")
+        print(describe_rule_error(exc, path or ""))
         return 1
     for tenant in book.tenants.values():
         print(
@@ -208,6 +209,26 @@ def _rules_check(path: str | None, default_shards: int) -> int:
                     f"  {action.key:<20} {credit.role.name.lower():<6} "
                     f"{credit.points:>4} points; {said}"
                 )
+    return 0
+
+
+def _embedded(settings: Settings, command: str) -> int:
+    from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    servers: dict[str, EmbeddedRedis | EmbeddedPostgres] = {
+        "redis": EmbeddedRedis(settings.data_dir),
+        "postgres": EmbeddedPostgres(settings.data_dir),
+    }
+    for name, server in servers.items():
+        pid = server.running_pid()
+        if command == "status":
+            state = f"running (pid {pid})" if pid else "not running"
+            print(f"embedded {name} in {server.dir}: {state}")
+        elif pid:
+            server.stop()
+            print(f"embedded {name} (pid {pid}) stopped; its data stays in {server.dir}")
+        else:
+            print(f"embedded {name} in {server.dir}: not running")
     return 0
 
 
@@ -228,11 +249,48 @@ def _health(target: str, timeout_s: float) -> int:
     return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _version() -> str:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import grpc
+
+    try:
+        mine = version("pointsd")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        mine = "unknown (not installed)"
+    return f"pointsd {mine} (Python {platform.python_version()}, grpcio {grpc.__version__})"
+
+
+def _settings_help() -> str:
+    """Every setting with its default, for `serve --help` and `flush --help`."""
+    defaults = Settings()
+    lines = ["settings (environment variables; docs/configuration.md explains each):"]
+    for f in dataclasses.fields(Settings):
+        value = getattr(defaults, f.name)
+        shown = "(unset)" if value == "" else str(value)
+        lines.append(f"  {Settings.env_name(f.name):<36} {shown}")
+    return "\n".join(lines)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointsd", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the gRPC server")
-    flush = sub.add_parser("flush", help="run only the ledger flusher")
+    sub.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server and the ledger flusher until SIGTERM or SIGINT. "
+        "With REDIS_URL / DATABASE_URL unset, embedded servers run in POINTS_DATA_DIR.",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    flush = sub.add_parser(
+        "flush",
+        help="run only the ledger flusher",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     flush.add_argument("--drain", action="store_true", help="drain the outbox once and exit")
     sub.add_parser("migrate", help="apply database migrations")
     rec = sub.add_parser("reconcile", help="compare Redis balances with the ledger")
@@ -247,6 +305,14 @@ def _build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="check a running server's health service")
     health.add_argument("--target", help="host:port (default: POINTS_LISTEN)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    embedded = sub.add_parser(
+        "embedded", help="the embedded Redis and PostgreSQL of POINTS_DATA_DIR"
+    )
+    embedded_sub = embedded.add_subparsers(dest="embedded_command", required=True)
+    embedded_sub.add_parser("status", help="say which embedded servers run, with their pids")
+    embedded_sub.add_parser(
+        "stop", help="stop them (a SIGKILLed serve leaves them running); data is kept"
+    )
     return parser
 
 
@@ -261,9 +327,30 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     _setup_logging(settings.log_level)
-    return _dispatch(parser, ns, settings)
+    try:
+        return _dispatch(parser, ns, settings)
+    except BrokenPipeError:
+        # `pointsd rules check | head`: the reader left; say nothing more.
+        _silence_stdout()
+        return ExitCode.FAILED
+    except Exception as exc:
+        explained = explain(exc, settings.rules_file)
+        if explained is None:
+            raise
+        log.debug("start-up failed", exc_info=exc)
+        code, message = explained
+        print(message, file=sys.stderr)
+        return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of the
+    broken pipe cannot raise again at exit."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _dispatch(parser: argparse.ArgumentParser, ns: argparse.Namespace, settings: Settings) -> int:
@@ -284,6 +371,8 @@ def _dispatch(parser: argparse.ArgumentParser, ns: argparse.Namespace, settings:
         return _run(_winners(settings))
     if ns.command == "rebuild":
         return _run(_rebuild(settings, ns.tenants))
+    if ns.command == "embedded":
+        return _embedded(settings, ns.embedded_command)
     parser.error(f"unknown command {ns.command}")
 
 

@@ -139,6 +139,7 @@ class Settings:
                 f"POINTS_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
             )
         self._check_ports()
+        self._check_urls()
         if self.event_future_skew_s < 0 or self.outbox_entries_max < 0:
             raise ConfigError(
                 "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
@@ -196,6 +197,21 @@ class Settings:
                 f"below 65536, got {self.metrics_port}"
             )
 
+    def _check_urls(self) -> None:
+        # A wrong scheme would otherwise surface as a driver traceback at the
+        # first connection; the URL itself is not echoed (it may hold a password).
+        for name, url, schemes in (
+            ("REDIS_URL", self.redis_url, _REDIS_SCHEMES),
+            ("DATABASE_URL", self.database_url, _DATABASE_SCHEMES),
+        ):
+            scheme = url.partition("://")[0].lower() if "://" in url else ""
+            if url and scheme not in schemes:
+                given = f"{scheme}://" if scheme else "no scheme"
+                raise ConfigError(
+                    f"{name} must start with {', '.join(s + '://' for s in schemes)} "
+                    f"(got {given}); unset it to use the embedded server"
+                )
+
     def _check_clock_start(self) -> None:
         if self.clock_start and self.clock_offset_ms:
             raise ConfigError("set POINTS_CLOCK_START or POINTS_CLOCK_OFFSET_MS, not both")
@@ -206,6 +222,8 @@ class Settings:
                 raise ConfigError(f"POINTS_CLOCK_START: {exc}") from None
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
 
 

@@ -27,14 +27,15 @@ from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.app import App, resolve_urls
 from pointsd.service.clock import Clock, child_clock_env
-from pointsd.service.config import ConfigError, Settings
+from pointsd.service.config import Settings
 from pointsd.service.metrics import OUTBOX_BACKLOG, serve_metrics
 from pointsd.service.servicer import PointsServicer
+from pointsd.service.startup import diagnose_listen, probe_listen
 from pointsd.service.supervisor import Child, ChildFailed
-from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis, supervise
 from pointsd.storage.postgres import migrate
 
-__all__ = ["SERVICE_NAMES", "Running", "serve", "start_server"]
+__all__ = ["SERVICE_NAMES", "SHUTDOWN_GIVE_UP_S", "Running", "serve", "start_server"]
 
 log = logging.getLogger("pointsd")
 
@@ -43,6 +44,10 @@ SERVICE_NAMES = [
     pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
 ]
 _HEALTH_INTERVAL_S = 2.0
+# A shutdown drain stops after a store has been unreachable this long: the
+# outbox keeps what is left for the next flusher, so waiting out the grace
+# period would only delay the exit.
+SHUTDOWN_GIVE_UP_S = 2.0
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Running:
             # A flusher child drains the outbox on SIGTERM before exiting.
             await asyncio.gather(*self.children, return_exceptions=True)
         if self.flusher_task is not None:
-            drained = await self.app.flusher.drain(remaining)
+            drained = await self.app.flusher.drain(remaining, unreachable_s=SHUTDOWN_GIVE_UP_S)
             log.info(
                 "outbox %s on shutdown (%s)",
                 "drained" if drained else "NOT drained, the next flusher takes over",
@@ -141,9 +146,16 @@ async def start_server(
     reflection.enable_server_reflection(
         [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(listen or settings.listen)
+    address = listen or settings.listen
+    if not settings.reuse_port and not address.startswith("unix:"):
+        # Probed first: gRPC would log its own multi-line error before failing.
+        probe_listen(address, "POINTS_LISTEN")
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio >= 1.64 raises where older ones returned 0
+        port = 0
     if port == 0:
-        raise RuntimeError(f"cannot listen on {listen or settings.listen}")
+        raise diagnose_listen(address, "POINTS_LISTEN")
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -192,9 +204,7 @@ def start_metrics(settings: Settings) -> None:
     try:
         serve_metrics(settings.metrics_port, host)
     except OSError as exc:
-        raise ConfigError(
-            f"POINTS_METRICS_PORT: cannot serve metrics on {host}:{settings.metrics_port}: {exc}"
-        ) from exc
+        raise diagnose_listen(f"{host}:{settings.metrics_port}", "POINTS_METRICS_PORT") from exc
 
 
 def metrics_port_for(settings: Settings, offset: int) -> str:
@@ -228,10 +238,14 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The embedded servers this service runs on are started again if they die.
+    supervising = asyncio.create_task(supervise(app.embedded, stop))
     # Until a signal, or a child (the flusher) that cannot run at all.
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopped, *running.children], return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
+    stop.set()
+    await supervising
     failed = [
         exc
         for t in running.children
@@ -241,7 +255,7 @@ async def serve(settings: Settings) -> None:
     await running.stop()
     log.info("stopped")
     if failed:
-        raise ChildFailed(str(failed[0]))
+        raise failed[0]
 
 
 async def serve_workers(settings: Settings) -> None:
@@ -258,6 +272,8 @@ async def serve_workers(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     flusher = _start_flusher_child(settings, env, flusher_stopping)
+    supervised = asyncio.Event()
+    supervising = asyncio.create_task(supervise(embedded, supervised))
     log.info("pointsd serving on %s with %d workers", settings.listen, settings.workers)
 
     async def run_worker(worker: Child) -> None:
@@ -276,6 +292,8 @@ async def serve_workers(settings: Settings) -> None:
 
         flusher.add_done_callback(on_flusher_done)
     outcomes = await asyncio.gather(*(run_worker(w) for w in workers), return_exceptions=True)
+    supervised.set()
+    await supervising
     # Only once every worker has finished its last requests does the flusher
     # get SIGTERM: its final drain then sees everything they accepted.
     flusher_stopping.set()

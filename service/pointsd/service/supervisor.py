@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+from pointsd.service.startup import ExitCode
+
 __all__ = ["SUPERVISOR_ENV", "Child", "ChildFailed", "die_with_supervisor"]
 
 log = logging.getLogger("pointsd.supervisor")
@@ -36,8 +38,18 @@ _HEALTHY_AFTER_S = 10.0
 _FAST_FAILURES_MAX = 5
 
 
+# The exit codes of a child that could not start (a setting, a port, a store).
+_STARTUP_CODES = {int(c) for c in ExitCode if c >= ExitCode.CONFIG}
+
+
 class ChildFailed(RuntimeError):
-    """A child process kept exiting right after it started."""
+    """A child process kept exiting right after it started. `exit_code` is
+    its own when it exited with a start-up code (a taken port: 4), so the
+    supervisor ends the way the child said; else 1."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # Set in a child's environment to its supervisor's pid.
@@ -95,9 +107,11 @@ class Child:
             lived = time.monotonic() - started
             fast_failures = fast_failures + 1 if lived < _HEALTHY_AFTER_S else 0
             if fast_failures >= _FAST_FAILURES_MAX:
+                code = self.proc.returncode
                 raise ChildFailed(
                     f"{self.name} exited {fast_failures} times in a row right after starting "
-                    f"(last exit {self.proc.returncode}); see its log above"
+                    f"(last exit {code}); see its log above",
+                    code if code in _STARTUP_CODES else 1,
                 )
             log.error(
                 "%s (pid %d) exited with %s; restarting",

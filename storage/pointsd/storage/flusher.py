@@ -72,6 +72,8 @@ class Flusher:
         self.stats = FlushStats()
         self._groups_ready = False
         self._next_claim = 0.0
+        # Since when writes have failed in a row (valid while stats.failures > 0).
+        self._failing_since = 0.0
         # One batch at a time: drain() and run() share this consumer's pending
         # entries and must not both write (and park) the same ones.
         self._batch_lock = asyncio.Lock()
@@ -99,16 +101,29 @@ class Flusher:
                 await self._sleep(stop, self.interval_ms / 1000)
         log.info("flusher %s stopped: %s", self.outbox.consumer, self.summary())
 
-    async def drain(self, timeout_s: float, shards: Sequence[Shard] | None = None) -> bool:
+    async def drain(
+        self,
+        timeout_s: float,
+        shards: Sequence[Shard] | None = None,
+        *,
+        unreachable_s: float | None = None,
+    ) -> bool:
         """Flush until every outbox stream (or those of `shards`) is empty;
-        False on timeout."""
+        False on timeout, or once a store has been unreachable for
+        `unreachable_s` in a row (a shutdown need not wait out its grace for a
+        server that is down: the entries stay in the outbox for the next flusher)."""
         deadline = time.monotonic() + timeout_s
         # Set at the deadline: a write retrying while PostgreSQL is down gives
         # up then (its entries stay pending) instead of outliving the timeout.
         stop = asyncio.Event()
         timer = asyncio.get_running_loop().call_later(timeout_s, stop.set)
+        watch = (
+            asyncio.create_task(self._stop_when_unreachable(stop, unreachable_s))
+            if unreachable_s is not None
+            else None
+        )
         try:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stop.is_set():
                 try:
                     await self.flush_once(stop, claim_idle_ms=0)
                     if await self.outbox.backlog(shards or self.shards()) == 0:
@@ -119,6 +134,19 @@ class Flusher:
             return False
         finally:
             timer.cancel()
+            if watch is not None:
+                watch.cancel()
+
+    async def _stop_when_unreachable(self, stop: asyncio.Event, seconds: float) -> None:
+        while not stop.is_set():
+            if self.stats.failures and time.monotonic() - self._failing_since >= seconds:
+                log.warning(
+                    "giving up the drain: %s for %.0f s; the outbox keeps the rest",
+                    self.stats.last_error,
+                    seconds,
+                )
+                stop.set()
+            await asyncio.sleep(0.1)
 
     async def flush_once(self, stop: asyncio.Event, claim_idle_ms: int | None = None) -> int:
         """Move one batch; returns how many stream entries it handled."""
@@ -225,17 +253,28 @@ class Flusher:
             log.error("ledger refused entry %s of tenant %s: parked", row.entry_key, row.tenant_id)
         for row in result.conflicts:
             self.stats.conflicts += 1
+            # What is known here: the ledger keeps its row and Redis applied
+            # this entry. Whether Redis still counts the ledger's row too is
+            # not known (it may have lost it), so neither is whether the
+            # balances now differ.
             log.error(
-                "entry %s of tenant %s (user %s, %+d points) clashes with a different ledger "
-                "row under the same key: parked; reconcile will show the difference",
+                "entry %s of tenant %s (user %s, %+d points) differs from the ledger row "
+                "already under that key: the ledger keeps its row, this entry is parked in "
+                "the shard's dead letters. Redis applied this entry: if it also still counts "
+                "the ledger's row, user %s is %+d points off the ledger and `pointsd "
+                "reconcile` shows it; if Redis had lost that row, they agree",
                 row.entry_key,
                 row.tenant_id,
+                row.user_id,
+                row.points,
                 row.user_id,
                 row.points,
             )
         return {(r.tenant_id, r.entry_key) for r in [*refused, *result.conflicts]}
 
     def _failed(self, exc: StorageError) -> None:
+        if not self.stats.failures:
+            self._failing_since = time.monotonic()
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         level = logging.WARNING if self.stats.failures in (1, 10, 100) else logging.DEBUG

@@ -221,11 +221,26 @@ def default_rules_text() -> str:
 
 def load_rule_file(path: Path | None) -> Any:
     """The parsed YAML document of `path`, or of the packaged default rules."""
-    text = default_rules_text() if path is None else path.read_text("utf-8")
+    source = str(path) if path is not None else DEFAULT_RULES
+    try:
+        text = default_rules_text() if path is None else path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise RuleError([f"{source}: cannot read: {reason}"]) from exc
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RuleError([f"{path or DEFAULT_RULES}: not valid YAML: {exc}"]) from exc
+        raise RuleError([_yaml_problem(source, exc)]) from exc
+
+
+def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
+    """ "file:line:column: what", instead of PyYAML's text, which names the
+    stream "<unicode string>" and spans several lines."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    return f"{where}: not valid YAML: {context + ', ' if context else ''}{problem}"
 
 
 def load_rule_book(path: Path | None, *, default_shards: int = 1) -> RuleBook:

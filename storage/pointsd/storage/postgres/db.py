@@ -35,16 +35,16 @@ def create_engine(url: str, *, pool_size: int = 5, timeout_s: float = 5.0) -> As
 def pg_errors(exc: BaseException) -> StorageError:
     if isinstance(exc, psycopg.Error):  # raised by raw-connection calls (COPY)
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            return StorageUnavailable(f"postgresql unavailable: {exc}")
+            return StorageUnavailable(f"postgresql unavailable: {exc}", "postgresql")
         if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
             return LedgerDataError(f"postgresql refused the data: {exc}")
         return StorageError(f"postgresql error: {exc}")
     if isinstance(exc, saexc.DBAPIError) and exc.connection_invalidated:
-        return StorageUnavailable(f"postgresql connection lost: {exc.orig}")
+        return StorageUnavailable(f"postgresql connection lost: {exc.orig}", "postgresql")
     if isinstance(exc, saexc.OperationalError | saexc.InterfaceError | OSError | TimeoutError):
-        return StorageUnavailable(f"postgresql unavailable: {exc}")
+        return StorageUnavailable(f"postgresql unavailable: {exc}", "postgresql")
     if isinstance(exc, saexc.TimeoutError):
-        return StorageUnavailable(f"postgresql pool timeout: {exc}")
+        return StorageUnavailable(f"postgresql pool timeout: {exc}", "postgresql")
     if isinstance(exc, saexc.DataError | saexc.IntegrityError):
         return LedgerDataError(f"postgresql refused the data: {exc}")
     return StorageError(f"postgresql error: {exc}")

@@ -28,11 +28,11 @@ Call = tuple[Sequence[str], Sequence[str | int | bytes]]
 def redis_errors(exc: BaseException) -> StorageError:
     """Translate a redis-py error into this package's errors."""
     if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
-        return StorageUnavailable(f"redis unavailable: {exc}")
+        return StorageUnavailable(f"redis unavailable: {exc}", "redis")
     if isinstance(exc, rexc.BusyLoadingError):
-        return StorageUnavailable(f"redis is loading its data set: {exc}")
+        return StorageUnavailable(f"redis is loading its data set: {exc}", "redis")
     if isinstance(exc, rexc.ReadOnlyError):
-        return StorageUnavailable(f"redis is a read-only replica: {exc}")
+        return StorageUnavailable(f"redis is a read-only replica: {exc}", "redis")
     return StorageError(f"redis error: {exc}")
 
 
