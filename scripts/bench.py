@@ -20,7 +20,9 @@ folder. Contenders, each run for --duration seconds (and at most --events):
    service's resident memory over the runs
 
 Every contender's events come from the same seeded generator; figures and
-ratios are printed together.
+ratios are printed together, and so are the errors of any contender, each
+kind with what it means (`scripts.loadgen.ERROR_KINDS`). Needs the load tools
+(`./scripts/install dev`): without them it says so in one line and exits 2.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from pointsd.storage.keys import KeySchema, Topology
 from pointsd.storage.postgres import migrate, sqlalchemy_url
 from pointsd.storage.redis import AwardStore, connect_redis
 from pointsd.storage.redis.codec import APPLY, CallEncoder
-from scripts.loadgen import DEFAULT_MIX, Traffic, TrafficSpec, run_load
+
+# Before scripts.naive (psycopg_pool): exits 2 when the load tools are missing.
+from scripts.loadgen import DEFAULT_MIX, Traffic, TrafficSpec, explain_error, run_load
 from scripts.loadtest import RssSampler, resolve_servers, wait_for_ledger
 from scripts.naive import run_naive
 from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
@@ -229,6 +233,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                 "events_per_s": s["events_per_s"],
                 "latency_ms": s["latency_ms"],
                 "errors": s["errors"],
+                "error_rate": s["error_rate"],
                 "events": s["events"],
             }
             return res
@@ -361,6 +366,9 @@ def _print_table(report: dict[str, Any]) -> None:
             f"{name:<18} {row.get('events_per_s', 0):>10,.0f} "
             f"{lat.get('p50', float('nan')):>8.2f} {lat.get('p99', float('nan')):>8.2f}"
         )
+    for name, row in r.items():
+        for kind, n in (row.get("errors") or {}).items():
+            print(f"{name}: {kind} {n:,} events: {explain_error(kind)}")
     lag = r.get("flush_lag", {})
     print(f"flush lag p50 {lag.get('p50_ms')} ms, p99 {lag.get('p99_ms')} ms")
     for k, v in report["ratios"].items():

@@ -8,7 +8,9 @@ gRPC API in the same run.
 Queries, closed-loop at --concurrency callers for --duration seconds each:
 Leaderboard top-100 and GetRank with 10 neighbours of a random member.
 Members and scores are written straight into Redis (ZADD pipelines) in the
-service's own key layout; scores are skewed, with many ties.
+service's own key layout; scores are skewed, with many ties. Needs the load
+tools (`./scripts/install dev`): without them it says so in one line and
+exits 2 (the check runs when `scripts.bench` imports `scripts.loadgen`).
 """
 
 from __future__ import annotations

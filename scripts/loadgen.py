@@ -6,6 +6,16 @@ run into caps). Runners: unary, batch and stream, closed-loop (max
 throughput) or open-loop (a fixed arrival rate; latency is measured from the
 scheduled send time, so a slow server cannot hide queueing). Every loop is
 bounded in events and in seconds.
+
+Errors are counted in events, by kind (a gRPC status name, or
+CLIENT_OVERLOADED for arrivals the open loop dropped itself); `ERROR_KINDS`
+says what each kind means, and the reports print that beside the count.
+
+Importing this module checks that the load tools (the `loadtest` extra:
+hdrh, matplotlib, psycopg_pool, and psutil from `dev`) are installed, and
+exits 2 with one line naming the install command if not: every entry script
+(loadtest, bench, bench_boards, crosscheck) imports it before anything that
+needs them.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import importlib.util
 import itertools
 import random
 import sys
@@ -30,13 +41,97 @@ from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_MIX",
+    "ERROR_KINDS",
+    "LOAD_TOOLS",
     "RunResult",
     "Stats",
     "Traffic",
     "TrafficSpec",
+    "explain_error",
+    "missing_load_tools",
     "parse_mix",
+    "require_load_tools",
     "run_load",
 ]
+
+# Modules of the `loadtest` extra (and psutil, of `dev`) the load tools import.
+LOAD_TOOLS = ("hdrh", "matplotlib", "psycopg_pool", "psutil")
+INSTALL_HINT = "the load tools need the dev install: run ./scripts/install dev"
+
+
+def missing_load_tools() -> list[str]:
+    missing = []
+    for name in LOAD_TOOLS:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def require_load_tools() -> None:
+    """Exit 2 with one line when the load tools are not installed: a runtime
+    install (`scripts/install` without `dev`) lacks them, and a traceback
+    ending in ModuleNotFoundError would not say what to run."""
+    missing = missing_load_tools()
+    if missing:
+        sys.stderr.write(f"{INSTALL_HINT} (missing: {', '.join(missing)})\n")
+        raise SystemExit(2)
+
+
+require_load_tools()
+
+# What each error kind means, for the reports. Every gRPC status is here
+# (tests/test_scripts.py checks it) because a failed call counts as its code.
+_MAYBE = "the event may or may not have been applied (the self-check leaves it out)"
+ERROR_KINDS: dict[str, str] = {
+    "CLIENT_OVERLOADED": (
+        "dropped by the load generator itself, never sent: the open loop already had "
+        "its in-flight cap of calls out (--inflight-max), so the server never saw these "
+        "events; the client or the server cannot keep up with --rate"
+    ),
+    "CANCELLED": (
+        "the server's gRPC layer cancelled the call before an answer, mostly before any "
+        "pointsd code saw it (so the server's own counters miss it): more calls were "
+        "waiting to be taken up than gRPC queues (grpc.server.max_pending_requests, "
+        "default 1,000), i.e. the server is overloaded; also a call cut off by shutdown; "
+        "not the generator's deadline (that is DEADLINE_EXCEEDED); counted as in doubt"
+    ),
+    "DEADLINE_EXCEEDED": (
+        f"the generator gave up waiting: no answer within its deadline (--timeout); {_MAYBE}"
+    ),
+    "UNAVAILABLE": (
+        "the server refused the call or is gone: nothing listening, connection lost, "
+        "shutting down, Redis unreachable, or a rebuild owns the tenant"
+    ),
+    "RESOURCE_EXHAUSTED": (
+        "the server refused for lack of room: a shard's outbox is full (PostgreSQL is "
+        "behind or down) or the message is too big; nothing was recorded"
+    ),
+    "INVALID_ARGUMENT": (
+        "the server rejected the event: unknown tenant (not in its rule file), a bad id, "
+        "an event too old for its clock, or a missing field"
+    ),
+    "ALREADY_EXISTS": "the event id was used before for a different event (ids collide)",
+    "NOT_FOUND": "the server does not know a tenant, board or item the request names",
+    "FAILED_PRECONDITION": "the server's state refuses the request (see its log)",
+    "ABORTED": "the server aborted on a concurrent change; a retry would do",
+    "OUT_OF_RANGE": "a value the server takes only within limits was outside them",
+    "PERMISSION_DENIED": "the server refused the caller's permission",
+    "UNAUTHENTICATED": "the server wants credentials the generator does not send",
+    "UNIMPLEMENTED": "the target does not serve this method: is it a pointsd?",
+    "INTERNAL": "a server bug or a store refusing data: the server's log has details",
+    "UNKNOWN": "the server's handler raised an unexpected error: the server's log has it",
+    "DATA_LOSS": "the server reported unrecoverable data loss",
+    "OK": "the call ended with status OK but without the answer it owed",
+}
+
+
+def explain_error(kind: str) -> str:
+    return ERROR_KINDS.get(kind, "an error this table does not know (see the server's log)")
+
 
 DEFAULT_MIX = {
     "message.text": 55.0,
@@ -78,7 +173,10 @@ class TrafficSpec:
 
 
 class Traffic:
-    """A deterministic event sequence for a spec (same seed, same events)."""
+    """A deterministic event sequence for a spec (same seed, same events).
+    Re-deliveries are drawn from the last `REDELIVERY_WINDOW` new events."""
+
+    REDELIVERY_WINDOW = 2048
 
     def __init__(self, spec: TrafficSpec) -> None:
         self.spec = spec
@@ -88,7 +186,7 @@ class Traffic:
         self._actions = list(spec.mix)
         self._action_cum = list(itertools.accumulate(spec.mix.values()))
         self._seq = itertools.count()
-        self._recent: deque[pb.ActivityEvent] = deque(maxlen=2048)
+        self._recent: deque[pb.ActivityEvent] = deque(maxlen=self.REDELIVERY_WINDOW)
         self.generated = 0
         self.duplicates = 0
 
@@ -136,25 +234,38 @@ class Traffic:
 
 
 class Stats:
-    """Outcomes, errors and latency (HDR histogram, µs), overall and per second."""
+    """Outcomes, errors and latency (HDR histogram, µs), overall and per second.
 
-    def __init__(self) -> None:
+    `errors` counts events by kind (a failed batch counts its events, a failed
+    stream the events it had in flight, at least one), `failed_calls` the
+    calls. The first answer for an event says what the ledger holds for it
+    (an award, or a DUPLICATE repeating one); later answers and failures of
+    re-deliveries change nothing. `in_doubt` holds the ids of events sent in
+    a failed call and never answered: the server may have applied them.
+    `answer_memory` bounds how many answered ids are remembered; it must
+    cover the re-delivery window plus the events in flight."""
+
+    def __init__(self, answer_memory: int = 1 << 18) -> None:
         from hdrh.histogram import HdrHistogram
 
         self._new_hist = lambda: HdrHistogram(1, 120_000_000, 3)
         self.hist = self._new_hist()
         self.outcomes: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.failed_calls: Counter[str] = Counter()
         self.events = 0
+        self.sent = 0
         self.rpcs = 0
         self.awarded_points = 0
         self.in_doubt: set[str] = set()
+        self._answered: dict[str, None] = {}
+        self._answer_memory = answer_memory
         self.start = time.monotonic()
         self.timeline: list[dict[str, Any]] = []
         self._second = 0
         self._sec_hist = self._new_hist()
         self._sec_events = 0
-        self._sec_errors = 0
+        self._sec_errors: Counter[str] = Counter()
 
     def _tick(self, now: float) -> None:
         second = int(now - self.start)
@@ -163,14 +274,20 @@ class Stats:
                 {
                     "t": self._second,
                     "events": self._sec_events,
-                    "errors": self._sec_errors,
+                    "errors": sum(self._sec_errors.values()),
+                    "errors_by_kind": dict(self._sec_errors),
                     "p50_ms": self._sec_hist.get_value_at_percentile(50) / 1000,
                     "p99_ms": self._sec_hist.get_value_at_percentile(99) / 1000,
                 }
             )
             self._second += 1
             self._sec_hist = self._new_hist()
-            self._sec_events = self._sec_errors = 0
+            self._sec_events = 0
+            self._sec_errors = Counter()
+
+    def flush(self, now: float) -> None:
+        """Close the timeline's last full seconds (quiet ones included)."""
+        self._tick(now)
 
     def record(self, results: Any, latency_us: float, now: float) -> None:
         self._tick(now)
@@ -183,19 +300,44 @@ class Stats:
             self._sec_events += 1
             name = _OUTCOME_NAMES.get(r.outcome, str(r.outcome))
             self.outcomes[name] += 1
-            if r.outcome == pb.AWARDED:
-                self.awarded_points += r.points
-            elif r.outcome == pb.DUPLICATE and r.event_id in self.in_doubt:
-                # A retry after an error: the first attempt was applied.
-                self.in_doubt.discard(r.event_id)
-                if r.original_outcome == pb.AWARDED:
-                    self.awarded_points += r.points
+            self._learn(r)
 
-    def error(self, code: str, events: list[pb.ActivityEvent], now: float) -> None:
+    def _learn(self, r: Any) -> None:
+        if r.event_id in self._answered:
+            return
+        self._answered[r.event_id] = None
+        if len(self._answered) > self._answer_memory:
+            del self._answered[next(iter(self._answered))]
+        self.in_doubt.discard(r.event_id)
+        if r.outcome == pb.AWARDED or (
+            r.outcome == pb.DUPLICATE and r.original_outcome == pb.AWARDED
+        ):
+            self.awarded_points += r.points
+
+    def error(
+        self, kind: str, events: list[pb.ActivityEvent], now: float, *, sent: bool = True
+    ) -> None:
+        """A failed call (`sent`) or an arrival dropped before sending."""
         self._tick(now)
-        self.errors[code] += 1
-        self._sec_errors += 1
-        self.in_doubt.update(e.event_id for e in events)
+        n = max(1, len(events))
+        self.errors[kind] += n
+        self.failed_calls[kind] += 1
+        self._sec_errors[kind] += n
+        if sent:
+            answered = self._answered
+            self.in_doubt.update(e.event_id for e in events if e.event_id not in answered)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def attempted(self) -> int:
+        """Events answered plus events that failed or were dropped."""
+        return self.events + self.error_count
+
+    def error_rate(self) -> float:
+        return self.error_count / self.attempted if self.attempted else 0.0
 
     def latency_ms(self) -> dict[str, float]:
         h = self.hist
@@ -217,25 +359,36 @@ class RunResult:
     concurrency: int
     batch: int
     rate: float
+    inflight_max: int = 0
 
     @property
     def events_per_s(self) -> float:
         return self.stats.events / self.duration_s if self.duration_s else 0.0
 
     def summary(self) -> dict[str, Any]:
+        """`events` are the answered ones; `errors` counts events by kind,
+        explained in `error_meanings`; `error_rate` = errors / attempted."""
         s = self.stats
         return {
             "mode": self.mode,
             "concurrency": self.concurrency,
             "batch": self.batch if self.mode == "batch" else None,
             "target_rate": self.rate or None,
+            "achieved_rate": round(self.events_per_s, 1),
+            "inflight_max": self.inflight_max if self.rate and self.mode != "stream" else None,
             "duration_s": round(self.duration_s, 3),
+            "attempted": s.attempted,
+            "sent": s.sent,
             "events": s.events,
             "events_per_s": round(self.events_per_s, 1),
             "rpcs": s.rpcs,
             "rpcs_per_s": round(s.rpcs / self.duration_s, 1) if self.duration_s else 0,
             "outcomes": dict(s.outcomes),
             "errors": dict(s.errors),
+            "failed_calls": dict(s.failed_calls),
+            "error_rate": round(s.error_rate(), 6),
+            "error_meanings": {k: explain_error(k) for k in s.errors},
+            "in_doubt": len(s.in_doubt),
             "latency_ms": self.stats.latency_ms(),
             "awarded_points": s.awarded_points,
             "duplicates_sent": self.traffic.duplicates,
@@ -261,24 +414,40 @@ class _Budget:
         return n
 
 
-async def _progress(stats: Stats, stop: asyncio.Event, enabled: bool) -> None:
-    if not enabled:
+def progress_line(stats: Stats, now: float, rate: float, target_rate: float) -> str:
+    """elapsed, events sent / answered, the recent rate, errors by kind, p99."""
+    target = f" (target {target_rate:,.0f})" if target_rate else ""
+    kinds = ", ".join(f"{k} {v:,}" for k, v in stats.errors.most_common())
+    p99 = stats.hist.get_value_at_percentile(99) / 1000
+    return (
+        f"[{now - stats.start:6.1f}s] sent {stats.sent:,} answered {stats.events:,}  "
+        f"{rate:,.0f} ev/s{target}  errors {stats.error_count:,}"
+        + (f" ({kinds})" if kinds else "")
+        + f"  p99 {p99:.2f} ms"
+    )
+
+
+async def _progress(
+    stats: Stats, stop: asyncio.Event, mode: str, interval_s: float, target_rate: float
+) -> None:
+    """A terminal ("live") gets one line rewritten every second; a pipe or a
+    CI log ("plain"), where carriage returns pile up, a new line every
+    `interval_s`."""
+    if mode not in ("live", "plain") or (mode == "plain" and interval_s <= 0):
         return
+    every = 1.0 if mode == "live" else interval_s
     last_events, last_t = 0, time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+            await asyncio.wait_for(stop.wait(), every)
         now = time.monotonic()
         rate = (stats.events - last_events) / max(1e-9, now - last_t)
         last_events, last_t = stats.events, now
-        p99 = stats.hist.get_value_at_percentile(99) / 1000
-        errors = sum(stats.errors.values())
-        sys.stderr.write(
-            f"\r[{now - stats.start:6.1f}s] {rate:9,.0f} ev/s  total {stats.events:>10,}  "
-            f"errors {errors:>6,}  p99 {p99:8.2f} ms "
-        )
+        line = progress_line(stats, now, rate, target_rate)
+        sys.stderr.write(f"\r{line} " if mode == "live" else f"{line}\n")
         sys.stderr.flush()
-    sys.stderr.write("\n")
+    if mode == "live":
+        sys.stderr.write("\n")
 
 
 RpcCall = Callable[[list[pb.ActivityEvent]], Awaitable[Any]]
@@ -287,6 +456,7 @@ RpcCall = Callable[[list[pb.ActivityEvent]], Awaitable[Any]]
 async def _call(
     stats: Stats, events: list[pb.ActivityEvent], call: RpcCall, t_sched: float
 ) -> None:
+    stats.sent += len(events)
     try:
         results = await call(events)
     except grpc.aio.AioRpcError as exc:
@@ -296,38 +466,7 @@ async def _call(
     stats.record(results, (now - t_sched) * 1e6, now)
 
 
-async def run_load(
-    target: str,
-    spec: TrafficSpec,
-    *,
-    mode: str = "batch",
-    concurrency: int = 16,
-    batch: int = 500,
-    rate: float = 0.0,
-    duration_s: float = 10.0,
-    events_max: int = 10_000_000,
-    channels: int = 4,
-    progress: bool = False,
-    timeout_s: float = 30.0,
-) -> RunResult:
-    """Drive `target` (host:port) with `spec` traffic; bounded by `duration_s`
-    and `events_max`. `rate` > 0 means open-loop at that many events/s."""
-    traffic = Traffic(spec)
-    stats = Stats()
-    budget = _Budget(events_max, duration_s)
-    # A local subchannel pool per channel: otherwise channels to one target
-    # share one TCP connection, and SO_REUSEPORT workers could not split it.
-    chans = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(max(1, channels))
-    ]
-    stubs = [pb_grpc.PointsServiceStub(c) for c in chans]
-    stubs_cycle = itertools.cycle(stubs)
-    stop = asyncio.Event()
-    progress_task = asyncio.create_task(_progress(stats, stop, progress))
-    started = time.monotonic()
-    stats.start = started
-
+def _calls(mode: str, stubs: Iterator[Any], count: int, timeout_s: float) -> list[RpcCall]:
     def unary_call(stub: Any) -> RpcCall:
         async def call(events: list[pb.ActivityEvent]) -> Any:
             return [await stub.RecordActivity(events[0], timeout=timeout_s)]
@@ -341,40 +480,94 @@ async def run_load(
 
         return call
 
-    per_rpc = 1 if mode == "unary" else batch
-    try:
-        if mode in ("unary", "batch"):
-            calls = [
-                (unary_call if mode == "unary" else batch_call)(next(stubs_cycle))
-                for _ in range(concurrency)
-            ]
-            if rate > 0:
-                await _open_loop(stats, traffic, budget, calls, per_rpc, rate, concurrency)
-            else:
-                await _closed_loop(stats, traffic, budget, calls, per_rpc)
-        elif mode == "stream":
-            await asyncio.gather(
-                *(
-                    _stream_worker(
-                        next(stubs_cycle),
-                        stats,
-                        traffic,
-                        budget,
-                        rate / concurrency,
-                        window=max(1, batch),
-                    )
-                    for _ in range(concurrency)
-                )
-            )
+    make = unary_call if mode == "unary" else batch_call
+    return [make(next(stubs)) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class _Shape:
+    mode: str
+    concurrency: int
+    batch: int
+    rate: float
+    inflight_max: int
+    timeout_s: float
+
+    def events_in_flight(self) -> int:
+        """At most this many events are out at once."""
+        if self.mode == "stream":
+            return self.concurrency * max(1, self.batch)
+        calls = self.inflight_max if self.rate > 0 else self.concurrency
+        return calls * (1 if self.mode == "unary" else self.batch)
+
+
+async def _drive(
+    shape: _Shape, stubs: Iterator[Any], stats: Stats, traffic: Traffic, budget: _Budget
+) -> None:
+    if shape.mode in ("unary", "batch"):
+        per_rpc = 1 if shape.mode == "unary" else shape.batch
+        calls = _calls(shape.mode, stubs, shape.concurrency, shape.timeout_s)
+        if shape.rate > 0:
+            await _open_loop(stats, traffic, budget, calls, per_rpc, shape.rate, shape.inflight_max)
         else:
-            raise ValueError(f"unknown mode {mode!r}")
+            await _closed_loop(stats, traffic, budget, calls, per_rpc)
+    elif shape.mode == "stream":
+        rate, window = shape.rate / shape.concurrency, max(1, shape.batch)
+        await asyncio.gather(
+            *(
+                _stream_worker(next(stubs), stats, traffic, budget, rate, window)
+                for _ in range(shape.concurrency)
+            )
+        )
+    else:
+        raise ValueError(f"unknown mode {shape.mode!r}")
+
+
+async def run_load(
+    target: str,
+    spec: TrafficSpec,
+    *,
+    mode: str = "batch",
+    concurrency: int = 16,
+    batch: int = 500,
+    rate: float = 0.0,
+    duration_s: float = 10.0,
+    events_max: int = 10_000_000,
+    channels: int = 4,
+    progress: str = "off",
+    progress_interval_s: float = 5.0,
+    timeout_s: float = 30.0,
+    inflight_max: int = 0,
+) -> RunResult:
+    """Drive `target` (host:port) with `spec` traffic; bounded by `duration_s`
+    and `events_max`. `rate` > 0 means open-loop at that many events/s, with
+    at most `inflight_max` calls out (0: 64 per caller). `progress` is "off",
+    "live" (a terminal) or "plain" (a line every `progress_interval_s`)."""
+    traffic = Traffic(spec)
+    shape = _Shape(mode, concurrency, batch, rate, inflight_max or 64 * concurrency, timeout_s)
+    stats = Stats(answer_memory=4 * (Traffic.REDELIVERY_WINDOW + shape.events_in_flight()))
+    budget = _Budget(events_max, duration_s)
+    # A local subchannel pool per channel: otherwise channels to one target
+    # share one TCP connection, and SO_REUSEPORT workers could not split it.
+    chans = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, channels))
+    ]
+    stubs = itertools.cycle([pb_grpc.PointsServiceStub(c) for c in chans])
+    stop = asyncio.Event()
+    progress_task = asyncio.create_task(_progress(stats, stop, progress, progress_interval_s, rate))
+    started = time.monotonic()
+    stats.start = started
+    try:
+        await _drive(shape, stubs, stats, traffic, budget)
     finally:
         elapsed = time.monotonic() - started
+        stats.flush(time.monotonic())
         stop.set()
         await progress_task
         for c in chans:
             await c.close()
-    return RunResult(mode, elapsed, stats, traffic, concurrency, batch, rate)
+    return RunResult(mode, elapsed, stats, traffic, concurrency, batch, rate, shape.inflight_max)
 
 
 async def _closed_loop(
@@ -395,14 +588,13 @@ async def _open_loop(
     calls: list[RpcCall],
     per_rpc: int,
     rate: float,
-    concurrency: int,
+    limit: int,
 ) -> None:
     """Send per_rpc events every per_rpc/rate seconds, whatever the answers do.
-    In-flight RPCs are bounded by 64 x concurrency; past that, arrivals are
-    counted as CLIENT_OVERLOADED instead of piling up without bound."""
+    In-flight RPCs are bounded by `limit`; past that, arrivals are dropped
+    and counted as CLIENT_OVERLOADED instead of piling up without bound."""
     interval = per_rpc / rate
     in_flight: set[asyncio.Task[None]] = set()
-    limit = 64 * concurrency
     start = time.monotonic()
     call_cycle = itertools.cycle(calls)
     for i in itertools.count():
@@ -415,7 +607,7 @@ async def _open_loop(
             break
         events = traffic.batch(n, _now_ms())
         if len(in_flight) >= limit:
-            stats.error("CLIENT_OVERLOADED", [], time.monotonic())
+            stats.error("CLIENT_OVERLOADED", events, time.monotonic(), sent=False)
             continue
         task = asyncio.create_task(_call(stats, events, next(call_cycle), t_sched))
         in_flight.add(task)
@@ -447,6 +639,7 @@ async def _stream_worker(
                     await asyncio.sleep(delay)
             event = traffic.next_event(_now_ms())
             sent.append((t_sched, event))
+            stats.sent += 1
             await call.write(event)
         await call.done_writing()
 
@@ -461,9 +654,23 @@ async def _stream_worker(
             stats.record((result,), (now - t_sched) * 1e6, now)
 
     try:
-        await asyncio.gather(writer(), reader())
+        await _both_or_neither(call, writer(), reader())
     except grpc.aio.AioRpcError as exc:
         stats.error(exc.code().name, [e for _, e in sent], time.monotonic())
+
+
+async def _both_or_neither(call: Any, *halves: Awaitable[None]) -> None:
+    """Run a stream's writer and reader; when one fails, cancel the call and
+    the other half, which would otherwise wait on a stream that is over."""
+    tasks = [asyncio.ensure_future(h) for h in halves]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        call.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -9,14 +9,23 @@
 
 Modes: unary (one RecordActivity per event, --concurrency callers), batch
 (RecordActivities of --batch events), stream (--concurrency open streams with
---batch events in flight each). --rate N sends N events/s open-loop; without
-it the run is closed-loop at maximum throughput. Every run is bounded by
---duration and --events.
+--batch events in flight each). --rate N sends N events/s open-loop (at most
+--inflight-max calls out; arrivals past that are dropped and counted as
+CLIENT_OVERLOADED); without it the run is closed-loop at maximum throughput.
+Every run is bounded by --duration and --events; every call by --timeout.
 
-At the end it prints events/s, outcomes, errors by status and latency
-percentiles (--json: one JSON line), draws --plot FILE.png, and checks its own
-work: once the outbox has drained, the points the server reported as awarded
-must equal the ledger rows of the run's users in PostgreSQL (exit 1 if not).
+While it runs it reports progress on stderr: a live line on a terminal, a
+plain line every --progress-interval seconds otherwise. At the end it prints
+events/s (achieved vs --rate), outcomes, errors by kind with what each kind
+means, and latency percentiles (--json: one JSON line), draws --plot FILE.png
+(throughput against the target, latency, errors per second), and checks its
+own work: once the outbox has drained, the points the server reported as
+awarded must equal the ledger rows of the run's users in PostgreSQL (events
+whose call failed are left out: the server may or may not have applied them).
+
+Exit status: 0 fine; 1 the ledger check failed; 3 errors / events attempted
+exceeded --max-error-rate (default 0.01); 2 bad arguments, or the load tools
+are not installed (`./scripts/install dev`).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,10 +48,33 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from pointsd.storage.postgres import migrate, sqlalchemy_url
-from scripts.loadgen import DEFAULT_MIX, RunResult, TrafficSpec, parse_mix, run_load
+
+# Imported before anything of the `loadtest` extra: it exits 2 with the
+# install command when those are missing.
+from scripts.loadgen import (
+    DEFAULT_MIX,
+    RunResult,
+    TrafficSpec,
+    explain_error,
+    parse_mix,
+    run_load,
+)
 from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
 
-__all__ = ["RssSampler", "ledger_points", "main", "resolve_servers", "wait_for_ledger"]
+__all__ = [
+    "EXIT_ERRORS",
+    "EXIT_LEDGER",
+    "RssSampler",
+    "ledger_points",
+    "main",
+    "plot",
+    "plot_title",
+    "resolve_servers",
+    "wait_for_ledger",
+]
+
+EXIT_LEDGER = 1  # the ledger does not hold what the server said it awarded
+EXIT_ERRORS = 3  # more errors than --max-error-rate allows
 
 
 def resolve_servers(data_dir: Path, redis: bool = True) -> tuple[str, str, list[Any]]:
@@ -63,37 +95,53 @@ def resolve_servers(data_dir: Path, redis: bool = True) -> tuple[str, str, list[
     return redis_url, database_url, started
 
 
-def ledger_points(database_url: str, tenants: list[str], run_id: str) -> tuple[int, int]:
-    """(sum of points, rows) of the run's users."""
+_LEDGER_SQL = text(
+    "SELECT COALESCE(SUM(points) FILTER (WHERE NOT event_id = ANY(:x)), 0), "
+    "COUNT(*) FILTER (WHERE NOT event_id = ANY(:x)), "
+    "COALESCE(SUM(points) FILTER (WHERE event_id = ANY(:x)), 0) "
+    "FROM ledger_entries WHERE tenant_id = ANY(:t) AND user_id LIKE :p"
+)
+
+
+def ledger_points(
+    database_url: str, tenants: list[str], run_id: str, in_doubt: Collection[str] = ()
+) -> tuple[int, int, int]:
+    """(sum of points, rows) of the run's users, leaving out the events in
+    `in_doubt`, and the sum of points of those."""
     engine = create_engine(sqlalchemy_url(database_url), pool_pre_ping=True)
     try:
         with engine.connect() as conn:
             row = conn.execute(
-                text(
-                    "SELECT COALESCE(SUM(points), 0), COUNT(*) FROM ledger_entries "
-                    "WHERE tenant_id = ANY(:t) AND user_id LIKE :p"
-                ),
-                {"t": tenants, "p": f"{run_id}-u%"},
+                _LEDGER_SQL, {"t": tenants, "p": f"{run_id}-u%", "x": list(in_doubt)}
             ).one()
-            return int(row[0]), int(row[1])
+            return int(row[0]), int(row[1]), int(row[2])
     finally:
         engine.dispose()
 
 
 def wait_for_ledger(
-    database_url: str, tenants: list[str], run_id: str, expected: int, timeout_s: float
+    database_url: str,
+    tenants: list[str],
+    run_id: str,
+    expected: int,
+    timeout_s: float,
+    in_doubt: Collection[str] = (),
 ) -> dict[str, Any]:
     """Poll the ledger until the run's points arrive (the flusher drains the
-    outbox in the background) or the timeout passes."""
+    outbox in the background) or the timeout passes. Events in `in_doubt`
+    (sent in a call that failed) are not compared: their points may or may
+    not be there, and are reported apart."""
     start = time.monotonic()
-    points, rows = ledger_points(database_url, tenants, run_id)
+    points, rows, doubtful = ledger_points(database_url, tenants, run_id, in_doubt)
     while points != expected and time.monotonic() - start < timeout_s:
         time.sleep(0.5)
-        points, rows = ledger_points(database_url, tenants, run_id)
+        points, rows, doubtful = ledger_points(database_url, tenants, run_id, in_doubt)
     return {
         "awarded_points": expected,
         "ledger_points": points,
         "ledger_rows": rows,
+        "in_doubt_events": len(in_doubt),
+        "in_doubt_ledger_points": doubtful,
         "drain_s": round(time.monotonic() - start, 2),
         "ok": points == expected,
     }
@@ -171,27 +219,66 @@ def spawned_server(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def plot(result: RunResult, path: Path, title: str) -> None:
+def plot_title(summary: dict[str, Any]) -> str:
+    """Achieved vs target rate and the errors, so a figure cannot hide them."""
+    title = f"{summary['mode']}: {summary['achieved_rate']:,.0f} events/s"
+    target = summary.get("target_rate")
+    if target:
+        title += f" of {target:,.0f} target ({summary['achieved_rate'] / target:.0%})"
+    errors = sum(summary["errors"].values())
+    title += f", {errors:,} errors" if errors else ", no errors"
+    if errors:
+        title += f" ({summary['error_rate']:.1%} of {summary['attempted']:,} attempted)"
+    return title
+
+
+def plot(result: RunResult, path: Path) -> str:
+    """Answered events/s against the target, latency, and errors per second
+    by kind; returns the title, which is also the PNG's Title text."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    title = plot_title(result.summary())
     tl = result.stats.timeline
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    ax1.plot([p["t"] for p in tl], [p["events"] for p in tl], color="tab:blue")
+    t = [p["t"] for p in tl]
+    # Markers, so a run of a few seconds still shows its points.
+    mark = {"marker": "."} if len(tl) < 30 else {}
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    ax1.plot(t, [p["events"] for p in tl], color="tab:blue", label="answered", **mark)
+    if result.rate:
+        ax1.axhline(result.rate, color="tab:gray", linestyle="--", label="target (--rate)")
     ax1.set_ylabel("events/s")
     ax1.set_title(title)
+    ax1.legend(loc="lower right")
     ax1.grid(alpha=0.3)
-    ax2.plot([p["t"] for p in tl], [p["p50_ms"] for p in tl], label="p50")
-    ax2.plot([p["t"] for p in tl], [p["p99_ms"] for p in tl], label="p99")
+    ax2.plot(t, [p["p50_ms"] for p in tl], label="p50", **mark)
+    ax2.plot(t, [p["p99_ms"] for p in tl], label="p99", **mark)
     ax2.set_ylabel("latency per RPC (ms)")
-    ax2.set_xlabel("seconds")
     ax2.legend()
     ax2.grid(alpha=0.3)
+    _plot_errors(ax3, tl, sorted(result.stats.errors), mark)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Title": title})
     plt.close(fig)
+    return title
+
+
+def _plot_errors(
+    ax: Any, timeline: list[dict[str, Any]], kinds: list[str], mark: dict[str, str]
+) -> None:
+    t = [p["t"] for p in timeline]
+    for kind in kinds:
+        ax.plot(t, [p["errors_by_kind"].get(kind, 0) for p in timeline], label=kind, **mark)
+    if kinds:
+        ax.legend()
+    else:
+        ax.plot(t, [0] * len(t), color="tab:green")
+        ax.text(0.5, 0.5, "no errors", transform=ax.transAxes, ha="center", va="center")
+    ax.set_ylabel("errors/s (events)")
+    ax.set_xlabel("seconds")
+    ax.grid(alpha=0.3)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +308,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="events per RecordActivities; events in flight per stream",
     )
     p.add_argument("--rate", type=float, default=0.0, help="open-loop events/s (0 = max)")
+    p.add_argument(
+        "--inflight-max",
+        type=int,
+        default=0,
+        help="open loop: calls in flight before arrivals are dropped as CLIENT_OVERLOADED "
+        "(default 64 per caller)",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, seconds")
+    p.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help=f"exit {EXIT_ERRORS} when errors / events attempted exceed this (default 0.01)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        help="seconds between progress lines when stderr is not a terminal (0: none)",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds (bound)")
     p.add_argument("--events", type=int, default=5_000_000, help="events (bound)")
     p.add_argument("--users", type=int, default=10_000, help="users per run")
@@ -264,8 +372,21 @@ async def _drive(ns: argparse.Namespace, target: str, spec: TrafficSpec) -> RunR
         duration_s=ns.duration,
         events_max=ns.events,
         channels=ns.channels,
-        progress=not ns.json and sys.stderr.isatty(),
+        progress=_progress_mode(ns),
+        progress_interval_s=ns.progress_interval,
+        timeout_s=ns.timeout,
+        inflight_max=ns.inflight_max,
     )
+
+
+def _progress_mode(ns: argparse.Namespace) -> str:
+    """A live line on a terminal; plain lines in a pipe or CI log, where a
+    silent run cannot be told from a hung one."""
+    if ns.progress_interval <= 0:
+        return "off"
+    if sys.stderr.isatty():
+        return "off" if ns.json else "live"
+    return "plain"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,9 +438,7 @@ def _run_spawned(
         summary = result.summary()
         summary["server_memory"] = rss.summary()
         if not ns.no_check:
-            summary["self_check"] = wait_for_ledger(
-                database_url, tenants, run_id, result.stats.awarded_points, ns.drain_timeout
-            )
+            summary["self_check"] = _check(ns, database_url, tenants, run_id, result)
     return result, summary
 
 
@@ -340,6 +459,15 @@ def _run_against_target(
     return result, summary
 
 
+def _check(
+    ns: argparse.Namespace, database_url: str, tenants: list[str], run_id: str, result: RunResult
+) -> dict[str, Any]:
+    stats = result.stats
+    return wait_for_ledger(
+        database_url, tenants, run_id, stats.awarded_points, ns.drain_timeout, stats.in_doubt
+    )
+
+
 def _check_target_ledger(
     ns: argparse.Namespace, tenants: list[str], run_id: str, result: RunResult
 ) -> dict[str, Any]:
@@ -348,9 +476,7 @@ def _check_target_ledger(
     if not database_url:
         _, database_url, started = resolve_servers(ns.data_dir, redis=False)
     try:
-        return wait_for_ledger(
-            database_url, tenants, run_id, result.stats.awarded_points, ns.drain_timeout
-        )
+        return _check(ns, database_url, tenants, run_id, result)
     finally:
         for server in started:
             if server.owned:
@@ -359,40 +485,89 @@ def _check_target_ledger(
 
 def _report(ns: argparse.Namespace, result: RunResult, summary: dict[str, Any], run_id: str) -> int:
     summary["run_id"] = run_id
+    summary["max_error_rate"] = ns.max_error_rate
     if ns.plot:
-        plot(result, ns.plot, f"{ns.mode}: {summary['events_per_s']:,.0f} events/s")
+        plot(result, ns.plot)
         summary["plot"] = str(ns.plot)
+    code = _exit_code(summary, ns.max_error_rate)
+    summary["exit"] = code
     if ns.json:
         print(json.dumps(summary, separators=(",", ":")))
     else:
         _print_human(summary)
+    return code
+
+
+def _exit_code(summary: dict[str, Any], max_error_rate: float) -> int:
+    """A lost point outranks a noisy run: the ledger check's 1 comes first."""
     check = summary.get("self_check")
-    return 1 if check is not None and not check["ok"] else 0
+    if check is not None and not check["ok"]:
+        return EXIT_LEDGER
+    if summary["error_rate"] > max_error_rate:
+        return EXIT_ERRORS
+    return 0
 
 
 def _print_human(s: dict[str, Any]) -> None:
     lat = s["latency_ms"]
     print(f"mode {s['mode']}  concurrency {s['concurrency']}  duration {s['duration_s']} s")
+    rate = f"{s['achieved_rate']:,.0f} events/s"
+    if s["target_rate"]:
+        rate += f" of {s['target_rate']:,.0f} target ({s['achieved_rate'] / s['target_rate']:.0%})"
     print(
-        f"events {s['events']:,}  ->  {s['events_per_s']:,.0f} events/s "
+        f"events {s['events']:,} answered of {s['attempted']:,} attempted  ->  {rate} "
         f"({s['rpcs_per_s']:,.0f} RPCs/s)"
     )
-    print("outcomes " + "  ".join(f"{k} {v:,}" for k, v in sorted(s["outcomes"].items())))
-    print("errors   " + ("  ".join(f"{k} {v:,}" for k, v in s["errors"].items()) or "none"))
-    print("latency per RPC (ms)  " + "  ".join(f"{k} {v:.2f}" for k, v in lat.items()))
+    outcomes = "  ".join(f"{k} {v:,}" for k, v in sorted(s["outcomes"].items()))
+    print("outcomes " + (outcomes or "none: no call was answered"))
+    _print_errors(s)
+    if s["rpcs"]:
+        print("latency per RPC (ms)  " + "  ".join(f"{k} {v:.2f}" for k, v in lat.items()))
     if s.get("server_memory"):
         m = s["server_memory"]
         print(
             f"server RSS {m['rss_mb_start']} -> {m['rss_mb_end']} MB ({m['rss_growth_pct']:+.1f}%)"
         )
     if "self_check" in s:
-        c = s["self_check"]
-        verdict = "OK" if c["ok"] else "MISMATCH"
+        _print_check(s["self_check"])
+    if s["exit"]:
+        print(f"exit {s['exit']}: " + _verdict(s))
+
+
+def _print_errors(s: dict[str, Any]) -> None:
+    errors: dict[str, int] = s["errors"]
+    if not errors:
+        print("errors   none")
+        return
+    total = sum(errors.values())
+    print(
+        f"errors   {total:,} events, {s['error_rate']:.2%} of those attempted "
+        f"(--max-error-rate {s['max_error_rate']:.2%}):"
+    )
+    width = max(len(k) for k in errors)
+    for kind, n in sorted(errors.items(), key=lambda kv: -kv[1]):
+        calls = s["failed_calls"].get(kind, n)
+        print(f"  {kind:<{width}} {n:>10,} events in {calls:,} calls: {explain_error(kind)}")
+
+
+def _print_check(c: dict[str, Any]) -> None:
+    verdict = "OK" if c["ok"] else "MISMATCH"
+    print(
+        f"self-check {verdict}: awarded {c['awarded_points']:,} points, ledger "
+        f"{c['ledger_points']:,} points in {c['ledger_rows']:,} rows "
+        f"(drained in {c['drain_s']} s)"
+    )
+    if c["in_doubt_events"]:
         print(
-            f"self-check {verdict}: awarded {c['awarded_points']:,} points, ledger "
-            f"{c['ledger_points']:,} points in {c['ledger_rows']:,} rows "
-            f"(drained in {c['drain_s']} s)"
+            f"           not compared: {c['in_doubt_events']:,} events of failed calls, "
+            f"{c['in_doubt_ledger_points']:,} points of them in the ledger"
         )
+
+
+def _verdict(s: dict[str, Any]) -> str:
+    if s["exit"] == EXIT_LEDGER:
+        return "the ledger does not hold the points the server awarded"
+    return f"error rate {s['error_rate']:.2%} is over --max-error-rate {s['max_error_rate']:.2%}"
 
 
 if __name__ == "__main__":

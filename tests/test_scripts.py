@@ -1,18 +1,29 @@
-"""Smoke runs of the load test and the benchmark, so they cannot rot. They
-assert the scripts work and check their own results, never timings."""
+"""Smoke runs of the load test, the benchmarks and the k6 cross-check, so
+they cannot rot, and the load reports' honesty: errors explained and counted
+against --max-error-rate, progress without a terminal, plots that show errors
+and the target, one line instead of a traceback without the load tools.
+They assert the scripts work and check their own results, never timings."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
-from scripts.procs import ROOT
+from scripts.crosscheck import find_k6
+from scripts.loadgen import ERROR_KINDS, INSTALL_HINT, TrafficSpec, run_load
+from scripts.loadtest import EXIT_ERRORS, plot
+from scripts.procs import ROOT, free_port
 from tests.conftest import Servers
+
+_PROGRESS = re.compile(r"^\[\s*\d+\.\ds\] sent [\d,]+ answered [\d,]+ .* errors [\d,]+", re.M)
 
 
 def _env(servers: Servers) -> dict[str, str]:
@@ -156,3 +167,171 @@ def test_board_bench_runs(servers: Servers) -> None:
         "rank10_unsharded",
     }
     assert all(r["queries"] > 0 and r["errors"] == 0 for r in report["results"].values())
+
+
+def _loadtest(args: list[str], env: dict[str, str], timeout: float = 180) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.loadtest", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_every_error_kind_the_generator_produces_is_explained() -> None:
+    # A failed call counts as its status code's name; the generator's own
+    # kinds are the literal ones it passes to Stats.error.
+    produced = {code.name for code in grpc.StatusCode}
+    source = (ROOT / "scripts" / "loadgen.py").read_text()
+    produced |= set(re.findall(r'stats\.error\(\s*"([A-Z_]+)"', source))
+    assert "CLIENT_OVERLOADED" in produced
+    assert produced <= set(ERROR_KINDS)
+    assert all(len(text) > 20 for text in ERROR_KINDS.values())
+
+
+def test_errors_over_max_error_rate_exit_3_with_meanings_and_progress() -> None:
+    """Nothing listens on the target: every call fails UNAVAILABLE, for real."""
+    args = ["--target", f"127.0.0.1:{free_port()}", "--mode", "unary", "--concurrency", "2"]
+    args += ["--duration", "1.5", "--no-check", "--progress-interval", "0.4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = _loadtest([*args, "--json"], env, timeout=60)
+    assert done.returncode == EXIT_ERRORS == 3, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["events"] == 0 and summary["errors"]["UNAVAILABLE"] > 0
+    assert summary["attempted"] == summary["errors"]["UNAVAILABLE"]
+    assert summary["error_rate"] == 1.0 and summary["achieved_rate"] == 0
+    assert summary["error_meanings"]["UNAVAILABLE"] == ERROR_KINDS["UNAVAILABLE"]
+    # stderr is a pipe: plain progress lines, not a rewritten one.
+    lines = _PROGRESS.findall(done.stderr)
+    assert len(lines) >= 2 and "\r" not in done.stderr, done.stderr
+    assert "UNAVAILABLE" in done.stderr
+    # The same run tolerated, and in words for a human.
+    done = _loadtest([*args, "--max-error-rate", "1"], env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "UNAVAILABLE" in done.stdout and ERROR_KINDS["UNAVAILABLE"] in done.stdout
+
+
+async def test_plot_draws_errors_and_the_target(tmp_path: Path) -> None:
+    spec = TrafficSpec(tenants=["none"], users=50, run_id="plot")
+    result = await run_load(
+        f"127.0.0.1:{free_port()}", spec, mode="unary", rate=300, concurrency=2, duration_s=2.2
+    )
+    assert result.stats.timeline and sum(p["errors"] for p in result.stats.timeline) > 0
+    path = tmp_path / "run.png"
+    title = plot(result, path)
+    assert path.stat().st_size > 10_000
+    assert "of 300 target" in title and f"{result.stats.error_count:,} errors" in title
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.text["Title"] == title  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("module", "hidden"),
+    [
+        ("scripts.loadtest", "hdrh"),
+        ("scripts.loadtest", "matplotlib"),
+        ("scripts.bench", "psycopg_pool"),
+        ("scripts.bench_boards", "hdrh"),
+        ("scripts.crosscheck", "psutil"),
+    ],
+)
+def test_without_the_load_tools_the_scripts_say_how_to_install_them(
+    module: str, hidden: str
+) -> None:
+    # As after `scripts/install` without `dev`: the module cannot be imported.
+    code = (
+        f"import runpy, sys; sys.modules[{hidden!r}] = None; sys.argv = ['x']; "
+        f"runpy.run_module({module!r}, run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [f"{INSTALL_HINT} (missing: {hidden})"]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_open_loop_past_its_inflight_cap_reports_client_overload(
+    servers: Servers, tmp_path: Path
+) -> None:
+    """One call in flight at most, 1,500 arrivals/s: the generator drops
+    arrivals itself; the ledger check still passes, the error rate fails."""
+    plot_path = tmp_path / "over.png"
+    overload = ["--rate", "1500", "--inflight-max", "1", "--concurrency", "1"]
+    run = ["--spawn", "--tenants", "1", "--mode", "unary", "--duration", "2.5", "--users", "500"]
+    output = ["--json", "--progress-interval", "0.5", "--plot", str(plot_path)]
+    done = _loadtest([*run, *overload, *output], _env(servers))
+    assert done.returncode == EXIT_ERRORS, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["target_rate"] == 1500 and summary["inflight_max"] == 1
+    assert set(summary["errors"]) == {"CLIENT_OVERLOADED"}, summary["errors"]
+    assert summary["events"] > 0 and summary["achieved_rate"] < 1500
+    assert summary["sent"] == summary["events"]  # dropped ones were never sent
+    assert summary["attempted"] == summary["events"] + summary["errors"]["CLIENT_OVERLOADED"]
+    assert summary["in_doubt"] == 0 and summary["self_check"]["ok"], summary["self_check"]
+    assert _PROGRESS.search(done.stderr) and "target 1,500" in done.stderr
+    assert plot_path.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_calls_past_their_deadline_are_left_out_of_the_ledger_check(servers: Servers) -> None:
+    """A 25 ms deadline under 16 callers (about their median latency here):
+    some calls answer, some fail DEADLINE_EXCEEDED after the server may have
+    applied them. The check compares the answered events exactly and reports
+    the others apart."""
+    run = ["--spawn", "--tenants", "2", "--mode", "unary", "--duration", "2.5", "--users", "500"]
+    done = _loadtest([*run, "--concurrency", "16", "--timeout", "0.025", "--json"], _env(servers))
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["errors"].get("DEADLINE_EXCEEDED", 0) > 0, summary["errors"]
+    assert summary["awarded_points"] > 0, summary
+    check = summary["self_check"]
+    assert check["ok"], check
+    assert check["in_doubt_events"] == summary["in_doubt"] > 0
+    assert done.returncode == (EXIT_ERRORS if summary["error_rate"] > 0.01 else 0)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_crosscheck_runs_loadgen_and_k6_against_one_server(servers: Servers) -> None:
+    assert find_k6() is not None, "k6 is missing: the dev install has the `k6` package"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.crosscheck",
+            "--callers",
+            "4",
+            "--duration",
+            "2",
+            "--users",
+            "500",
+        ],
+        env=_env(servers),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    for tool in ("loadgen", "k6"):
+        row = report[tool]
+        assert row["events"] > 0 and row["events_per_s"] > 0, tool
+        assert row["errors"] == {}, (tool, row["errors"])
+        assert set(row["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}, tool
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] <= row["latency_ms"]["max"]
+        assert row["client_cpu_s"] > 0 and row["server_cpu_s"] > 0, tool
+    assert report["k6"]["tool"].startswith("k6 ")
+    assert report["k6_vs_loadgen_events_per_s"] > 0
