@@ -83,7 +83,7 @@ def test_the_field_lists_of_this_test_cover_every_field() -> None:
     # Guards the tables above: a new field must be classified here.
     covered = set(INT_FIELDS) | set(FLOAT_FIELDS) | set(BOOL_FIELDS)
     others = {"listen", "redis_url", "database_url", "data_dir", "rules_file", "redis_prefix"}
-    others.update({"log_level", "flusher", "clock_start"})
+    others.update({"log_level", "log_format", "flusher", "clock_start"})
     assert covered | others == set(FIELDS)
     assert set(POSITIVE) <= set(INT_FIELDS)
 
@@ -137,6 +137,7 @@ _STRING_SAMPLES: dict[str, tuple[str, Any]] = {
     "data_dir": ("/var/lib/pointsd", Path("/var/lib/pointsd")),
     "flusher": ("inline", "inline"),
     "log_level": ("debug", "debug"),
+    "log_format": ("json", "json"),
     "clock_start": ("2027-01-01T12:00:00+08:00", "2027-01-01T12:00:00+08:00"),
     "redis_url": ("redis://cache:6379/2", "redis://cache:6379/2"),
     "database_url": ("postgresql://points@db/points", "postgresql://points@db/points"),

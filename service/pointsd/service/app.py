@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pointsd.service.clock import Clock, system_clock
 from pointsd.service.config import Settings
 from pointsd.service.ingest import Ingestor
-from pointsd.service.metrics import observe_flush
+from pointsd.service.metrics import FlushMeter, observe_award_round_trip
 from pointsd.service.redeem import Redemptions
 from pointsd.service.rules import RuleBook, RulesEngine, load_rule_book
 from pointsd.service.tokens import PageTokens
@@ -133,6 +133,7 @@ class App:
             db_pool_size=settings.db_pool_size,
             db_timeout_s=settings.db_timeout_s,
         )
+        stores.awards.observer = observe_award_round_trip
         retention_s = settings.event_max_age_s + settings.event_future_skew_s
         engine = RulesEngine(
             rules, state_retention_s=retention_s, dedup_retention_s=retention_s + _DEDUP_MARGIN_S
@@ -155,7 +156,7 @@ class App:
             interval_ms=settings.flush_interval_ms,
             claim_idle_ms=settings.flush_claim_idle_ms,
             backoff_max_ms=settings.flush_backoff_max_ms,
-            on_batch=observe_flush,
+            observer=FlushMeter(),
             clock=clock,
         )
         return cls(

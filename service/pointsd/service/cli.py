@@ -37,22 +37,13 @@ from typing import Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from pointsd.service.config import ConfigError, Settings
+from pointsd.service.logs import setup_logging
 from pointsd.service.startup import ExitCode, describe_rule_error, explain
 from pointsd.service.supervisor import die_with_supervisor
 
 __all__ = ["main"]
 
 log = logging.getLogger("pointsd")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # pgserver logs every command it runs at INFO.
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -85,9 +76,10 @@ async def _flush(settings: Settings, drain: bool) -> int:
     from pointsd.service.server import SHUTDOWN_GIVE_UP_S
 
     if not drain:
+        from pointsd.service.metrics import FLUSHER
         from pointsd.service.server import start_metrics
 
-        start_metrics(settings)
+        start_metrics(settings, [FLUSHER])
     app = await App.open(settings)
     try:
         if drain:
@@ -101,7 +93,13 @@ async def _flush(settings: Settings, drain: bool) -> int:
         if _early_stop.is_set():
             stop.set()
         # The flusher process also records the winners of closed periods.
-        await asyncio.gather(app.flusher.run(stop), app.winners_recorder().run(stop))
+        from pointsd.service.metrics import watch_outbox
+
+        await asyncio.gather(
+            app.flusher.run(stop),
+            app.winners_recorder().run(stop),
+            watch_outbox(app.stores.outbox, app.shards, stop),
+        )
         drained = await app.flusher.drain(
             settings.shutdown_grace_s, unreachable_s=SHUTDOWN_GIVE_UP_S
         )
@@ -328,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         return _dispatch(parser, ns, settings)
     except BrokenPipeError:

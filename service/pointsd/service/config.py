@@ -85,6 +85,8 @@ class Settings:
     # Prometheus metrics on this port; 0 = off.
     metrics_port: int = 0
     log_level: str = "INFO"
+    # "text" lines or "json" objects, one a line (service/pointsd/service/logs.py).
+    log_format: str = "text"
     # For tests, demos and simulations only: the service clock starts at this
     # instant (ISO-8601 with a UTC offset) and runs at real speed. Empty = the
     # system clock.
@@ -138,6 +140,8 @@ class Settings:
             raise ConfigError(
                 f"POINTS_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
             )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"POINTS_LOG_FORMAT: must be text or json, got {self.log_format!r}")
         self._check_ports()
         self._check_urls()
         if self.event_future_skew_s < 0 or self.outbox_entries_max < 0:

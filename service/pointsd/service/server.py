@@ -28,7 +28,7 @@ from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.app import App, resolve_urls
 from pointsd.service.clock import Clock, child_clock_env
 from pointsd.service.config import Settings
-from pointsd.service.metrics import OUTBOX_BACKLOG, serve_metrics
+from pointsd.service.metrics import roles_of, serve_metrics, watch_outbox
 from pointsd.service.servicer import PointsServicer
 from pointsd.service.startup import diagnose_listen, probe_listen
 from pointsd.service.supervisor import Child, ChildFailed
@@ -108,8 +108,6 @@ async def _watch_health(app: App, servicer: health.aio.HealthServicer, stop: asy
                 log.warning("redis %s", "reachable again" if ok else "unreachable: NOT_SERVING")
             serving = ok
         with contextlib.suppress(Exception):
-            OUTBOX_BACKLOG.set(await app.stores.outbox.backlog(app.shards()))
-        with contextlib.suppress(Exception):
             await app.tokens.refresh()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _HEALTH_INTERVAL_S)
@@ -166,7 +164,12 @@ async def start_server(
     children: list[asyncio.Task[None]] = []
     if settings.flusher == "inline":
         flusher_task = asyncio.create_task(
-            _gather(app.flusher.run(stop_flusher), app.winners_recorder().run(stop_flusher))
+            _gather(
+                app.flusher.run(stop_flusher),
+                app.winners_recorder().run(stop_flusher),
+                # The flusher role owns the outbox lengths (docs/metrics.md).
+                watch_outbox(app.stores.outbox, app.shards, stop_flusher),
+            )
         )
     elif settings.flusher == "process" and flusher_child:
         env = child_env(app.settings, app.redis_url, app.database_url, app.clock)
@@ -196,13 +199,14 @@ def child_env(
     return env
 
 
-def start_metrics(settings: Settings) -> None:
-    """Serve POINTS_METRICS_PORT (if set) on the host gRPC listens on."""
+def start_metrics(settings: Settings, roles: Sequence[str]) -> None:
+    """Serve the metrics of this process's `roles` ("server", "flusher") on
+    POINTS_METRICS_PORT (if set), on the host gRPC listens on."""
     if not settings.metrics_port:
         return
     host = settings.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
     try:
-        serve_metrics(settings.metrics_port, host)
+        serve_metrics(settings.metrics_port, host, roles)
     except OSError as exc:
         raise diagnose_listen(f"{host}:{settings.metrics_port}", "POINTS_METRICS_PORT") from exc
 
@@ -218,7 +222,7 @@ async def serve(settings: Settings) -> None:
         await serve_workers(settings)
         return
     # Before anything else starts: a taken port must stop the start-up.
-    start_metrics(settings)
+    start_metrics(settings, roles_of(settings.flusher))
     app = await App.open(settings)
     try:
         running = await start_server(app, flusher_child=True)

@@ -31,8 +31,8 @@ from pointsd.service.convert import (
 from pointsd.service.domain import Outcome, Period
 from pointsd.service.errors import AlreadyExists, InvalidArgument, NotFound
 from pointsd.service.ingest import EventResult
-from pointsd.service.metrics import EVENTS
-from pointsd.service.rpc import Ctx, abort, unary
+from pointsd.service.metrics import EventMeter
+from pointsd.service.rpc import Ctx, abort, stream, unary
 from pointsd.service.validation import (
     InvalidField,
     check_id,
@@ -50,13 +50,15 @@ BOARD_OFFSET_MAX = 10_000
 BOARD_LIMIT_MAX = 1000
 NEIGHBOURS_MAX = 50
 WINNER_PAGE_MAX = 100
-# Resolved once: a labels() lookup per event costs more than the increment.
-_EVENTS_BY_OUTCOME = {o: EVENTS.labels(o.name) for o in Outcome}
 
 
 class PointsServicer(pb_grpc.PointsServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
+        # Actions no rule knows (caller input) are counted as one label value.
+        self._events = EventMeter(
+            a.key for t in app.rules.tenants.values() for a in t.actions.values()
+        )
 
     @unary
     async def ListRewards(
@@ -105,16 +107,15 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
     def _now_ms(self) -> int:
         return self.app.clock()
 
-    @staticmethod
-    def _count(results: list[EventResult]) -> None:
-        for r in results:
-            _EVENTS_BY_OUTCOME[r.outcome].inc()
+    def _count(self, actions: Sequence[str], results: list[EventResult]) -> None:
+        for action, result in zip(actions, results, strict=True):
+            self._events.count(action, result)
 
     @unary
     async def RecordActivity(self, request: pb.ActivityEvent, context: Ctx) -> pb.ActivityResult:
         event = event_from_pb(request, self._now_ms(), self.app.limits)
         results = await self.app.ingestor.record([event])
-        self._count(results)
+        self._count([event.action], results)
         result = results[0]
         if result.outcome is Outcome.REJECTED:
             if result.field == "event_id":
@@ -146,13 +147,14 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             except InvalidField as exc:
                 items.append(exc)
         results = await self.app.ingestor.record(items)
-        self._count(results)
+        self._count([m.action for m in messages], results)
         out = [result_to_pb(r) for r in results]
         for msg, r in zip(messages, out, strict=True):
             if not r.event_id:  # a rejected event keeps the id it was sent with
                 r.event_id = msg.event_id
         return out
 
+    @stream
     async def StreamActivities(
         self, request_iterator: AsyncIterator[pb.ActivityEvent], context: Ctx
     ) -> AsyncIterator[pb.ActivityResult]:

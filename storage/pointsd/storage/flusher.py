@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pointsd.storage.entries import LedgerRow, decode_entry
 from pointsd.storage.errors import LedgerDataError, StorageError, StorageUnavailable
@@ -24,7 +25,7 @@ from pointsd.storage.keys import Shard
 from pointsd.storage.postgres.ledger import Ledger
 from pointsd.storage.redis.outbox import Outbox, OutboxEntry
 
-__all__ = ["FlushStats", "Flusher"]
+__all__ = ["FlushObserver", "FlushStats", "Flusher"]
 
 log = logging.getLogger("pointsd.flusher")
 
@@ -45,6 +46,20 @@ class FlushStats:
     last_error: str = ""
 
 
+class FlushObserver(Protocol):
+    """Told what the flusher does (metrics; the service injects one)."""
+
+    def flushed(self, inserted: int, duplicates: int, lag_ms: Sequence[int]) -> None:
+        """A batch committed: rows new to the ledger, rows it had already,
+        and each row's recorded_at -> committed lag."""
+
+    def parked(self, reason: str, count: int) -> None:
+        """Entries parked in dead letters: "malformed", "refused", "conflict"."""
+
+    def failed(self, exc: StorageError) -> None:
+        """A flush attempt failed; it is retried."""
+
+
 class Flusher:
     def __init__(
         self,
@@ -56,7 +71,7 @@ class Flusher:
         interval_ms: int = 50,
         claim_idle_ms: int = 30_000,
         backoff_max_ms: int = 5_000,
-        on_batch: Callable[[FlushStats, Sequence[LedgerRow]], None] | None = None,
+        observer: FlushObserver | None = None,
         clock: Callable[[], int],
     ) -> None:
         self.outbox = outbox
@@ -66,7 +81,9 @@ class Flusher:
         self.interval_ms = interval_ms
         self.claim_idle_ms = claim_idle_ms
         self.backoff_max_ms = backoff_max_ms
-        self.on_batch = on_batch
+        self.observer = observer
+        # Keys of the batch in hand that clash with ledger rows (for metrics).
+        self._batch_conflict_keys: set[tuple[str, str]] = set()
         # The service clock (ms), which stamped recorded_at: lag is read on it.
         self.clock = clock
         self.stats = FlushStats()
@@ -164,6 +181,7 @@ class Flusher:
         if not entries:
             return 0
         rows, kept, dead = self._decode(entries)
+        malformed = len(dead)
         refused_keys = await self._write(rows, stop)
         if refused_keys is None:
             return 0  # stopping while the database is down: entries stay pending
@@ -173,7 +191,19 @@ class Flusher:
                     dead.append(entry)
         await self.outbox.ack(kept, dead)
         self.stats.entries_dead += len(dead)
+        if self.observer is not None and dead:
+            # Counted once parked: a failed ack re-delivers (and re-parks) them.
+            keys = refused_keys or set()
+            self._observe_parked(malformed, [r for r in rows if (r.tenant_id, r.entry_key) in keys])
         return len(entries)
+
+    def _observe_parked(self, malformed: int, parked: list[LedgerRow]) -> None:
+        assert self.observer is not None
+        clash = self._batch_conflict_keys
+        conflicts = sum((r.tenant_id, r.entry_key) in clash for r in parked)
+        self.observer.parked("malformed", malformed)
+        self.observer.parked("conflict", conflicts)
+        self.observer.parked("refused", len(parked) - conflicts)
 
     async def _next_batch(
         self, shards: list[Shard], claim_idle_ms: int | None
@@ -244,11 +274,13 @@ class Flusher:
         written = result.inserted
         self.stats.batches += 1
         self.stats.rows_written += written
-        self.stats.rows_redelivered += len(rows) - written - len(refused) - len(result.conflicts)
+        duplicates = len(rows) - written - len(refused) - len(result.conflicts)
+        self.stats.rows_redelivered += duplicates
         self.stats.failures = 0
         self.stats.lag_ms_last = [max(0, now_ms - r.recorded_at_ms) for r in rows]
-        if self.on_batch is not None:
-            self.on_batch(self.stats, rows)
+        self._batch_conflict_keys = {(r.tenant_id, r.entry_key) for r in result.conflicts}
+        if self.observer is not None:
+            self.observer.flushed(written, duplicates, self.stats.lag_ms_last)
         for row in refused:
             log.error("ledger refused entry %s of tenant %s: parked", row.entry_key, row.tenant_id)
         for row in result.conflicts:
@@ -277,6 +309,8 @@ class Flusher:
             self._failing_since = time.monotonic()
         self.stats.failures += 1
         self.stats.last_error = str(exc)
+        if self.observer is not None:
+            self.observer.failed(exc)
         level = logging.WARNING if self.stats.failures in (1, 10, 100) else logging.DEBUG
         log.log(level, "flush failed (attempt %d): %s", self.stats.failures, exc)
 

@@ -24,7 +24,12 @@ from pointsd.storage.redis.client import RedisClient
 from pointsd.storage.redis.codec import APPLY, RESTORE, CallEncoder, RestoreOp, decode_results
 from pointsd.storage.redis.scripts import Call, LuaScript
 
-__all__ = ["AwardStore", "RestoreOp"]
+__all__ = ["AwardObserver", "AwardStore", "RestoreOp"]
+
+# Told of each successful round trip: its seconds and the operations of each
+# of its award.lua calls (metrics; the service injects it: storage imports
+# nothing of the service).
+AwardObserver = Callable[[float, Sequence[int]], None]
 
 
 @dataclass(slots=True)
@@ -71,6 +76,7 @@ class AwardStore:
         self._last_request = 0.0
         self._busy = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.observer: AwardObserver | None = None
 
     async def start(self) -> None:
         await self.script.load(self.redis)
@@ -191,7 +197,10 @@ class AwardStore:
                     encoder.add(items[i])
                 calls.append(encoder.call())
                 call_ops.append(chunk)
+        started = time.perf_counter()
         replies = await self.script.run_many(self.redis, calls)
+        if self.observer is not None:
+            self.observer(time.perf_counter() - started, [len(c) for c in call_ops])
         results: list[CreditResult] = [None] * len(items)  # type: ignore[list-item]
         for chunk, reply in zip(call_ops, replies, strict=True):
             for i, result in zip(chunk, decode_results(reply), strict=True):
