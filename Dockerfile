@@ -1,31 +1,50 @@
 # syntax=docker/dockerfile:1
-# Build stage: regenerate the gRPC code from protos/ and build the wheel.
-FROM python:3.11-slim AS build
+# The base of both stages, pinned by digest so a rebuild gets the same
+# Python and Debian (python:3.11-slim, Python 3.11.15 on Debian trixie, the
+# multi-platform index of 2026-08-05; docs/deploying.md says where the digest
+# comes from and how to refresh it).
+FROM python:3.11-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff AS base
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONUNBUFFERED=1
+
+# Build stage: check that the committed gRPC code matches protos/ and build
+# the wheel. tests/test_containers.py replays these steps on the same files.
+FROM base AS build
 WORKDIR /src
+# The version of pyproject.toml's dev extra: protoc output differs by version.
 RUN pip install --no-cache-dir "grpcio-tools==1.85.1"
 COPY pyproject.toml README.md ./
 COPY protos protos
-COPY scripts scripts
+COPY scripts/__init__.py scripts/gen_protos.py scripts/
 COPY service service
 COPY storage storage
-RUN python -m scripts.gen_protos && python -m scripts.gen_protos --check
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+# gen_protos checks the client's copy of the generated code too.
+COPY client/pointsd_client client/pointsd_client
+# --check, not a regeneration: the image ships the code the tests ran with.
+RUN python -m scripts.gen_protos --check \
+    && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # Runtime stage: the locked dependencies and the service only, as a non-root user.
-FROM python:3.11-slim
-RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/pointsd pointsd
+FROM base AS runtime
+RUN groupadd --system --gid 10001 pointsd \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /var/lib/pointsd pointsd
 COPY requirements/runtime.lock /tmp/runtime.lock
 RUN pip install --no-cache-dir --require-hashes -r /tmp/runtime.lock && rm /tmp/runtime.lock
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
-USER pointsd
+# Numeric, so a runtime that checks "runs as non-root" needs no /etc/passwd.
+USER 10001:10001
 WORKDIR /var/lib/pointsd
 # Set REDIS_URL and DATABASE_URL for real servers; unset, the container runs
 # embedded ones in POINTS_DATA_DIR (mount a volume there to keep the data).
+# The metrics listen on the host of POINTS_LISTEN, so all interfaces here.
 ENV POINTS_LISTEN=0.0.0.0:50051 \
     POINTS_DATA_DIR=/var/lib/pointsd/data \
     POINTS_METRICS_PORT=9100
 EXPOSE 50051 9100
+# The gRPC health service of `pointsd serve`; the compose file gives the
+# flusher (no gRPC port) a check of its own.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s \
   CMD ["pointsd", "health", "--target", "127.0.0.1:50051"]
 ENTRYPOINT ["pointsd"]
