@@ -46,6 +46,6 @@ EXPOSE 50051 9100
 # The gRPC health service of `pointsd serve`; the compose file gives the
 # flusher (no gRPC port) a check of its own.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s \
-  CMD ["pointsd", "health", "--target", "127.0.0.1:50051"]
+  CMD ["pointsd", "health"]
 ENTRYPOINT ["pointsd"]
 CMD ["serve"]

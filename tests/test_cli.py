@@ -45,7 +45,7 @@ def test_rules_check(tmp_path: Path) -> None:
         "{like: {actor: {points: -1}}}}}\n"
     )
     out = run_cli(["rules", "check", str(bad)], dict(os.environ))
-    assert out.returncode == 1
+    assert out.returncode == 3  # ExitCode.RULES, as for every command
     assert "$.tenants[0].timezone: unknown IANA time zone 'Mars/Base'" in out.stdout
     assert "$.rule_sets.default.actions.like.actor.points" in out.stdout
 

@@ -307,9 +307,11 @@ async def test_a_replay_is_duplicate_with_the_first_result(points: PointsClient)
     again = await points.record(event_id="m-1", user_id="ann", action="file")
     assert (again.outcome, again.original_outcome) == (pb.DUPLICATE, pb.AWARDED)
     assert (again.points, again.balance) == (10, 10)
-    # Without an id, one is made before the first attempt and returned.
-    made = await points.record(user_id="ann", action="login")
+    # An event without an id gets one written into it before the first attempt.
+    unnamed = points.event(user_id="ann", action="login")
+    made = await points.record_activity(unnamed)
     assert made.outcome == pb.AWARDED and re.fullmatch(r"[0-9a-f]{32}", made.event_id)
+    assert unnamed.event_id == made.event_id
     replay = await points.record_activity(
         points.event(event_id=made.event_id, user_id="ann", action="login")
     )
@@ -321,7 +323,7 @@ async def test_a_lost_answer_is_retried_with_the_same_event_id(
     points: PointsClient, proxy: FaultProxy
 ) -> None:
     proxy.plan("RecordActivity", Fault(UNAVAILABLE, after=True))
-    result = await points.record(user_id="ann", action="file")  # the id is generated
+    result = await points.record_activity(points.event(user_id="ann", action="file"))
     sent = proxy.events("RecordActivity")
     assert len(sent) == 2 and sent[0] == sent[1]
     assert sent[0][0].event_id == result.event_id
@@ -645,7 +647,7 @@ async def test_the_blocking_client_retries_the_same_way(api: Api, proxy: FaultPr
 
     def work() -> tuple[pb.ActivityResult, list[pb.ActivityResult], pb.Balance]:
         with SyncPointsClient(f"127.0.0.1:{proxy.port}", tenant_id=api.tenant, retry=FAST) as c:
-            one = c.record(user_id="ann", action="file")
+            one = c.record_activity(c.event(user_id="ann", action="file"))
             many = c.record_many(
                 [c.event(event_id=f"s-{i}", user_id=f"s{i}", action="file") for i in range(15)],
                 batch_size=10,

@@ -153,8 +153,10 @@ def test_the_image_runs_as_a_numeric_non_root_user_and_checks_the_grpc_port() ->
     assert user.isdigit() and int(user) != 0
     health = _last("HEALTHCHECK").args
     command = json.loads(health[health.index("CMD") + 3 :].strip())
-    listen = _image_env()["POINTS_LISTEN"]
-    assert command == ["pointsd", "health", "--target", f"127.0.0.1:{_port(listen)}"]
+    # `pointsd health` probes POINTS_LISTEN (0.0.0.0 read as loopback), so a
+    # container started with another POINTS_LISTEN is still checked right.
+    assert command == ["pointsd", "health"]
+    assert _port(_image_env()["POINTS_LISTEN"]) > 0
     assert json.loads(_last("ENTRYPOINT").args) == ["pointsd"]
     assert json.loads(_last("CMD").args) == ["serve"]
 
@@ -481,7 +483,9 @@ def test_every_pointsd_health_check_probes_what_its_process_serves() -> None:
         assert not service["healthcheck"].get("disable"), name
         argv = _health_argv(service)
         if process.command == "serve":
-            assert argv == ["pointsd", "health", "--target", f"127.0.0.1:{process.listen_port}"]
+            # The port of the service's own POINTS_LISTEN (pointsd health's default).
+            assert argv == ["pointsd", "health"], name
+            assert process.listen_port > 0, name
         else:
             # `pointsd flush` serves no gRPC: its check reads the metrics port
             # (test_the_image_steps_... runs it against a live and a dead flusher).

@@ -173,3 +173,12 @@ def test_the_log_format_is_a_checked_setting() -> None:
         Settings.from_env({"POINTS_LOG_FORMAT": "xml"})
     with pytest.raises(ValueError, match="log format"):
         setup_logging("INFO", "xml")
+
+
+@pytest.mark.parametrize("given", ["abc def", "a=b", "x\nlevel=ERROR", "ü", "", "a" * 65], ids=repr)
+def test_a_request_id_that_could_forge_a_log_field_is_replaced(given: str) -> None:
+    from pointsd.service.logs import request_id_of
+
+    made = request_id_of([("x-request-id", given)])
+    assert made != given and len(made) == 16
+    assert request_id_of([("x-request-id", "req-42.a:b_c")]) == "req-42.a:b_c"

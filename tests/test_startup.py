@@ -118,7 +118,7 @@ def test_yaml_errors_name_the_file_line_and_column(tmp_path: Path) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_text("tenants:\n  - id: a\n   timezone: [\n")
     done = run_cli(["rules", "check", str(bad)], child_env("", "", bad, tmp_path))
-    assert done.returncode == 1
+    assert done.returncode == ExitCode.RULES
     assert f"{bad}:3:" in done.stdout and "not valid YAML" in done.stdout
     assert "<unicode string>" not in done.stdout
 
@@ -186,3 +186,13 @@ async def test_a_clash_with_the_ledger_says_what_is_known(
     assert "+7 points off the ledger" in said and "if Redis had lost that row, they agree" in said
     assert "reconcile will show" not in said
     assert rds.xlen(shard.dead_letters) == 1
+
+
+def test_an_unusable_data_folder_names_the_setting(env: dict[str, str], tmp_path: Path) -> None:
+    """Embedded servers in a POINTS_DATA_DIR that is a file: exit 7, one line
+    naming the folder and the setting, and a hint at servers of one's own."""
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file")
+    done = _serve(env, REDIS_URL="", DATABASE_URL="", POINTS_DATA_DIR=str(not_a_folder))
+    _assert_clear(done, ExitCode.EMBEDDED, "embedded redis cannot use", "POINTS_DATA_DIR")
+    assert "REDIS_URL and DATABASE_URL" in done.stderr

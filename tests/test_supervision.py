@@ -24,8 +24,6 @@ from scripts.procs import ServerProcess, free_port, run_cli
 from tests.conftest import new_tenant, server_data_dir
 from tests.helpers import child_env, ev, rules_file
 
-pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
-
 
 def _serving(target: str) -> bool:
     try:
@@ -83,6 +81,8 @@ def _start(tmp_path: Path, data: Path, tenant: str, **extra: str) -> ServerProce
     return server
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_embedded_servers_come_back_and_nothing_is_lost(tmp_path: Path) -> None:
     data = server_data_dir()
     tenant = new_tenant()
@@ -123,6 +123,8 @@ def test_killed_embedded_servers_come_back_and_nothing_is_lost(tmp_path: Path) -
     assert with_data.stdout.count("not running") == 2
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_sigterm_with_redis_down_does_not_wait_out_the_grace(tmp_path: Path) -> None:
     """The embedded Redis is stopped for good (its folder made unusable), so
     the supervisor cannot bring it back; SIGTERM must still end serve soon:
@@ -169,3 +171,23 @@ def test_sigterm_with_redis_down_does_not_wait_out_the_grace(tmp_path: Path) -> 
     # Well inside the 30 s grace: the drain gives up on an unreachable store.
     assert took < 20, took
     assert "giving up the drain" in server.log.read_text()
+
+
+@pytest.mark.usefixtures("servers")
+async def test_a_stale_failure_does_not_cut_the_last_drain_short(make_api, tenant: str) -> None:
+    """The run loop's failures from before the drain (a blip an hour ago,
+    a backoff cut short by SIGTERM) must not make the shutdown drain give
+    up on stores that answer now: it drains everything."""
+    from pointsd.storage.errors import StorageUnavailable
+
+    # Batches of 5: the drain takes several, time for a wrong give-up to bite.
+    api = await make_api([tenant], flusher="off", flush_batch_rows_max=5)
+    stub = api.stub
+    for i in range(20):
+        await stub.RecordActivity(ev(tenant, f"u{i}", "file"))
+    flusher = api.app.flusher
+    flusher._failed(StorageUnavailable("postgresql unavailable: an old blip", "postgresql"))
+    flusher._failing_since -= 3600
+    assert flusher.stats.failures == 1
+    assert await flusher.drain(30, unreachable_s=0.2)
+    assert await api.app.stores.outbox.backlog(api.app.shards()) == 0

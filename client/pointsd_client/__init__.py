@@ -13,6 +13,7 @@ from pointsd_client.client import DEFAULT_TIMEOUT_S, PointsClient, SyncPointsCli
 from pointsd_client.events import (
     BATCH_EVENTS_MAX,
     REQUEST_BYTES_MAX,
+    EventDetails,
     EventFields,
     chunk_events,
     ensure_event_id,
@@ -34,6 +35,7 @@ __all__ = [
     "RETRYABLE_CODES",
     "ActivityStream",
     "Batcher",
+    "EventDetails",
     "EventFields",
     "OnError",
     "PointsClient",

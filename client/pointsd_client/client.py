@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 from pointsd_client.events import (
     BATCH_EVENTS_MAX,
     REQUEST_BYTES_MAX,
+    EventDetails,
     EventFields,
     chunk_events,
     ensure_event_id,
@@ -252,15 +253,18 @@ class PointsClient(_Common):
     async def record(
         self,
         *,
+        event_id: str,
         user_id: str,
         action: str,
         timeout_s: float | None = None,
         retry: RetryPolicy | None = None,
-        **fields: Unpack[EventFields],
+        **fields: Unpack[EventDetails],
     ) -> pb.ActivityResult:
-        """Record one event given as keyword arguments; the result names its
-        `event_id` (the one given, or the one generated before the first attempt)."""
-        event = self.event(user_id=user_id, action=action, **fields)
+        """Record one event given as keyword arguments. `event_id` is required
+        here: after a failure the caller resends with that same id, which is
+        what makes a resend safe (`record_activity` takes an event into which
+        a generated id is written, for the caller to keep)."""
+        event = self.event(event_id=event_id, user_id=user_id, action=action, **fields)
         return await self._call(_RECORD, event, timeout_s, retry)
 
     async def record_many(
@@ -455,13 +459,15 @@ class SyncPointsClient(_Common):
     def record(
         self,
         *,
+        event_id: str,
         user_id: str,
         action: str,
         timeout_s: float | None = None,
         retry: RetryPolicy | None = None,
-        **fields: Unpack[EventFields],
+        **fields: Unpack[EventDetails],
     ) -> pb.ActivityResult:
-        event = self.event(user_id=user_id, action=action, **fields)
+        """As PointsClient.record: `event_id` required, so a resend is safe."""
+        event = self.event(event_id=event_id, user_id=user_id, action=action, **fields)
         return self._call(_RECORD, event, timeout_s, retry)
 
     def record_many(

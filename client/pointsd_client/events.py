@@ -14,6 +14,7 @@ from pointsd_client.v1 import points_pb2 as pb
 __all__ = [
     "BATCH_EVENTS_MAX",
     "REQUEST_BYTES_MAX",
+    "EventDetails",
     "EventFields",
     "chunk_events",
     "ensure_event_id",
@@ -29,17 +30,12 @@ BATCH_EVENTS_MAX = 1000
 REQUEST_BYTES_MAX = 4 * 1024 * 1024
 
 
-class EventFields(TypedDict, total=False):
-    """The optional fields of an ActivityEvent as keyword arguments (docs/api.md).
+class EventDetails(TypedDict, total=False):
+    """The optional fields of an ActivityEvent but its id, as keyword
+    arguments (docs/api.md). `occurred_at` unset means "when the server
+    receives it"; pass the message's own time when events may wait (a
+    batcher, retries through an outage)."""
 
-    `event_id` is the idempotency key (1-128 bytes, unique per tenant): pass
-    the id of what happened (the message id), so a redelivered message never
-    pays twice. Absent, a random one is generated once, before the first
-    attempt, and comes back in the result. `occurred_at` unset means "when
-    the server receives it"; pass the message's own time when events may wait
-    (a batcher, retries through an outage)."""
-
-    event_id: str
     tenant_id: str
     occurred_at: datetime | Timestamp
     target_user_id: str
@@ -47,6 +43,16 @@ class EventFields(TypedDict, total=False):
     department_id: str
     quantity: int
     attributes: Mapping[str, str]
+
+
+class EventFields(EventDetails, total=False):
+    """EventDetails and `event_id`, the idempotency key (1-128 bytes, unique
+    per tenant): pass the id of what happened (the message id), so a
+    redelivered message never pays twice. Absent, a random one is generated
+    once into the event, before the first attempt, so the event itself can be
+    resent."""
+
+    event_id: str
 
 
 def new_event_id() -> str:

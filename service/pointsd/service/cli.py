@@ -194,7 +194,7 @@ def _rules_check(path: str | None, default_shards: int) -> int:
         book = load_rule_book(Path(path) if path else None, default_shards=default_shards)
     except RuleError as exc:
         print(describe_rule_error(exc, path or ""))
-        return 1
+        return ExitCode.RULES
     for tenant in book.tenants.values():
         print(
             f"tenant {tenant.tenant_id}: {tenant.timezone.key}, {tenant.shards} shard(s), "
@@ -218,7 +218,7 @@ def _embedded(settings: Settings, command: str) -> int:
         "postgres": EmbeddedPostgres(settings.data_dir),
     }
     for name, server in servers.items():
-        pid = server.running_pid()
+        pid = server.process_pid()  # a Redis still loading its data runs too
         if command == "status":
             state = f"running (pid {pid})" if pid else "not running"
             print(f"embedded {name} in {server.dir}: {state}")
@@ -227,6 +227,9 @@ def _embedded(settings: Settings, command: str) -> int:
             print(f"embedded {name} (pid {pid}) stopped; its data stays in {server.dir}")
         else:
             print(f"embedded {name} in {server.dir}: not running")
+    if command == "stop":
+        # A serve still running on this folder starts them again within a second.
+        print("a pointsd serve running on this folder starts them again: stop it first")
     return 0
 
 

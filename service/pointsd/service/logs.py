@@ -1,8 +1,8 @@
 """Log set-up: POINTS_LOG_FORMAT=text (default) or json (one object a line),
 and the request id every log line of an RPC carries.
 
-The id comes from the caller's `x-request-id` metadata (at most 64 printable
-ASCII characters; anything else is replaced by a generated id), lives in a
+The id comes from the caller's `x-request-id` metadata (at most 64 letters,
+digits, ._:-; anything else is replaced by a generated id), lives in a
 ContextVar for the duration of the call (pointsd.service.rpc sets it), and is
 returned to the caller as trailing metadata.
 """
@@ -13,6 +13,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -44,8 +45,13 @@ def new_request_id() -> str:
     return os.urandom(8).hex()
 
 
+# Letters, digits and . _ : - only: a space or "=" would let a caller forge
+# fields in text log lines.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
+
+
 def _acceptable(value: str) -> bool:
-    return 0 < len(value) <= REQUEST_ID_MAX and all(" " <= ch <= "~" for ch in value)
+    return len(value) <= REQUEST_ID_MAX and _REQUEST_ID.fullmatch(value) is not None
 
 
 def request_id_of(metadata: Iterable[tuple[str, Any]] | None) -> str:

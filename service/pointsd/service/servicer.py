@@ -108,8 +108,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         return self.app.clock()
 
     def _count(self, actions: Sequence[str], results: list[EventResult]) -> None:
-        for action, result in zip(actions, results, strict=True):
-            self._events.count(action, result)
+        self._events.count(actions, results)
 
     @unary
     async def RecordActivity(self, request: pb.ActivityEvent, context: Ctx) -> pb.ActivityResult:

@@ -8,11 +8,16 @@ from __future__ import annotations
 import errno
 import socket
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from pointsd.service.config import ConfigError
-from pointsd.service.rules import RuleError
 from pointsd.storage.embedded import EmbeddedServerError
 from pointsd.storage.errors import StorageUnavailable
+
+if TYPE_CHECKING:
+    # Imported when needed: every CLI call (the container's health check
+    # every 10 s) imports this module, and the rules engine costs ~100 ms.
+    from pointsd.service.rules import RuleError
 
 __all__ = [
     "ExitCode",
@@ -103,6 +108,8 @@ def _unavailable(exc: StorageUnavailable) -> tuple[ExitCode, str]:
 def explain(exc: BaseException, rules_file: str = "") -> tuple[ExitCode, str] | None:
     """The exit code and message for a start-up failure a user can cause,
     or None for anything else (a bug: its traceback is the message)."""
+    from pointsd.service.rules import RuleError
+
     if isinstance(exc, ConfigError):
         return ExitCode.CONFIG, f"configuration error: {exc}"
     if isinstance(exc, RuleError):

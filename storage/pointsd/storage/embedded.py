@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -318,34 +319,74 @@ class EmbeddedPostgres:
 
 
 async def supervise(servers: list[EmbeddedRedis | EmbeddedPostgres], stop: asyncio.Event) -> None:
-    """Until `stop`: start again any of `servers` that died. A server that
-    fails to come back is retried with growing pauses; each step is logged."""
-    down: dict[int, int] = {}
+    """Until `stop`: start again any of `servers` that died, each watched on
+    its own (one that keeps failing never delays the others). A failed start
+    is retried with growing pauses; each step is logged."""
+    await asyncio.gather(*(_watch(server, stop) for server in servers))
+
+
+async def _watch(server: EmbeddedRedis | EmbeddedPostgres, stop: asyncio.Event) -> None:
+    attempt = 0
     while not stop.is_set():
-        for i, server in enumerate(servers):
-            if stop.is_set():
-                break
-            if server.process_pid() is not None:
-                down.pop(i, None)
-                continue
-            attempt = down.get(i, 0)
-            if attempt == 0:
-                log.error(
-                    "embedded %s in %s is not running: starting it again", _name(server), server.dir
-                )
-            try:
-                await asyncio.to_thread(_start_again, server)
-            except Exception as exc:  # whatever it is, the next attempt may succeed
-                pause = _RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)]
-                down[i] = attempt + 1
-                log.error("%s (attempt %d; next in %.0f s)", exc, attempt + 1, pause)
-                await _pause(stop, pause)
-                continue
-            down.pop(i, None)
-            log.warning(
-                "embedded %s is running again (pid %s)", _name(server), server.running_pid()
+        try:
+            alive = server.process_pid() is not None
+        except Exception:  # a pid file we cannot read: look again later
+            log.exception("cannot tell whether embedded %s runs", _name(server))
+            alive = True
+        if alive:
+            attempt = 0
+            await _pause(stop, _WATCH_INTERVAL_S)
+            continue
+        if attempt == 0:
+            log.error(
+                "embedded %s in %s is not running: starting it again", _name(server), server.dir
             )
-        await _pause(stop, _WATCH_INTERVAL_S)
+        error = await _start_in_background(server, stop)
+        if stop.is_set():
+            return  # a start still under way is left to finish on its own
+        if error is None:
+            attempt = 0
+            log.warning(
+                "embedded %s is running again (pid %s)", _name(server), server.process_pid()
+            )
+            continue
+        pause = _RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)]
+        attempt += 1
+        log.error("%s (attempt %d; next in %.0f s)", error, attempt, pause)
+        await _pause(stop, pause)
+
+
+async def _start_in_background(
+    server: EmbeddedRedis | EmbeddedPostgres, stop: asyncio.Event
+) -> BaseException | None:
+    """Start `server` in a daemon thread and wait for it or for `stop`,
+    whichever comes first: a shutdown never waits for a Redis reading its
+    AOF (minutes) or for pg_ctl, and the process may exit meanwhile (the
+    server then runs on, to be reused by the next start)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def settle(outcome: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(outcome)
+
+    def work() -> None:
+        outcome: BaseException | None = None
+        try:
+            _start_again(server)
+        except Exception as exc:  # whatever it is, the next attempt may succeed
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=work, name=f"restart-{_name(server)}", daemon=True).start()
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    settled: asyncio.Future[Any] = done
+    try:
+        await asyncio.wait([settled, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    return done.result() if done.done() else None
 
 
 def _name(server: EmbeddedRedis | EmbeddedPostgres) -> str:

@@ -14,20 +14,21 @@ __all__ = [
 
 
 class StorageError(Exception):
-    """A store failed in a way the caller cannot fix by changing the request."""
+    """A store failed in a way the caller cannot fix by changing the request.
+    `store` names the server ("redis" or "postgresql"; "" when neither), so
+    a start-up error and the metrics can say which."""
+
+    def __init__(self, message: str, store: str = "") -> None:
+        super().__init__(message)
+        self.store = store
 
 
 class StorageUnavailable(StorageError):
     """Redis or PostgreSQL could not be reached or timed out; retry later.
 
     For writes the outcome is unknown; every write here is idempotent, so the
-    caller retries the same request. `store` names the server that failed
-    ("redis" or "postgresql"), so a start-up error can say which to fix.
+    caller retries the same request.
     """
-
-    def __init__(self, message: str, store: str = "") -> None:
-        super().__init__(message)
-        self.store = store
 
 
 class LedgerDataError(StorageError):

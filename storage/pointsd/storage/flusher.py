@@ -91,6 +91,7 @@ class Flusher:
         self._next_claim = 0.0
         # Since when writes have failed in a row (valid while stats.failures > 0).
         self._failing_since = 0.0
+        self._last_failure_at = 0.0
         # One batch at a time: drain() and run() share this consumer's pending
         # entries and must not both write (and park) the same ones.
         self._batch_lock = asyncio.Lock()
@@ -155,8 +156,16 @@ class Flusher:
                 watch.cancel()
 
     async def _stop_when_unreachable(self, stop: asyncio.Event, seconds: float) -> None:
+        # Only failures of this drain count: the run loop may have left a
+        # stale count behind (a blip hours ago, or a backoff cut short).
+        started = time.monotonic()
         while not stop.is_set():
-            if self.stats.failures and time.monotonic() - self._failing_since >= seconds:
+            failing_since = max(self._failing_since, started)
+            if (
+                self.stats.failures
+                and self._last_failure_at >= started
+                and time.monotonic() - failing_since >= seconds
+            ):
                 log.warning(
                     "giving up the drain: %s for %.0f s; the outbox keeps the rest",
                     self.stats.last_error,
@@ -305,8 +314,9 @@ class Flusher:
         return {(r.tenant_id, r.entry_key) for r in [*refused, *result.conflicts]}
 
     def _failed(self, exc: StorageError) -> None:
+        self._last_failure_at = time.monotonic()
         if not self.stats.failures:
-            self._failing_since = time.monotonic()
+            self._failing_since = self._last_failure_at
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         if self.observer is not None:

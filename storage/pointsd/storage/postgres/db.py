@@ -37,8 +37,8 @@ def pg_errors(exc: BaseException) -> StorageError:
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             return StorageUnavailable(f"postgresql unavailable: {exc}", "postgresql")
         if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
-            return LedgerDataError(f"postgresql refused the data: {exc}")
-        return StorageError(f"postgresql error: {exc}")
+            return LedgerDataError(f"postgresql refused the data: {exc}", "postgresql")
+        return StorageError(f"postgresql error: {exc}", "postgresql")
     if isinstance(exc, saexc.DBAPIError) and exc.connection_invalidated:
         return StorageUnavailable(f"postgresql connection lost: {exc.orig}", "postgresql")
     if isinstance(exc, saexc.OperationalError | saexc.InterfaceError | OSError | TimeoutError):
@@ -46,5 +46,5 @@ def pg_errors(exc: BaseException) -> StorageError:
     if isinstance(exc, saexc.TimeoutError):
         return StorageUnavailable(f"postgresql pool timeout: {exc}", "postgresql")
     if isinstance(exc, saexc.DataError | saexc.IntegrityError):
-        return LedgerDataError(f"postgresql refused the data: {exc}")
-    return StorageError(f"postgresql error: {exc}")
+        return LedgerDataError(f"postgresql refused the data: {exc}", "postgresql")
+    return StorageError(f"postgresql error: {exc}", "postgresql")

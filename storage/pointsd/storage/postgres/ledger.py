@@ -219,7 +219,7 @@ class Ledger:
         except (ValueError, TypeError, OverflowError, OSError) as exc:
             # A row no table could hold: the content's fault, not an outage
             # (fromtimestamp raises OSError for far-off years).
-            raise LedgerDataError(f"a ledger row cannot be stored: {exc}") from exc
+            raise LedgerDataError(f"a ledger row cannot be stored: {exc}", "postgresql") from exc
         try:
             async with self.engine.begin() as conn:
                 raw = await conn.get_raw_connection()

@@ -33,7 +33,7 @@ def redis_errors(exc: BaseException) -> StorageError:
         return StorageUnavailable(f"redis is loading its data set: {exc}", "redis")
     if isinstance(exc, rexc.ReadOnlyError):
         return StorageUnavailable(f"redis is a read-only replica: {exc}", "redis")
-    return StorageError(f"redis error: {exc}")
+    return StorageError(f"redis error: {exc}", "redis")
 
 
 class LuaScript:
@@ -49,7 +49,9 @@ class LuaScript:
         except rexc.RedisError as exc:
             raise redis_errors(exc) from exc
         if sha != self.sha:  # pragma: no cover - would mean a broken Redis
-            raise StorageError(f"{self.name}: redis computed sha {sha}, expected {self.sha}")
+            raise StorageError(
+                f"{self.name}: redis computed sha {sha}, expected {self.sha}", "redis"
+            )
 
     async def run_many(self, redis: RedisClient, calls: Sequence[Call]) -> list[Any]:
         """EVALSHA every call in one pipelined round trip; replies in call order."""
