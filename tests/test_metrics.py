@@ -609,3 +609,61 @@ def _wait_for_rows(port: int, timeout_s: float = 60) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise AssertionError(f"the flusher on port {port} wrote no row in {timeout_s} s")
         time.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_calls_grpc_sheds_before_any_handler_are_counted_by_its_core() -> None:
+    """More calls than gRPC lets wait (grpc.server.max_pending_requests) on
+    a server whose handlers hold the event loop: gRPC cancels some before
+    any handler runs, and expires others; no decorator can count those, but
+    gRPC core's own counts (points_grpc_core_calls) do: each is started and
+    neither succeeded nor failed, or failed."""
+    import gc
+    import hashlib
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from pointsd.service.metrics import GRPC_CORE_CALLS
+
+    class Busy(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+        async def Check(self, request: Any, context: Any) -> Any:
+            hashlib.sha256(bytes(3_000_000)).digest()  # >= 1 ms of CPU: a busy service
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    def core() -> dict[str, float]:
+        (family,) = GRPC_CORE_CALLS.collect()
+        return {s.labels["state"]: s.value for s in family.samples}
+
+    gc.collect()  # servers of earlier tests leave channelz now, not mid-test
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(Busy(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    before = core()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            async def one() -> str:
+                try:
+                    await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code().name
+                return "OK"
+
+            codes = await asyncio.gather(*(one() for _ in range(3000)))
+        await asyncio.sleep(2.5)  # every call is over: none in flight
+        after = core()
+    finally:
+        await server.stop(0)
+    delta = {k: after[k] - before[k] for k in after}
+    not_ok = sum(1 for c in codes if c != "OK")
+    assert not_ok > 0  # the test made gRPC shed or expire calls
+    assert delta["started"] == 3000
+    # A call that ends right at its deadline can be a success to the server
+    # and DEADLINE_EXCEEDED to the client: a few either way.
+    slack = 5
+    assert abs(delta["started"] - delta["succeeded"] - not_ok) <= slack
+    # The shed ones (the client saw CANCELLED) never finished at all.
+    unfinished = delta["started"] - delta["succeeded"] - delta["failed"]
+    assert abs(unfinished - codes.count("CANCELLED")) <= slack

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import json
 import logging
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
@@ -30,6 +32,8 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from pointsd.service.domain import Outcome, Role
 from pointsd.storage.errors import StorageError
@@ -148,8 +152,60 @@ OUTBOX_LENGTH = Gauge(
     registry=None,
 )
 
+
+class GrpcCoreCalls(Collector):
+    """gRPC core's own call counts for the servers of this process (channelz),
+    read at scrape time. They see what no handler can: calls gRPC sheds while
+    more than `grpc.server.max_pending_requests` wait to be picked up (the
+    client gets CANCELLED) and calls whose deadline passes before a handler
+    runs (DEADLINE_EXCEEDED). Such a call is started but neither succeeded
+    nor failed, so started - succeeded - failed counts them (plus the calls
+    in flight). Health and reflection calls are included."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        totals = _channelz_server_calls()
+        if totals is None:
+            return
+        family = CounterMetricFamily(
+            "points_grpc_core_calls",
+            "Calls as gRPC core counts them for this process's servers (channelz), "
+            "by state: started, succeeded, failed",
+            labels=["state"],
+        )
+        for state, value in totals.items():
+            family.add_metric([state], value)
+        yield family
+
+
+def _channelz_server_calls() -> dict[str, float] | None:
+    # grpcio exposes channelz only through its Cython layer (what the
+    # grpcio-channelz servicer calls); a grpcio without it exports nothing.
+    try:
+        cygrpc = importlib.import_module("grpc._cython.cygrpc")
+        servers = json.loads(cygrpc.channelz_get_servers(0)).get("server", [])
+    except Exception:
+        return None
+    totals = {"started": 0.0, "succeeded": 0.0, "failed": 0.0}
+    for server in servers:
+        data = server.get("data", {})
+        for state, key in (("started", "callsStarted"), ("succeeded", "callsSucceeded"),
+                           ("failed", "callsFailed")):  # fmt: skip
+            totals[state] += float(data.get(key, 0))
+    return totals
+
+
+GRPC_CORE_CALLS = GrpcCoreCalls()
+
 _ROLE_METRICS: dict[str, tuple[Any, ...]] = {
-    SERVER: (RPC_REQUESTS, RPC_SECONDS, EVENTS, CREDITS, AWARD_SECONDS, AWARD_BATCH),
+    SERVER: (
+        RPC_REQUESTS,
+        RPC_SECONDS,
+        EVENTS,
+        CREDITS,
+        AWARD_SECONDS,
+        AWARD_BATCH,
+        GRPC_CORE_CALLS,
+    ),
     FLUSHER: (FLUSH_ROWS, FLUSH_BATCHES, FLUSH_LAG, FLUSH_DEAD, FLUSH_FAILURES, OUTBOX_LENGTH),
 }
 _SHARED = (STORE_ERRORS,)
