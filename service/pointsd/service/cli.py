@@ -200,6 +200,7 @@ def _rules_check(path: str | None, default_shards: int) -> int:
             f"tenant {tenant.tenant_id}: {tenant.timezone.key}, {tenant.shards} shard(s), "
             f"rule set {tenant.rule_set!r} with {len(tenant.actions)} actions"
         )
+        print(f"  {tenant.calendar.describe()}")
         for action in tenant.actions.values():
             for credit in action.credits:
                 said = "; ".join(t for m in book.mechanics if (t := m.describe(credit)))

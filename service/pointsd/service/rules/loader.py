@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from pointsd.service.domain import Role
+from pointsd.service.rules.calendar import WEEKDAYS_CALENDAR, BusinessCalendar, parse_calendars
 from pointsd.service.rules.checker import (
     ACTION_RE,
     ATTRIBUTE_RE,
@@ -153,11 +154,12 @@ def _tenant(
     rule_sets: Mapping[str, tuple[dict[str, ActionRule], dict[str, Any]]],
     known: Mapping[str, TenantRules],
     default_shards: int,
+    calendars: Mapping[str, BusinessCalendar],
 ) -> TenantRules | None:
     t = c.mapping(raw, path)
     if t is None:
         return None
-    c.unknown(t, {"id", "timezone", "shards", "rule_set"}, path)
+    c.unknown(t, {"id", "timezone", "shards", "rule_set", "calendar"}, path)
     tenant_id = t.get("id")
     if not (isinstance(tenant_id, str) and ID_RE.match(tenant_id)):
         c.fail(f"{path}.id", "must be 1-128 chars of A-Z a-z 0-9 . _ : @ -")
@@ -176,6 +178,11 @@ def _tenant(
     if not isinstance(rule_set, str) or rule_set not in rule_sets:
         c.fail(f"{path}.rule_set", f"no rule set named {rule_set!r} in $.rule_sets")
     actions, parts = rule_sets.get(str(rule_set), ({}, {}))
+    calendar_name = t.get("calendar", WEEKDAYS_CALENDAR.name)
+    calendar = calendars.get(calendar_name) if isinstance(calendar_name, str) else None
+    if calendar is None:
+        c.fail(f"{path}.calendar", f"no calendar named {calendar_name!r} in $.calendars")
+        calendar = WEEKDAYS_CALENDAR
     return TenantRules(
         tenant_id=tenant_id,
         timezone=tz,
@@ -183,6 +190,7 @@ def _tenant(
         rule_set=str(rule_set),
         actions=actions,
         parts=parts,
+        calendar=calendar,
     )
 
 
@@ -194,20 +202,23 @@ def parse_rule_book(
     r = _Reader(mechanics)
     c = r.c
     root = c.mapping(doc, "$") or {}
-    c.unknown(root, {"version", "tenants", "rule_sets"}, "$")
+    c.unknown(root, {"version", "tenants", "rule_sets", "calendars"}, "$")
     if root.get("version", 1) != 1:
         c.fail("$.version", "only version 1 is supported")
     rule_sets = {
         str(name): _rule_set(r, raw_set, f"$.rule_sets.{name}")
         for name, raw_set in (c.mapping(root.get("rule_sets", {}), "$.rule_sets") or {}).items()
     }
+    calendars = parse_calendars(c, root.get("calendars", {}), "$.calendars")
     tenants: dict[str, TenantRules] = {}
     raw_tenants = root.get("tenants", [])
     if not isinstance(raw_tenants, list) or not raw_tenants:
         c.fail("$.tenants", "must be a non-empty list")
         raw_tenants = []
     for i, raw_tenant in enumerate(raw_tenants):
-        tenant = _tenant(c, raw_tenant, f"$.tenants[{i}]", rule_sets, tenants, default_shards)
+        tenant = _tenant(
+            c, raw_tenant, f"$.tenants[{i}]", rule_sets, tenants, default_shards, calendars
+        )
         if tenant is not None:
             tenants[tenant.tenant_id] = tenant
     if c.problems:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from pointsd.service.domain import Role
+from pointsd.service.rules.calendar import WEEKDAYS_CALENDAR, BusinessCalendar
 
 if TYPE_CHECKING:
     from pointsd.service.rules.mechanics.base import Mechanic
@@ -69,6 +70,8 @@ class TenantRules:
     actions: Mapping[str, ActionRule] = field(default_factory=dict)
     # Rule-set blocks of mechanics (e.g. "boards"), as they parsed them.
     parts: Mapping[str, Any] = field(default_factory=dict)
+    # Which local dates are working days (streaks, working-day tasks).
+    calendar: BusinessCalendar = WEEKDAYS_CALENDAR
 
     def part(self, key: PartKey[T]) -> T:
         return _part(self.parts, key)
