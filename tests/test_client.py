@@ -292,6 +292,37 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
         RetryPolicy(max_attempts=0)
 
 
+def test_the_budget_bounds_all_attempts_and_overload_waits_longer() -> None:
+    import random
+
+    policy = RetryPolicy(max_attempts=100, budget_s=2.0, overload_backoff_s=0.5)
+    assert policy.retries(UNAVAILABLE, 3, elapsed_s=1.9)
+    assert not policy.retries(UNAVAILABLE, 3, elapsed_s=2.0)
+    assert RetryPolicy(max_attempts=100, budget_s=None).retries(UNAVAILABLE, 99, 3600.0)
+    rng = random.Random(3)
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert all(policy.backoff_s(1, rng, code=exhausted) >= 0.5 for _ in range(100))
+    assert min(policy.backoff_s(1, rng, code=UNAVAILABLE) for _ in range(100)) < 0.05
+    with pytest.raises(ValueError):
+        RetryPolicy(budget_s=0)
+
+
+async def test_a_call_that_keeps_failing_stops_at_its_budget(
+    points: PointsClient, proxy: FaultProxy
+) -> None:
+    """However many attempts are allowed, none starts after the budget: a
+    failing service is not sent the same work over and over."""
+    proxy.plan("RecordActivity", *[Fault(UNAVAILABLE)] * 100)
+    bounded = RetryPolicy(max_attempts=100, initial_backoff_s=0.1, max_backoff_s=0.1, budget_s=0.5)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await points.record(event_id="m-budget", user_id="ann", action="file", retry=bounded)
+    assert failed.value.code() == UNAVAILABLE
+    sent = proxy.events("RecordActivity")
+    # Backoffs average 0.05 s: about 10 attempts fit in 0.5 s, never 100.
+    assert 1 < len(sent) < 50
+    assert {e[0].event_id for e in sent} == {"m-budget"}
+
+
 # --------------------------------------------------------------------------
 # Replays and retries (G1)
 
@@ -440,7 +471,7 @@ async def test_redeem_is_retried_only_with_its_request_id(
 async def test_a_service_that_goes_away_and_comes_back(api: Api) -> None:
     tcp = TcpProxy("127.0.0.1", api.running.port)
     await tcp.start()
-    patient = RetryPolicy(max_attempts=40, initial_backoff_s=0.02, max_backoff_s=0.1)
+    patient = RetryPolicy(max_attempts=40, initial_backoff_s=0.02, max_backoff_s=0.1, budget_s=None)
     # Reconnect quickly: gRPC's own reconnect backoff starts at 1 s.
     options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100),
                ("grpc.min_reconnect_backoff_ms", 50)]  # fmt: skip

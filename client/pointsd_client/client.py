@@ -228,14 +228,15 @@ class PointsClient(_Common):
     ) -> Resp:
         policy = self._policy(method, request, retry)
         rpc, deadline, metadata = self._rpc(method), self._deadline(timeout_s), self._metadata()
-        attempt = 1
+        attempt, started = 1, time.monotonic()
         while True:
             try:
                 return await rpc(request, timeout=deadline, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
-                if not policy.retries(exc.code(), attempt):
+                code = exc.code()
+                if not policy.retries(code, attempt, time.monotonic() - started):
                     raise
-            await asyncio.sleep(policy.backoff_s(attempt))
+            await asyncio.sleep(policy.backoff_s(attempt, code=code))
             attempt += 1
 
     # Ingest ----------------------------------------------------------------
@@ -437,14 +438,15 @@ class SyncPointsClient(_Common):
     ) -> Resp:
         policy = self._policy(method, request, retry)
         rpc, deadline, metadata = self._rpc(method), self._deadline(timeout_s), self._metadata()
-        attempt = 1
+        attempt, started = 1, time.monotonic()
         while True:
             try:
                 return rpc(request, timeout=deadline, metadata=metadata)
             except grpc.RpcError as exc:
-                if not policy.retries(exc.code(), attempt):
+                code = exc.code()
+                if not policy.retries(code, attempt, time.monotonic() - started):
                     raise
-            time.sleep(policy.backoff_s(attempt))
+            time.sleep(policy.backoff_s(attempt, code=code))
             attempt += 1
 
     def record_activity(

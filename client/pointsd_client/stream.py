@@ -213,14 +213,15 @@ class ActivityStream:
                 self._finish(None)
                 return
             except grpc.aio.AioRpcError as exc:
-                if not self._retry.retries(exc.code(), attempt):
+                code = exc.code()
+                if not self._retry.retries(code, attempt):
                     self._finish(exc)
                     return
             except Exception as exc:  # a broken protocol: end the results, not hang them
                 call.cancel()
                 self._finish(exc)
                 return
-            await asyncio.sleep(self._retry.backoff_s(attempt))
+            await asyncio.sleep(self._retry.backoff_s(attempt, code=code))
             attempt += 1
             self.reconnects += 1
 
