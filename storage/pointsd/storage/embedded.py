@@ -89,12 +89,16 @@ def _ping(sock_path: Path, timeout_s: float = 0.5) -> str:
     return "loading" if reply.startswith(b"-LOADING") else "down"
 
 
-def _is_redis(pid: int) -> bool:
-    """The pid file's process is a redis-server (not a recycled pid)."""
+def _runs(pid: int, program: bytes) -> bool:
+    """The pid file's process runs `program` (not a recycled pid)."""
     try:
-        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return program in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # no /proc (not Linux), or it just exited
         return _pid_alive(pid)
+
+
+def _is_redis(pid: int) -> bool:
+    return _runs(pid, b"redis-server")
 
 
 class EmbeddedRedis:
@@ -275,7 +279,7 @@ class EmbeddedPostgres:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if _pid_alive(pid) and _runs(pid, b"postgres") else None
 
     def process_pid(self) -> int | None:
         return self.running_pid()
