@@ -1,16 +1,31 @@
-"""A TCP proxy that can cut its traffic: PostgreSQL "going away" for a service
-that reaches it through the proxy, without stopping a shared server."""
+"""A TCP proxy that can cut or stall its traffic: PostgreSQL or Redis "going
+away" (or hanging) for a service that reaches it through the proxy, without
+stopping a shared server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+
+__all__ = ["Connect", "TcpProxy"]
+
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    """Forwards 127.0.0.1:port to target_host:target_port, or to what
+    `connect` opens (a unix socket, say). Clear `flowing` to stall traffic
+    (a server that stops answering); `cut` to drop it (one that is gone)."""
+
+    def __init__(
+        self, target_host: str = "", target_port: int = 0, *, connect: Connect | None = None
+    ) -> None:
         self.target = (target_host, target_port)
+        self._connect: Connect = connect or (lambda: asyncio.open_connection(*self.target))
         self.port = 0
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -30,7 +45,7 @@ class TcpProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            up_reader, up_writer = await self._connect()
         except OSError:
             writer.transport.abort()
             return
@@ -39,6 +54,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    await self.flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()

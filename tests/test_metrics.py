@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from pointsd.service.metrics import (
 from scripts.procs import ROOT, ServerProcess, free_port
 from tests.conftest import Api, ApiFactory, Servers, _cleanup_tenants, new_tenant, wait_for
 from tests.helpers import child_env, ev, ledger_count, rules_file
+from tests.proxy import TcpProxy
 
 DASHBOARD = ROOT / "deploy/grafana/dashboards/pointsd.json"
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
@@ -241,71 +242,26 @@ async def test_a_stream_the_client_cancels_is_counted_cancelled(api: Api) -> Non
     await _counted("PointsService", "StreamActivities", "CANCELLED", before + 1)
 
 
-class Proxy:
-    """A TCP front of a real Redis or PostgreSQL (on TCP or a unix socket)
-    that can stall its traffic (a server that stops answering) or cut it (one
-    that is gone)."""
-
-    def __init__(self, connect: Callable[[], Awaitable[Any]]) -> None:
-        self._connect = connect
-        self.port = 0
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await self._connect()
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update({writer, up_writer})
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    await self.flowing.wait()
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
-def _redis_proxy(url: str) -> tuple[Proxy, Callable[[int], str]]:
+def _redis_proxy(url: str) -> tuple[TcpProxy, Callable[[int], str]]:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         path, db = parts.path, "0"
-        proxy = Proxy(lambda: asyncio.open_unix_connection(path))
+        proxy = TcpProxy(connect=lambda: asyncio.open_unix_connection(path))
     else:
         host, port, db = parts.hostname or "127.0.0.1", parts.port or 6379, parts.path.strip("/")
-        proxy = Proxy(lambda: asyncio.open_connection(host, port))
+        proxy = TcpProxy(host, port)
     return proxy, lambda p: f"redis://127.0.0.1:{p}/{db or '0'}"
 
 
-def _postgres_proxy(url: str) -> tuple[Proxy, Callable[[int], str]]:
+def _postgres_proxy(url: str) -> tuple[TcpProxy, Callable[[int], str]]:
     parsed = make_url(url)
     socket_dir = parsed.query.get("host")
     if parsed.host is None and isinstance(socket_dir, str):
         (path,) = [p for p in glob.glob(f"{socket_dir}/.s.PGSQL.*") if not p.endswith(".lock")]
-        proxy = Proxy(lambda: asyncio.open_unix_connection(path))
+        proxy = TcpProxy(connect=lambda: asyncio.open_unix_connection(path))
     else:
         host, port = parsed.host or "127.0.0.1", parsed.port or 5432
-        proxy = Proxy(lambda: asyncio.open_connection(host, port))
+        proxy = TcpProxy(host, port)
     query = {k: v for k, v in parsed.query.items() if k != "host"}
 
     def proxied(p: int) -> str:
@@ -318,7 +274,7 @@ def _postgres_proxy(url: str) -> tuple[Proxy, Callable[[int], str]]:
 
 @dataclass
 class Proxied:
-    proxy: Proxy
+    proxy: TcpProxy
     url: str
 
 
@@ -365,7 +321,7 @@ async def test_calls_cut_short_by_their_deadline_or_the_client_are_counted(
     await _redis_gone_is_a_store_error(api, proxy, tenant)
 
 
-async def _redis_gone_is_a_store_error(api: Api, proxy: Proxy, tenant: str) -> None:
+async def _redis_gone_is_a_store_error(api: Api, proxy: TcpProxy, tenant: str) -> None:
     rpc = ("redis", "RecordActivity")
     outbox = ("redis", "outbox_length")
     before = {k: sample("points_store_errors_total", store=k[0], op=k[1]) for k in (rpc, outbox)}

@@ -206,3 +206,21 @@ def test_an_unusable_data_folder_names_the_setting(env: dict[str, str], tmp_path
     done = _serve(env, REDIS_URL="", DATABASE_URL="", POINTS_DATA_DIR=str(not_a_folder))
     _assert_clear(done, ExitCode.EMBEDDED, "embedded redis cannot use", "POINTS_DATA_DIR")
     assert "REDIS_URL and DATABASE_URL" in done.stderr
+
+
+@pytest.mark.subprocess
+def test_a_failed_start_leaves_no_embedded_server_behind(env: dict[str, str]) -> None:
+    """The embedded servers start, then the gRPC port turns out taken: exit
+    4, and the servers this start launched are stopped again."""
+    from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
+    from tests.conftest import server_data_dir
+
+    data = server_data_dir()
+    with _taken_port() as port:
+        done = _serve(
+            env, REDIS_URL="", DATABASE_URL="", POINTS_DATA_DIR=str(data),
+            POINTS_MIGRATE_ON_START="true", POINTS_LISTEN=f"127.0.0.1:{port}",
+        )  # fmt: skip
+    _assert_clear(done, ExitCode.LISTEN, "is in use")
+    assert EmbeddedRedis(data).process_pid() is None
+    assert EmbeddedPostgres(data).process_pid() is None

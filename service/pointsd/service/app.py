@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from pointsd.storage.stores import Stores
 if TYPE_CHECKING:
     from pointsd.service.winners import WinnersRecorder
 
-__all__ = ["App"]
+__all__ = ["App", "resolve_urls", "stop_owned"]
 
 log = logging.getLogger("pointsd")
 
@@ -54,7 +55,7 @@ async def resolve_urls(
         try:
             database_url = await asyncio.to_thread(ep.start)
         except BaseException:
-            await _stop_owned(embedded)
+            await stop_owned(embedded)
             raise
         embedded.append(ep)
     return redis_url, database_url, embedded
@@ -97,7 +98,7 @@ class App:
             return await cls._assemble(settings, rules, clock, redis_url, database_url, embedded)
         except BaseException:
             # A start that fails half-way leaves no embedded server behind.
-            await _stop_owned(embedded)
+            await stop_owned(embedded)
             raise
 
     @classmethod
@@ -197,10 +198,11 @@ class App:
     async def close(self, *, stop_embedded: bool = True) -> None:
         await self.stores.close()
         if stop_embedded:
-            await _stop_owned(self.embedded)
+            await stop_owned(self.embedded)
 
 
-async def _stop_owned(servers: list[EmbeddedRedis | EmbeddedPostgres]) -> None:
+async def stop_owned(servers: Sequence[EmbeddedRedis | EmbeddedPostgres]) -> None:
+    """Stop the embedded servers this process started (not reused ones)."""
     for server in servers:
         if server.owned:
             await asyncio.to_thread(server.stop)

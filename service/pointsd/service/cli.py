@@ -114,7 +114,7 @@ async def _flush(settings: Settings, drain: bool) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from pointsd.service.app import resolve_urls
+    from pointsd.service.app import resolve_urls, stop_owned
     from pointsd.storage.postgres import migrate
 
     _, database_url, embedded = await resolve_urls(settings, redis=False)
@@ -124,9 +124,7 @@ async def _migrate(settings: Settings) -> int:
         print(f"database at revision {revision}")
         return 0
     finally:
-        for server in embedded:
-            if server.owned:
-                await asyncio.to_thread(server.stop)
+        await stop_owned(embedded)
 
 
 async def _reconcile(settings: Settings, limit: int) -> int:

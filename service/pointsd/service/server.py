@@ -25,14 +25,14 @@ from grpc_reflection.v1alpha import reflection
 from pointsd.service.admin import AdminServicer
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
-from pointsd.service.app import App, resolve_urls
+from pointsd.service.app import App, resolve_urls, stop_owned
 from pointsd.service.clock import Clock, child_clock_env
 from pointsd.service.config import Settings
 from pointsd.service.metrics import roles_of, serve_metrics, watch_outbox
 from pointsd.service.servicer import PointsServicer
 from pointsd.service.startup import diagnose_listen, probe_listen
 from pointsd.service.supervisor import Child, ChildFailed
-from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis, supervise
+from pointsd.storage.embedded import supervise
 from pointsd.storage.postgres import migrate
 
 __all__ = ["SERVICE_NAMES", "SHUTDOWN_GIVE_UP_S", "Running", "serve", "start_server"]
@@ -303,7 +303,7 @@ async def serve_workers(settings: Settings) -> None:
     flusher_stopping.set()
     if flusher is not None:
         outcomes.append(*await asyncio.gather(flusher, return_exceptions=True))
-    await _stop_owned(embedded)
+    await stop_owned(embedded)
     _raise_first(outcomes)
 
 
@@ -329,13 +329,6 @@ def _start_flusher_child(
             dict(env, POINTS_METRICS_PORT=metrics_port_for(settings, settings.workers)),
         ).run(stop)
     )
-
-
-async def _stop_owned(embedded: Sequence[EmbeddedRedis | EmbeddedPostgres]) -> None:
-    """Stop the embedded servers this process started (not reused ones)."""
-    for server in embedded:
-        if server.owned:
-            await asyncio.to_thread(server.stop)
 
 
 def _raise_first(outcomes: Sequence[BaseException | None]) -> None:
