@@ -33,6 +33,7 @@ from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.app import App
 from pointsd.service.config import Settings
 from pointsd.service.rules import RuleBook, load_rule_file, parse_rule_book
+from pointsd.service.rules.loader import without_progression
 from pointsd.service.server import Running, start_server
 from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from pointsd.storage.postgres import migrate, sqlalchemy_url
@@ -140,11 +141,15 @@ def rule_book(
     *,
     actions: dict[str, Any] | None = None,
     boards: dict[str, Any] | None = None,
+    progression: bool = False,
 ) -> RuleBook:
     """The default rule set for `tenants` (id -> {timezone, shards}; the zone
     defaults to the current instant's), with `actions` and `boards` added to
-    or replacing the default ones."""
+    or replacing the default ones. Without levels, badges and tasks unless
+    `progression` (their bonuses would change the core tests' balances)."""
     doc = load_rule_file(None)
+    if not progression:
+        without_progression(doc)
     if actions:
         doc["rule_sets"]["default"]["actions"].update(actions)
     if boards:
@@ -214,10 +219,13 @@ async def make_api(servers: Servers, tmp_path: Path) -> AsyncIterator[ApiFactory
         actions: dict[str, Any] | None = None,
         boards: dict[str, Any] | None = None,
         book: RuleBook | None = None,
+        progression: bool = False,
         **overrides: Any,
     ) -> Api:
         if book is None:
-            book = rule_book(tenants or [new_tenant()], actions=actions, boards=boards)
+            book = rule_book(
+                tenants or [new_tenant()], actions=actions, boards=boards, progression=progression
+            )
         app = await App.open(
             settings_for(servers, tmp_path, **overrides), rules=book, clock=test_clock.current()
         )

@@ -27,6 +27,8 @@ from pointsd.service.domain.steps import (
     Entry,
     First,
     Member,
+    Peak,
+    Reach,
     Step,
     Threshold,
     Throttle,
@@ -53,9 +55,11 @@ EVERY_STEP: tuple[Step, ...] = (
     Credit(),
     Bump(DAY, "c", Amount.COUNT),
     Distinct(DAY, "thanked", Member.COUNTERPART, 5),
+    Peak(DAY, "members"),
     Day("login", 42, 400, 86_400, cover="frozen"),
-    Cross((Threshold(5, Bonus("streak-5", 10, "5 days")),)),
+    Cross((Threshold(5, Bonus("streak-5", 10, "5 days", badge="steady")),)),
     Entry(Bonus("welcome", 0, "Welcome")),
+    Reach((Threshold(500, Bonus("level.communicator", 0, "Level up")),)),
     First(),
     Board(
         (
@@ -134,10 +138,11 @@ def test_shared_steps_and_programs_are_sent_once_per_call() -> None:
     _, args = encoder.call()
     steps, programs, ops = (orjson.loads(cast(bytes, a)) for a in args[4:7])
     assert len(programs) == 1 and [o["P"] for o in ops] == [1, 1, 1]
-    # Two user-keyed steps (the throttle and the day) travel with each
-    # operation as its own keys: the throttle's and the day's two bitmaps.
+    # User-keyed steps (the throttle, the day, the badge-granting cross)
+    # travel with each operation as its own keys: the throttle's, the day's
+    # two bitmaps and the badge hash.
     assert len(steps) == len(EVERY_STEP)
-    assert [len(o["k"]) for o in ops] == [3, 3, 3]
+    assert [len(o["k"]) for o in ops] == [4, 4, 4]
     assert len({tuple(o["k"]) for o in ops}) == 3
 
 

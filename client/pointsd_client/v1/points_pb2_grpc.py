@@ -91,6 +91,11 @@ class PointsServiceStub:
                 request_serializer=points_dot_v1_dot_points__pb2.ListRedemptionsRequest.SerializeToString,
                 response_deserializer=points_dot_v1_dot_points__pb2.ListRedemptionsResponse.FromString,
                 _registered_method=True)
+        self.GetProgress = channel.unary_unary(
+                '/points.v1.PointsService/GetProgress',
+                request_serializer=points_dot_v1_dot_points__pb2.GetProgressRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Progress.FromString,
+                _registered_method=True)
 
 
 class PointsServiceServicer:
@@ -185,6 +190,15 @@ class PointsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProgress(self, request, context):
+        """A user's progress: level (and points to the next), every active task
+        with its progress in the current period, and badges. Read from Redis in
+        one round trip, consistent with the awards just answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PointsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -242,6 +256,11 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.ListRedemptions,
                     request_deserializer=points_dot_v1_dot_points__pb2.ListRedemptionsRequest.FromString,
                     response_serializer=points_dot_v1_dot_points__pb2.ListRedemptionsResponse.SerializeToString,
+            ),
+            'GetProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProgress,
+                    request_deserializer=points_dot_v1_dot_points__pb2.GetProgressRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Progress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -543,6 +562,33 @@ class PointsService:
             '/points.v1.PointsService/ListRedemptions',
             points_dot_v1_dot_points__pb2.ListRedemptionsRequest.SerializeToString,
             points_dot_v1_dot_points__pb2.ListRedemptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.PointsService/GetProgress',
+            points_dot_v1_dot_points__pb2.GetProgressRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Progress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.domain import Period
+from pointsd.service.rules import Level
 from pointsd.storage.entries import (
     KIND_ADJUST,
     KIND_AWARD,
@@ -25,6 +26,7 @@ from pointsd.storage.redis.boards import BoardEntry
 
 if TYPE_CHECKING:
     from pointsd.service.ingest import EventResult
+    from pointsd.service.progress import ProgressReport
 
 __all__ = [
     "ITEM_KINDS",
@@ -33,6 +35,8 @@ __all__ = [
     "board_entry_to_pb",
     "entry_to_pb",
     "item_to_pb",
+    "level_to_pb",
+    "progress_to_pb",
     "redemption_to_pb",
     "result_to_pb",
     "reward_to_pb",
@@ -93,7 +97,21 @@ def result_to_pb(r: EventResult) -> pb.ActivityResult:
             balance=c.balance,
             reason=c.reason,
         )
+    for b in r.bonuses:
+        msg.bonuses.add(
+            user_id=b.user_id, kind=b.kind, id=b.id, name=b.name, name_en=b.name_en,
+            points=b.points, reason=b.reason, period_key=b.period_key, badge=b.badge,
+        )  # fmt: skip
+    for up in r.level_ups:
+        msg.level_ups.add(user_id=up.user_id, level=level_to_pb(up.level))
     return msg
+
+
+def level_to_pb(level: Level) -> pb.Level:
+    return pb.Level(
+        number=level.number, id=level.id, name=level.name, name_en=level.name_en,
+        min_points=level.min_points, privileges=list(level.privileges),
+    )  # fmt: skip
 
 
 def entry_to_pb(row: LedgerRow) -> pb.LedgerEntry:
@@ -172,4 +190,34 @@ def redemption_to_pb(r: Redemption) -> pb.Redemption:
     )  # fmt: skip
     msg.created_at.FromDatetime(r.created_at.astimezone(UTC))
     msg.updated_at.FromDatetime(r.updated_at.astimezone(UTC))
+    return msg
+
+
+_TASK_KINDS = {Period.DAY: pb.DAILY, Period.WEEK: pb.WEEKLY, Period.MONTH: pb.MONTHLY,
+               Period.EVER: pb.GROWTH}  # fmt: skip
+
+
+def progress_to_pb(p: ProgressReport) -> pb.Progress:
+    msg = pb.Progress(tenant_id=p.tenant_id, user_id=p.user_id)
+    if p.level is not None:
+        msg.level.current.CopyFrom(level_to_pb(p.level.current))
+        if p.level.next is not None:
+            msg.level.next.CopyFrom(level_to_pb(p.level.next))
+        msg.level.lifetime_earned = p.level.earned
+        msg.level.points_to_next = p.level.points_to_next
+    for t in p.tasks:
+        task = msg.tasks.add(
+            id=t.task.id, name=t.task.name, name_en=t.task.name_en,
+            kind=_TASK_KINDS[t.task.period], period=_PERIOD_PB[t.task.period.value],
+            period_key=t.period_key, progress=t.progress, target=t.task.at_least,
+            reward_points=t.task.points, reward_badge=t.task.badge, completed=t.completed,
+            seconds_left=t.seconds_left, per_attribute=t.task.per_attribute,
+        )  # fmt: skip
+        if t.ends_at_ms:
+            task.ends_at.CopyFrom(timestamp(t.ends_at_ms))
+    for b in p.badges:
+        badge = msg.badges.add(id=b.id, earned_at=timestamp(b.earned_at_ms))
+        if b.badge is not None:
+            badge.name, badge.name_en = b.badge.name, b.badge.name_en
+            badge.description = b.badge.description
     return msg

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pointsd.service.clock import Clock
 from pointsd.service.domain import CreditOp, CreditResult, Event, Outcome, Role, StoreCode
 from pointsd.service.errors import Overloaded, ShardBusy
-from pointsd.service.rules import NoRule, Plan, Rejection, RulesEngine
+from pointsd.service.rules import LEVELS, Level, NoRule, Plan, Rejection, RulesEngine
 from pointsd.service.validation import InvalidField
 from pointsd.storage.redis import AwardStore
 
-__all__ = ["CreditOutcome", "EventResult", "Ingestor"]
+__all__ = ["BonusOutcome", "CreditOutcome", "EventResult", "Ingestor", "LevelUp"]
 
 
 @dataclass(slots=True)
@@ -25,6 +25,27 @@ class CreditOutcome:
     points: int
     balance: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BonusOutcome:
+    """A bonus an event earned one credited user: a task done, a level reached."""
+
+    user_id: str
+    kind: str
+    id: str
+    name: str
+    name_en: str
+    points: int
+    reason: str
+    period_key: str = ""
+    badge: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LevelUp:
+    user_id: str
+    level: Level
 
 
 @dataclass(slots=True)
@@ -38,6 +59,10 @@ class EventResult:
     credits: tuple[CreditOutcome, ...] = ()
     # For REJECTED: the offending field.
     field: str = ""
+    # What the event earned besides its points (for DUPLICATE: the first
+    # recording's), every credited user's, in credit order.
+    bonuses: tuple[BonusOutcome, ...] = ()
+    level_ups: tuple[LevelUp, ...] = ()
 
 
 _OUTCOME_OF = {
@@ -123,6 +148,37 @@ class Ingestor:
                 "retry with backoff"
             )
 
+    def _bonuses(
+        self, plan: Plan, results: list[CreditResult]
+    ) -> tuple[tuple[BonusOutcome, ...], tuple[LevelUp, ...]]:
+        if not any(r.bonuses for r in results):
+            return (), ()
+        tenant = self.engine.tenant(plan.ops[0].tenant_id)
+        assert tenant is not None
+        levels = tenant.part(LEVELS)
+        bonuses: list[BonusOutcome] = []
+        level_ups: list[LevelUp] = []
+        for op, res in zip(plan.ops, results, strict=False):
+            for tag, points in res.bonuses:
+                info = self.engine.bonus_info(tenant, tag)
+                bonuses.append(
+                    BonusOutcome(
+                        op.user_id,
+                        info.kind,
+                        info.id,
+                        info.name,
+                        info.name_en,
+                        points,
+                        info.reason,
+                        info.period_key,
+                        info.badge,
+                    )
+                )
+                level = levels.get(info.id) if levels and info.kind == "level" else None
+                if level is not None:
+                    level_ups.append(LevelUp(op.user_id, level))
+        return tuple(bonuses), tuple(level_ups)
+
     @staticmethod
     def _rejected(field: str, message: str, event_id: str) -> EventResult:
         return EventResult(event_id, Outcome.REJECTED, reason=f"{field}: {message}", field=field)
@@ -162,16 +218,31 @@ class Ingestor:
             outcome, original = Outcome.DUPLICATE, combined
         else:
             outcome = combined
+        bonuses, level_ups = self._bonuses(plan, results)
+        if bonuses:
+            credits = tuple(_with_bonuses(c, bonuses) for c in credits)
         if len(credits) == 1:
             reason = credits[0].reason
         else:
             reason = "; ".join(f"{c.role.name.lower()} {c.user_id}: {c.reason}" for c in credits)
         return EventResult(
+            bonuses=bonuses,
+            level_ups=level_ups,
             event_id=event_id,
             outcome=outcome,
-            points=sum(c.points for c in credits),
+            points=sum(c.points for c in credits) + sum(b.points for b in bonuses),
             balance=credits[0].balance,
             reason=reason,
             original_outcome=original,
             credits=credits,
         )
+
+
+def _with_bonuses(credit: CreditOutcome, bonuses: tuple[BonusOutcome, ...]) -> CreditOutcome:
+    """The credit's sentence with what it earned on top ("+100, weekly task done")."""
+    mine = [b for b in bonuses if b.user_id == credit.user_id]
+    if not mine:
+        return credit
+    notes = "; ".join(f"{b.reason}" + (f" +{b.points}" if b.points else "") for b in mine)
+    credit.reason = f"{credit.reason}; {notes}"
+    return credit

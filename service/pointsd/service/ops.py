@@ -19,10 +19,11 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from pointsd.service.app import App
-from pointsd.service.domain import CreditOp, Event, Role, StoreCode
+from pointsd.service.domain import CreditOp, Event, PeriodRef, Role, StoreCode
 from pointsd.service.domain.steps import Step
 from pointsd.service.redeem import restoring_change
-from pointsd.service.rules import Plan, fingerprint
+from pointsd.service.rules import TASKS, Plan, fingerprint, task_counter, task_tag
+from pointsd.service.rules.mechanics.tasks import Measure
 from pointsd.storage.entries import KIND_AWARD, LedgerRow
 from pointsd.storage.errors import StorageError
 from pointsd.storage.keys import Shard
@@ -242,13 +243,26 @@ async def _restore_tenant(
         await stores.balances.set_balances(shard, per_shard.get(shard.tag, {}))
     report.users += len(sums)
     now_s = app.clock() // 1000
-    await _replay_entries(app, tenant_id, now_s, report)
+    bonus_rows = await stores.ledger.bonuses(tenant_id)
+    earned: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
+    for row in bonus_rows:
+        tag = row.attributes.get("bonus", "")
+        if tag:
+            earned.setdefault((row.event_id, row.role, row.user_id), []).append((tag, row.points))
+    await _replay_entries(app, tenant_id, now_s, report, earned)
     await _restore_identities(app, tenant_id, now_s, per_shard)
+    await _restore_progress(app, tenant_id, bonus_rows, now_s)
     report.tenants += 1
     log.info("rebuilt tenant %s: %d users, %d entries", tenant_id, len(sums), report.entries)
 
 
-async def _replay_entries(app: App, tenant_id: str, now_s: int, report: RebuildReport) -> None:
+async def _replay_entries(
+    app: App,
+    tenant_id: str,
+    now_s: int,
+    report: RebuildReport,
+    earned: dict[tuple[str, str, str], list[tuple[str, int]]],
+) -> None:
     stores = app.stores
     chunk: list[RestoreOp] = []
     async for row in stores.ledger.entries(tenant_id):
@@ -259,12 +273,50 @@ async def _replay_entries(app: App, tenant_id: str, now_s: int, report: RebuildR
             continue
         restore = _restore_op(app, row, now_s)
         if restore is not None:
+            bonuses = earned.get((row.event_id, row.role, row.user_id))
+            if bonuses:
+                # The dedup record names them: a replay answers with them.
+                restore = replace(restore, bonuses=tuple(bonuses))
             chunk.append(restore)
         if len(chunk) >= _RESTORE_CHUNK:
             await stores.awards.restore(chunk)
             chunk = []
     if chunk:
         await stores.awards.restore(chunk)
+
+
+async def _restore_progress(
+    app: App, tenant_id: str, bonus_rows: list[LedgerRow], now_s: int
+) -> None:
+    """Badges from the bonus rows that granted them, and every task the ledger
+    shows done in a period still open counted as done: its progress may not
+    come back from award rows (a peak's feeds pay nothing, a target raised
+    since), and the reward must never be paid again."""
+    tenant = app.engine.tenant(tenant_id)
+    if tenant is None:
+        return
+    tasks = tenant.part(TASKS)
+    stores = app.stores
+    badges: dict[Shard, dict[str, dict[str, int]]] = {}
+    floors: dict[Shard, list[tuple[PeriodRef, str, str, int]]] = {}
+    for row in bonus_rows:
+        shard = stores.topology.user_shard(tenant_id, row.user_id)
+        if badge := row.attributes.get("badge"):
+            owned = badges.setdefault(shard, {}).setdefault(row.user_id, {})
+            owned[badge] = min(owned.get(badge, row.occurred_at_ms), row.occurred_at_ms)
+        tag = row.attributes.get("bonus", "")
+        task = tasks.get(tag.split(".")[1]) if tag.startswith("task.") else None
+        if task is None or task.per_attribute:
+            continue
+        ref = app.engine.period(tenant, task.period, row.occurred_at_ms)
+        if tag == task_tag(task, ref.key):
+            # A peak's completing report is on the row (its quantity).
+            floor = max(task.at_least, row.quantity if task.measure is Measure.PEAK else 0)
+            floors.setdefault(shard, []).append((ref, row.user_id, task_counter(task.id), floor))
+    for shard in set(badges) | set(floors):
+        await stores.balances.restore_progress(
+            shard, badges.get(shard, {}), floors.get(shard, []), now_s
+        )
 
 
 async def _restore_identities(

@@ -23,6 +23,7 @@ from pointsd.service.convert import (
     board_entry_to_pb,
     entry_to_pb,
     item_to_pb,
+    progress_to_pb,
     redemption_to_pb,
     result_to_pb,
     reward_to_pb,
@@ -32,6 +33,7 @@ from pointsd.service.domain import Outcome, Period
 from pointsd.service.errors import AlreadyExists, InvalidArgument, NotFound
 from pointsd.service.ingest import EventResult
 from pointsd.service.metrics import EventMeter
+from pointsd.service.progress import progress
 from pointsd.service.rpc import Ctx, abort, stream, unary
 from pointsd.service.validation import (
     InvalidField,
@@ -103,6 +105,12 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         return pb.ListRedemptionsResponse(
             redemptions=[redemption_to_pb(r) for r in page.rows], next_page_token=page.next_token
         )
+
+    @unary
+    async def GetProgress(self, request: pb.GetProgressRequest, context: Ctx) -> pb.Progress:
+        tenant = check_tenant(self.app.engine, request.tenant_id)
+        user_id = check_id("user_id", request.user_id)
+        return progress_to_pb(await progress(self.app, tenant, user_id))
 
     def _now_ms(self) -> int:
         return self.app.clock()

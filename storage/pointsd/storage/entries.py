@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pointsd.service.domain import SEP, TIME_MS_MAX, CreditOp
+from pointsd.service.domain import SEP, TIME_MS_MAX, CreditOp, key_part
 
 __all__ = [
     "EARNED_KINDS",
@@ -24,6 +24,7 @@ __all__ = [
     "KIND_SPEND",
     "LedgerRow",
     "award_data",
+    "bonus_key",
     "decode_entry",
     "entry_data",
 ]
@@ -106,6 +107,11 @@ def entry_data(
     return SEP.join(parts)
 
 
+def bonus_key(user_id: str, tag: str) -> str:
+    """The ledger key of a once-bonus (a task done, a level, a milestone)."""
+    return f"b:{key_part(user_id)}:{tag}"
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -119,13 +125,20 @@ def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
     (_, kind, entry_key, user_id, event_id, role, action, counterpart, group, department,
      quantity, occurred, recorded, attributes, reason) = parts  # fmt: skip
     milestone = f.get("m")
+    attrs = json.loads(attributes) if attributes else {}
     if milestone is not None:
-        # A bonus row of the award in `d`: its own key, points and reason.
+        # A bonus row of the award in `d`: its own key, points and reason; a
+        # once-bonus is keyed by user and tag (its period is in the tag), so
+        # the ledger refuses a second one whichever event triggered it.
         tag, _, reason = milestone.partition(SEP)
         if not tag:
             raise ValueError("outbox bonus entry has no tag")
-        kind, entry_key = KIND_BONUS, f"{entry_key}:{tag}"
-    attrs = json.loads(attributes) if attributes else {}
+        kind = KIND_BONUS
+        entry_key = bonus_key(user_id, tag) if f.get("o") == "1" else f"{entry_key}:{tag}"
+        # Its attributes say what it is (the award row keeps the event's).
+        attrs = {"bonus": tag}
+        if badge := f.get("g"):
+            attrs["badge"] = badge
     if not isinstance(attrs, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
     ):

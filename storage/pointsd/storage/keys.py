@@ -113,6 +113,11 @@ class Shard:
         tenant's calendar (streaks read runs of set bits)."""
         return f"{self.tag}:day:{name}{SEP}{user_id}"
 
+    def badges(self, user_id: str) -> str:
+        """Hash of one user's badges: badge id -> occurred_at (ms) of the
+        event that earned it. Never expires."""
+        return f"{self.tag}:badge:{user_id}"
+
     def pattern(self) -> str:
         """SCAN pattern for every key of this shard (glob-escaped tag)."""
         escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.tag)

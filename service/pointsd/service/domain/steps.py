@@ -14,8 +14,8 @@ never) is when a step's state may be dropped; a rebuild skips steps whose
 state has expired.
 
 Values: some steps produce a value (old, new) that a following Cross step
-reads: Bump and Distinct (the counter), Day (the run of active days around
-the day), Credit (the user's lifetime earned points).
+reads: Bump, Peak and Distinct (the counter), Day (the run of active days
+around the day), Credit (the user's lifetime earned points).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ __all__ = [
     "Entry",
     "First",
     "Member",
+    "Peak",
+    "Reach",
     "Step",
     "Threshold",
     "Throttle",
@@ -87,11 +89,18 @@ class Member(enum.StrEnum):
 class Bonus:
     """An extra ledger row of an award (a milestone): `points` (may be 0)
     credited on top, `tag` names it ([a-z0-9._-], unique within the credit),
-    `reason` is the row's text."""
+    `reason` is the row's text. `badge` (an id, "" for none) is granted with
+    it and kept in the user's badges with the time it was earned.
+
+    A Cross or Reach bonus is a once-bonus: its tag names the mechanic, its
+    id and its period ("task.daily-messages.2026-12-02"), and its ledger row
+    is keyed by user and tag, so the ledger itself refuses a second one. An
+    Entry bonus (paid with every award) is keyed by its award."""
 
     tag: str
     points: int
     reason: str
+    badge: str = ""
 
 
 # --------------------------------------------------------------------------
@@ -152,6 +161,15 @@ class Bump(_PeriodStep):
 
 
 @dataclass(frozen=True, slots=True)
+class Peak(_PeriodStep):
+    """Keep the highest quantity reported (a group's member count): the
+    counter becomes max(counter, quantity). Produces (old, new)."""
+
+    period: PeriodRef
+    counter: str
+
+
+@dataclass(frozen=True, slots=True)
 class Distinct(_PeriodStep):
     """Count the distinct values of `member` (e.g. colleagues thanked), at
     most `bound` of them (memory stays bounded). Produces (old, new)."""
@@ -189,6 +207,18 @@ class Cross(Step):
     """For each threshold with old < at <= new of the value the previous
     producing step made, the credit earns the threshold's bonus. A counter
     that only grows crosses each threshold once; a run once per run."""
+
+    thresholds: tuple[Threshold, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reach(Step):
+    """Levels: for each threshold the user's lifetime earned points pass
+    during the credit (from before it to after it and every bonus it
+    earned), a zero-point once-bonus (a milestone row). Evaluated after the
+    bonuses are paid, so a task reward that lifts the user a level reports
+    the level at once. Points are never taken back on spending, so a level
+    once reached is never reached again."""
 
     thresholds: tuple[Threshold, ...]
 

@@ -24,7 +24,7 @@ from pointsd.service.domain import (
     StoreCode,
 )
 from pointsd.service.domain.steps import Step
-from pointsd.service.rules.mechanics import MECHANICS, CompileContext, Compiled, Refs
+from pointsd.service.rules.mechanics import MECHANICS, BonusInfo, CompileContext, Compiled, Refs
 from pointsd.service.rules.mechanics.balance import EARNED
 from pointsd.service.rules.model import ActionRule, CreditRule, RuleBook, TenantRules
 from pointsd.service.rules.periods import period_bounds, period_ref
@@ -227,7 +227,7 @@ class RulesEngine:
         self._periods = {
             t.tenant_id: _Periods(t.timezone, state_retention_s) for t in book.tenants.values()
         }
-        self._compiled: dict[tuple[str, str], list[CompiledCredit]] = {}
+        self._compiled: dict[tuple[str, str, str], list[CompiledCredit]] = {}
 
     def tenant(self, tenant_id: str) -> TenantRules | None:
         return self.book.tenant(tenant_id)
@@ -236,10 +236,12 @@ class RulesEngine:
         return self._periods[tenant.tenant_id].get(kind, at_ms)
 
     def compiled(self, tenant: TenantRules, rule: ActionRule) -> list[CompiledCredit]:
-        """The action's credits compiled for the tenant (rule sets are shared)."""
-        found = self._compiled.get((tenant.rule_set, rule.key))
+        """The action's credits compiled for the tenant (rule sets are shared
+        by tenants on the same calendar; working-day tasks read it)."""
+        key = (tenant.rule_set, tenant.calendar.name, rule.key)
+        found = self._compiled.get(key)
         if found is None:
-            found = self._compiled[(tenant.rule_set, rule.key)] = [
+            found = self._compiled[key] = [
                 self._compile(tenant, rule, credit) for credit in rule.credits
             ]
         return found
@@ -255,6 +257,15 @@ class RulesEngine:
         )
         parts = [p for m in self.book.mechanics or MECHANICS if (p := m.compile(ctx)) is not None]
         return CompiledCredit(rule, credit, parts)
+
+    def bonus_info(self, tenant: TenantRules, tag: str) -> BonusInfo:
+        """What a bonus tag names (a tag no mechanic knows any more: itself)."""
+        for mechanic in self.book.mechanics or MECHANICS:
+            info = mechanic.bonus_info(tenant, tag)
+            if info is not None:
+                return info
+        kind = tag.split(".", 1)[0]
+        return BonusInfo(kind, tag, tag, tag, reason=tag)
 
     def plan(
         self, event: Event, *, recorded_at_ms: int, restore: bool = False

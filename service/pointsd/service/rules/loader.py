@@ -30,11 +30,22 @@ from pointsd.service.rules.checker import (
 from pointsd.service.rules.mechanics import MECHANICS, Mechanic
 from pointsd.service.rules.model import ActionRule, CreditRule, RuleBook, TenantRules
 
-__all__ = ["DEFAULT_RULES", "RuleError", "load_rule_book", "load_rule_file", "parse_rule_book"]
+__all__ = [
+    "DEFAULT_RULES",
+    "PROGRESSION_KEYS",
+    "RuleError",
+    "load_rule_book",
+    "load_rule_file",
+    "parse_rule_book",
+    "without_progression",
+]
 
 DEFAULT_RULES = "default_rules.yaml"
 SHARDS_MAX = 1024
 POINTS_MAX = 1_000_000
+
+# Rule-set blocks of the progression mechanics (levels, badges, tasks).
+PROGRESSION_KEYS = ("levels", "badges", "tasks")
 
 _ACTION_KEYS = {"description", "actor", "target", "target_required", "attributes_required"}
 
@@ -57,7 +68,8 @@ def _credit(r: _Reader, raw: Any, role: Role, path: str) -> CreditRule | None:
     c.unknown(m, r.credit_keys, path)
     if "points" not in m:
         c.fail(f"{path}.points", "is required")
-    points = c.integer(m.get("points", 1), f"{path}.points", 1, POINTS_MAX)
+    # 0: the credit pays nothing and only feeds tasks (a group's member count).
+    points = c.integer(m.get("points", 1), f"{path}.points", 0, POINTS_MAX)
     parts: dict[str, Any] = {}
     for mechanic in r.mechanics:
         if mechanic.credit_keys:
@@ -144,6 +156,9 @@ def _rule_set(r: _Reader, raw: Any, path: str) -> tuple[dict[str, ActionRule], d
             part = mechanic.parse_rule_set(c, raw_part, actions, f"{path}.{mechanic.rule_set_key}")
             if part is not None:
                 parts[mechanic.name] = part
+    for mechanic in r.mechanics:
+        if mechanic.rule_set_key:
+            mechanic.review_rule_set(c, parts, f"{path}.{mechanic.rule_set_key}")
     return actions, parts
 
 
@@ -256,3 +271,14 @@ def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
 
 def load_rule_book(path: Path | None, *, default_shards: int = 1) -> RuleBook:
     return parse_rule_book(load_rule_file(path), default_shards=default_shards)
+
+
+def without_progression(doc: Any) -> Any:
+    """A rule document with every rule set's progression blocks removed: the
+    same book without levels, badges and tasks (the benchmark's baseline;
+    tests of the core mechanics, whose balances tasks would change)."""
+    for rule_set in (doc.get("rule_sets") or {}).values():
+        if isinstance(rule_set, dict):
+            for key in PROGRESSION_KEYS:
+                rule_set.pop(key, None)
+    return doc

@@ -101,6 +101,17 @@ _TARGET_ONLY = text(
     """
 )
 
+_BONUSES = text(
+    """
+    SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
+           counterpart_id, group_id, department_id, quantity, attributes, reason,
+           occurred_at, recorded_at
+    FROM ledger_entries
+    WHERE tenant_id = :tenant_id AND kind = 'bonus'
+    ORDER BY id
+    """
+)
+
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
@@ -305,6 +316,15 @@ class Ledger:
         try:
             async with self.engine.connect() as conn:
                 result = await conn.execute(_TARGET_ONLY, {"tenant_id": tenant_id})
+                return [_row(tenant_id, r) for r in result.all()]
+        except (saexc.SQLAlchemyError, OSError) as exc:
+            raise pg_errors(exc) from exc
+
+    async def bonuses(self, tenant_id: str) -> list[LedgerRow]:
+        """Every bonus row of a tenant (tasks done, levels, badges), in order."""
+        try:
+            async with self.engine.connect() as conn:
+                result = await conn.execute(_BONUSES, {"tenant_id": tenant_id})
                 return [_row(tenant_id, r) for r in result.all()]
         except (saexc.SQLAlchemyError, OSError) as exc:
             raise pg_errors(exc) from exc

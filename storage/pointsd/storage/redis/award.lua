@@ -30,15 +30,21 @@
 --              to max - used, refuse when nothing is left; n = reported limit (check)
 --   "bump"     {h, c, by, x}    counter += 1 ("c"), points ("p"), quantity ("q");
 --              produces (old, new)
+--   "peak"     {h, c, x}        counter = max(counter, quantity); produces (old, new)
 --   "distinct" {h, c, of, max, x} count distinct op[of] values, at most max;
 --              produces (old, new)
 --   "day"      {uk, bit, scan, keep, cover} set bit `bit` of bitmap op.k[uk];
 --              produces the run of set bits (ORing op.k[cover]) around it, before/after
---   "cross"    {at: [[threshold, points, tag, reason], ...]} bonus for every
---              threshold with old < threshold <= new of the last produced value
+--   "cross"    {at: [[threshold, points, tag, reason, badge], ...], bk} bonus for
+--              every threshold with old < threshold <= new of the last produced
+--              value; a once-bonus: its ledger row is keyed by user and tag; a
+--              badge ("" none) is kept in the user's badge hash op.k[bk]
+--   "reach"    {at: [[threshold, tag, reason], ...]} a zero-point once-bonus for
+--              every threshold the user's lifetime earned points crossed from
+--              before the op to after it, its bonuses included (levels)
 --   "credit"   {}               available and earned += points; the op's outbox
 --              entry; produces (old, new) earned
---   "entry"    {pts, tag, why}  a bonus, always
+--   "entry"    {pts, tag, why, badge, bk} a bonus, always (its row keyed by the award)
 --   "first"    {h}              hash KEYS[h]: user -> occurred_at of the first paid credit
 --   "board"    {slots: [{m, w, gm, sc, key, x, set}, ...]} for a paid credit: each
 --              slot's board += 1 ("c") or points ("p"); sc "t" uses KEYS[key], "d"/"g"
@@ -52,11 +58,14 @@
 --   f content fingerprint, p points per unit, q quantity (>= 0), t occurred_at (ms),
 --   P program number, k [key index, ...] of the op's own keys (steps' uk),
 --   cp counterpart, dep department, grp group, join join ms (0 = unknown),
---   e outbox entry data (apply), r [points, balance, outcome] (restore)
+--   e outbox entry data (apply), r [points, balance, outcome, [[tag, points], ...]]
+--   (restore: what the ledger says, the bonuses it paid included)
 --
 -- Checks run first, in program order; only when none refused do the effects
 -- run, in program order, then the bonuses are paid (available and earned move;
--- one outbox row each). Board increments are summed per (board, member) over the
+-- one outbox row each: field m "<tag>\31<reason>", o "1" for a once-bonus, g its
+-- badge), then the reach steps' milestones. Restore pays no bonus: the ledger
+-- has their rows; they are only written into the dedup record. Board increments are summed per (board, member) over the
 -- call and applied at the end.
 --
 -- Returns a flat array per op, in op order:
@@ -213,6 +222,17 @@ APPLY.bump = function(c, s, op)
   touch(s.h, s.x)
 end
 
+APPLY.peak = function(c, s, op)
+  local field = op.u .. SEP .. s.c
+  local was = hget_number(KEYS[s.h], field)
+  c.old, c.new = was, was
+  if op.q > was then
+    redis.call('HSET', KEYS[s.h], field, op.q)
+    c.new = op.q
+  end
+  touch(s.h, s.x)
+end
+
 APPLY.distinct = function(c, s, op)
   local field = op.u .. SEP .. s.c
   local count = hget_number(KEYS[s.h], field)
@@ -236,13 +256,23 @@ APPLY.day = function(c, s, op)
   if was == 1 then c.old = c.new else c.old = math.max(left, right) end
 end
 
+-- A bonus: {tag, points, reason, once, badge, badge hash key index}.
+local function badge_key(s, op)
+  if s.bk and s.bk ~= 0 then return op.k[s.bk] end
+  return 0
+end
+
 APPLY.cross = function(c, s, op)
   if not c.old then return end
   for _, t in ipairs(s.at) do
     if c.old < t[1] and t[1] <= c.new then
-      c.bonuses[#c.bonuses + 1] = {t[3], t[2], t[4]}
+      c.bonuses[#c.bonuses + 1] = {t[3], t[2], t[4], true, t[5] or '', badge_key(s, op)}
     end
   end
+end
+
+APPLY.reach = function(c, s, op)
+  c.reach = s.at
 end
 
 APPLY.credit = function(c, s, op)
@@ -258,7 +288,7 @@ APPLY.credit = function(c, s, op)
 end
 
 APPLY.entry = function(c, s, op)
-  c.bonuses[#c.bonuses + 1] = {s.tag, s.pts, s.why}
+  c.bonuses[#c.bonuses + 1] = {s.tag, s.pts, s.why, false, s.badge or '', badge_key(s, op)}
 end
 
 APPLY.first = function(c, s, op)
@@ -299,6 +329,22 @@ APPLY.board = function(c, s, op)
       sums[member] = (sums[member] or 0) + by
     end
   end
+end
+
+-- Pay one bonus (apply mode): its points, its outbox row, its badge.
+local function pay(c, op, b)
+  if b[2] ~= 0 then
+    c.balance = redis.call('HINCRBY', KEYS[2], op.u .. '|a', b[2])
+    redis.call('HINCRBY', KEYS[2], op.u .. '|e', b[2])
+  end
+  local row = {'p', b[2], 'b', c.balance, 'd', op.e, 'm', b[1] .. SEP .. b[3]}
+  if b[4] then row[#row + 1], row[#row + 2] = 'o', '1' end
+  if b[5] ~= '' then
+    row[#row + 1], row[#row + 2] = 'g', b[5]
+    if b[6] ~= 0 then redis.call('HSETNX', KEYS[b[6]], b[5], int(op.t)) end
+  end
+  redis.call('XADD', KEYS[3], '*', unpack(row))
+  outbox_len = outbox_len + 1
 end
 
 local function record(code, c, fp)
@@ -359,16 +405,30 @@ for i = 1, #ops do
         local apply = APPLY[s.op]
         if apply then apply(c, s, op) end
       end
-      if op.r then c.balance = op.r[2] end
-      if not c.balance then c.balance = hget_number(KEYS[2], op.u .. '|a') end
-      for _, b in ipairs(c.bonuses) do
-        if b[2] ~= 0 then
-          c.balance = redis.call('HINCRBY', KEYS[2], op.u .. '|a', b[2])
-          redis.call('HINCRBY', KEYS[2], op.u .. '|e', b[2])
+      if op.r then
+        c.balance = op.r[2]
+        c.bonuses = {}
+        for _, b in ipairs(op.r[4] or NONE) do c.bonuses[#c.bonuses + 1] = {b[1], b[2]} end
+      else
+        if not c.balance then c.balance = hget_number(KEYS[2], op.u .. '|a') end
+        local paid = 0
+        for _, b in ipairs(c.bonuses) do
+          pay(c, op, b)
+          paid = paid + b[2]
         end
-        redis.call('XADD', KEYS[3], '*', 'p', b[2], 'b', c.balance, 'd', op.e,
-          'm', b[1] .. SEP .. b[3])
-        outbox_len = outbox_len + 1
+        if c.reach then
+          -- Levels: from the earned points before this op to after it,
+          -- the bonuses just paid included.
+          local after = hget_number(KEYS[2], op.u .. '|e')
+          local before = after - c.points - paid
+          for _, t in ipairs(c.reach) do
+            if before < t[1] and t[1] <= after then
+              local b = {t[2], 0, t[3], true, '', 0}
+              c.bonuses[#c.bonuses + 1] = b
+              pay(c, op, b)
+            end
+          end
+        end
       end
       if op.x > 0 then
         local recorded = AWARDED

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis import exceptions as rexc
@@ -21,7 +21,7 @@ from pointsd.storage.keys import (
 from pointsd.storage.redis.client import RedisClient, gate
 from pointsd.storage.redis.scripts import LuaScript, redis_errors
 
-__all__ = ["BalanceChange", "BalanceStore", "BalanceView", "ChangeResult"]
+__all__ = ["BalanceChange", "BalanceStore", "BalanceView", "ChangeResult", "ProgressView"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +61,23 @@ class ChangeResult:
     available_before: int
 
 
+@dataclass(frozen=True, slots=True)
+class ProgressView:
+    """A user's progress state: the balance, the counters asked for (in the
+    order asked) and the badges (id -> occurred_at ms of the earning event)."""
+
+    available: int
+    earned: int
+    counters: list[int]
+    badges: dict[str, int]
+
+
 def _int(value: bytes | str | None) -> int:
     return int(value) if value is not None else 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class BalanceStore:
@@ -122,6 +137,66 @@ class BalanceStore:
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
         return BalanceView(_int(available), _int(earned), _int(spent), _int(today))
+
+    async def progress(
+        self, tenant_id: str, user_id: str, counters: Sequence[tuple[PeriodRef, str]]
+    ) -> ProgressView:
+        """One round trip: balance, the counters (period, name) and badges."""
+        shard = self.topology.user_shard(tenant_id, user_id)
+        by_hash: dict[str, list[int]] = {}
+        for i, (period, _) in enumerate(counters):
+            by_hash.setdefault(shard.counters(period), []).append(i)
+        try:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(shard.balances, [balance_field(user_id, p) for p in (AVAILABLE, EARNED)])
+                for key, indexes in by_hash.items():
+                    pipe.hmget(key, [counter_field(user_id, counters[i][1]) for i in indexes])
+                pipe.hgetall(shard.badges(user_id))
+                replies = await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+        (available, earned), badges = replies[0], replies[-1]
+        values = [0] * len(counters)
+        for indexes, got in zip(by_hash.values(), replies[1:-1], strict=True):
+            for i, value in zip(indexes, got, strict=True):
+                values[i] = _int(value)
+        return ProgressView(
+            _int(available),
+            _int(earned),
+            values,
+            {_text(k): int(v) for k, v in badges.items()},
+        )
+
+    async def restore_progress(
+        self,
+        shard: Shard,
+        badges: Mapping[str, Mapping[str, int]],
+        floors: Sequence[tuple[PeriodRef, str, str, int]],
+        now_s: int,
+    ) -> None:
+        """Rebuild: set users' badges (user -> badge -> ms) and raise counters
+        (period, user, counter, at least) to a floor, e.g. a task the ledger
+        shows done whose progress no award row restores. Only while the
+        shard is in maintenance (read, then write)."""
+        try:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
+                for user, owned in badges.items():
+                    pipe.hset(shard.badges(user), mapping=dict(owned))  # type: ignore[arg-type]
+                for period, user, counter, _ in floors:
+                    pipe.hget(shard.counters(period), counter_field(user, counter))
+                replies = await pipe.execute()
+            current = replies[len(badges) :]
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
+                for (period, user, counter, floor), now in zip(floors, current, strict=True):
+                    if _int(now) >= floor or (period.expires_at_s and period.expires_at_s <= now_s):
+                        continue
+                    key = shard.counters(period)
+                    pipe.hset(key, counter_field(user, counter), floor)
+                    if period.expires_at_s:
+                        pipe.expire(key, period.expires_at_s - now_s)
+                await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
 
     async def scan_balances(self, shard: Shard) -> AsyncIterator[tuple[str, BalanceView]]:
         """Every user's balance on a shard (HSCAN; consistent enough when quiet)."""

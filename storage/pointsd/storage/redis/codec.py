@@ -32,6 +32,8 @@ from pointsd.service.domain.steps import (
     Distinct,
     Entry,
     First,
+    Peak,
+    Reach,
     Step,
     Throttle,
 )
@@ -62,6 +64,9 @@ class RestoreOp:
     # The outcome its dedup record says (AWARDED, or CAPPED for a credit the
     # ledger shows was not paid while the event's other credit was).
     code: StoreCode = StoreCode.AWARDED
+    # The bonuses the ledger shows it earned (tag, points): written into the
+    # dedup record, so a replay after a rebuild answers with them.
+    bonuses: tuple[tuple[str, int], ...] = ()
 
 
 class KeyTable:
@@ -136,7 +141,8 @@ class CallEncoder:
         if restored is None:
             enc["e"] = award_data(op)
         else:
-            enc["r"] = [restored.points, restored.balance_after, int(restored.code)]
+            enc["r"] = [restored.points, restored.balance_after, int(restored.code),
+                        [list(b) for b in restored.bonuses]]  # fmt: skip
         for board, slots in program.boards:
             self._scope_keys(board, slots, op.department, op.group)
         self.ops.append(enc)
@@ -160,7 +166,9 @@ class CallEncoder:
         user_keys: list[_UserKey] = []
         boards: list[tuple[Board, list[dict[str, Any]]]] = []
         for step in steps:
-            if isinstance(step, Throttle | Day):
+            if isinstance(step, Throttle | Day) or (
+                isinstance(step, Cross | Entry) and _grants_badge(step)
+            ):
                 # Its key is the user's own: encoded per program, the key
                 # of each operation's user travels with the operation.
                 encoded = self._user_keyed(step, user_keys)
@@ -178,8 +186,16 @@ class CallEncoder:
         self.programs.append(numbers)
         return _Program(len(self.programs), user_keys, boards)
 
-    def _user_keyed(self, step: Throttle | Day, user_keys: list[_UserKey]) -> dict[str, Any]:
+    def _user_keyed(
+        self, step: Throttle | Day | Cross | Entry, user_keys: list[_UserKey]
+    ) -> dict[str, Any]:
         shard = self.shard
+        if isinstance(step, Cross | Entry):
+            # Grants a badge: the user's badge hash travels with each op.
+            user_keys.append(shard.badges)
+            encoded = self._shared(step)
+            encoded["bk"] = len(user_keys)
+            return encoded
         if isinstance(step, Throttle):
             name = step.name
             user_keys.append(lambda user: shard.interval(user, name))
@@ -211,16 +227,15 @@ class CallEncoder:
         if isinstance(step, Accumulate):
             return {"op": "acc", "h": index(shard.counters(step.period)), "c": step.counter,
                     "unit": step.unit, "x": step.period.expires_at_s}  # fmt: skip
+        if isinstance(step, Peak):
+            return {"op": "peak", "h": index(shard.counters(step.period)), "c": step.counter,
+                    "x": step.period.expires_at_s}  # fmt: skip
         if isinstance(step, Distinct):
             return {"op": "distinct", "h": index(shard.counters(step.period)),
                     "c": step.counter, "of": step.member.value, "max": step.bound,
                     "x": step.period.expires_at_s}  # fmt: skip
-        if isinstance(step, Cross):
-            return {"op": "cross", "at": [[t.at, t.bonus.points, t.bonus.tag, t.bonus.reason]
-                                          for t in step.thresholds]}  # fmt: skip
-        if isinstance(step, Entry):
-            b = step.bonus
-            return {"op": "entry", "pts": b.points, "tag": b.tag, "why": b.reason}
+        if isinstance(step, Cross | Reach | Entry):
+            return _bonus_step(step)
         raise TypeError(f"no wire encoding for step {step!r}")
 
     def _slot(self, slot: BoardSlot) -> dict[str, Any]:
@@ -245,6 +260,22 @@ class CallEncoder:
             scope_id = department if slot.scope == "d" else group
             if scope_id and scope_id not in encoded["key"]:
                 encoded["key"][scope_id] = self.keys.index(self.shard.board(slot.ref(scope_id)))
+
+
+def _bonus_step(step: Cross | Reach | Entry) -> dict[str, Any]:
+    if isinstance(step, Cross):
+        return {"op": "cross", "at": [[t.at, t.bonus.points, t.bonus.tag, t.bonus.reason,
+                                       t.bonus.badge] for t in step.thresholds]}  # fmt: skip
+    if isinstance(step, Reach):
+        return {"op": "reach", "at": [[t.at, t.bonus.tag, t.bonus.reason] for t in step.thresholds]}
+    b = step.bonus
+    return {"op": "entry", "pts": b.points, "tag": b.tag, "why": b.reason, "badge": b.badge}
+
+
+def _grants_badge(step: Cross | Entry) -> bool:
+    if isinstance(step, Entry):
+        return bool(step.bonus.badge)
+    return any(t.bonus.badge for t in step.thresholds)
 
 
 def _text(value: bytes | str) -> str:

@@ -9,14 +9,33 @@ mechanics only through `MECHANICS`.
 from __future__ import annotations
 
 from pointsd.service.rules.mechanics.accumulators import Accumulators
+from pointsd.service.rules.mechanics.badges import Badges
 from pointsd.service.rules.mechanics.balance import Balance
-from pointsd.service.rules.mechanics.base import CompileContext, Compiled, Mechanic, Rank, Refs
+from pointsd.service.rules.mechanics.base import (
+    BonusInfo,
+    CompileContext,
+    Compiled,
+    Mechanic,
+    Rank,
+    Refs,
+)
 from pointsd.service.rules.mechanics.boards import Boards
 from pointsd.service.rules.mechanics.caps import Caps
+from pointsd.service.rules.mechanics.levels import Levels
+from pointsd.service.rules.mechanics.tasks import Tasks
 from pointsd.service.rules.mechanics.throttles import Throttles
 
-__all__ = ["MECHANICS", "CompileContext", "Compiled", "Mechanic", "Rank", "Refs"]
+__all__ = ["MECHANICS", "BonusInfo", "CompileContext", "Compiled", "Mechanic", "Rank", "Refs"]
 
 # In the order the loader reads them (and lists their problems); steps are
 # ordered by each compiled part's rank.
-MECHANICS: tuple[Mechanic, ...] = (Caps(), Accumulators(), Throttles(), Balance(), Boards())
+MECHANICS: tuple[Mechanic, ...] = (
+    Caps(),
+    Accumulators(),
+    Throttles(),
+    Balance(),
+    Boards(),
+    Levels(),
+    Badges(),
+    Tasks(),
+)

@@ -20,6 +20,7 @@ from pointsd.service.rules.checker import Checker
 from pointsd.service.rules.model import ActionRule, CreditRule, TenantRules
 
 __all__ = [
+    "BonusInfo",
     "CompileContext",
     "Compiled",
     "Mechanic",
@@ -96,6 +97,21 @@ class Compiled:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class BonusInfo:
+    """What a bonus tag names, for results and progress: the mechanic's kind
+    ("task", "level", ...), the id within it, its names and its period."""
+
+    kind: str
+    id: str
+    name: str
+    name_en: str
+    period_key: str = ""
+    badge: str = ""
+    # What the result says of it ("Weekly task done: ...").
+    reason: str = ""
+
+
 class Mechanic:
     """One mechanic module's entry point. Subclasses set the class fields and
     override what they use."""
@@ -114,6 +130,14 @@ class Mechanic:
         self, c: Checker, raw: Any, actions: Mapping[str, ActionRule], path: str
     ) -> Any:
         """Its rule-set block, given the set's actions (None: nothing to keep)."""
+        return None
+
+    def review_rule_set(self, c: Checker, parts: Mapping[str, Any], path: str) -> None:
+        """Check its block against the other mechanics' parts of the same rule
+        set (by mechanic name), once all are parsed (a task's badge exists)."""
+
+    def bonus_info(self, tenant: TenantRules, tag: str) -> BonusInfo | None:
+        """What one of its bonus tags names (None: not its tag)."""
         return None
 
     def review_action(self, c: Checker, rule: ActionRule, path: str) -> ActionRule:

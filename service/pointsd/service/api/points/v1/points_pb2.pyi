@@ -65,6 +65,14 @@ class RedemptionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILED: _ClassVar[RedemptionStatus]
     REFUNDING: _ClassVar[RedemptionStatus]
     REFUNDED: _ClassVar[RedemptionStatus]
+
+class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_KIND_UNSPECIFIED: _ClassVar[TaskKind]
+    DAILY: _ClassVar[TaskKind]
+    WEEKLY: _ClassVar[TaskKind]
+    MONTHLY: _ClassVar[TaskKind]
+    GROWTH: _ClassVar[TaskKind]
 OUTCOME_UNSPECIFIED: Outcome
 AWARDED: Outcome
 DUPLICATE: Outcome
@@ -100,6 +108,11 @@ COMPLETED: RedemptionStatus
 FAILED: RedemptionStatus
 REFUNDING: RedemptionStatus
 REFUNDED: RedemptionStatus
+TASK_KIND_UNSPECIFIED: TaskKind
+DAILY: TaskKind
+WEEKLY: TaskKind
+MONTHLY: TaskKind
+GROWTH: TaskKind
 
 class ActivityEvent(_message.Message):
     __slots__ = ("tenant_id", "event_id", "user_id", "action", "occurred_at", "target_user_id", "group_id", "department_id", "quantity", "attributes")
@@ -149,7 +162,7 @@ class Credit(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ActivityResult(_message.Message):
-    __slots__ = ("event_id", "outcome", "points", "balance", "reason", "original_outcome", "credits", "field")
+    __slots__ = ("event_id", "outcome", "points", "balance", "reason", "original_outcome", "credits", "field", "bonuses", "level_ups")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +171,8 @@ class ActivityResult(_message.Message):
     ORIGINAL_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     FIELD_FIELD_NUMBER: _ClassVar[int]
+    BONUSES_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_UPS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     outcome: Outcome
     points: int
@@ -166,7 +181,55 @@ class ActivityResult(_message.Message):
     original_outcome: Outcome
     credits: _containers.RepeatedCompositeFieldContainer[Credit]
     field: str
-    def __init__(self, event_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., reason: _Optional[str] = ..., original_outcome: _Optional[_Union[Outcome, str]] = ..., credits: _Optional[_Iterable[_Union[Credit, _Mapping]]] = ..., field: _Optional[str] = ...) -> None: ...
+    bonuses: _containers.RepeatedCompositeFieldContainer[Bonus]
+    level_ups: _containers.RepeatedCompositeFieldContainer[LevelUp]
+    def __init__(self, event_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., reason: _Optional[str] = ..., original_outcome: _Optional[_Union[Outcome, str]] = ..., credits: _Optional[_Iterable[_Union[Credit, _Mapping]]] = ..., field: _Optional[str] = ..., bonuses: _Optional[_Iterable[_Union[Bonus, _Mapping]]] = ..., level_ups: _Optional[_Iterable[_Union[LevelUp, _Mapping]]] = ...) -> None: ...
+
+class Bonus(_message.Message):
+    __slots__ = ("user_id", "kind", "id", "name", "name_en", "points", "reason", "period_key", "badge")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_EN_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    BADGE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    kind: str
+    id: str
+    name: str
+    name_en: str
+    points: int
+    reason: str
+    period_key: str
+    badge: str
+    def __init__(self, user_id: _Optional[str] = ..., kind: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., name_en: _Optional[str] = ..., points: _Optional[int] = ..., reason: _Optional[str] = ..., period_key: _Optional[str] = ..., badge: _Optional[str] = ...) -> None: ...
+
+class Level(_message.Message):
+    __slots__ = ("number", "id", "name", "name_en", "min_points", "privileges")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_EN_FIELD_NUMBER: _ClassVar[int]
+    MIN_POINTS_FIELD_NUMBER: _ClassVar[int]
+    PRIVILEGES_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    id: str
+    name: str
+    name_en: str
+    min_points: int
+    privileges: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, number: _Optional[int] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., name_en: _Optional[str] = ..., min_points: _Optional[int] = ..., privileges: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LevelUp(_message.Message):
+    __slots__ = ("user_id", "level")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    level: Level
+    def __init__(self, user_id: _Optional[str] = ..., level: _Optional[_Union[Level, _Mapping]] = ...) -> None: ...
 
 class RecordActivitiesRequest(_message.Message):
     __slots__ = ("events",)
@@ -394,7 +457,7 @@ class ListWinnersResponse(_message.Message):
     def __init__(self, periods: _Optional[_Iterable[_Union[WinnersPeriod, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("tenant_id", "item_id", "name", "description", "kind", "cost", "stock", "per_user_limit", "limit_period", "starts_at", "ends_at", "enabled", "created_at", "updated_at")
+    __slots__ = ("tenant_id", "item_id", "name", "description", "kind", "cost", "stock", "per_user_limit", "limit_period", "starts_at", "ends_at", "enabled", "created_at", "updated_at", "min_level")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -409,6 +472,7 @@ class Item(_message.Message):
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MIN_LEVEL_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     item_id: str
     name: str
@@ -423,7 +487,8 @@ class Item(_message.Message):
     enabled: bool
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, tenant_id: _Optional[str] = ..., item_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[ItemKind, str]] = ..., cost: _Optional[int] = ..., stock: _Optional[int] = ..., per_user_limit: _Optional[int] = ..., limit_period: _Optional[_Union[Period, str]] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    min_level: str
+    def __init__(self, tenant_id: _Optional[str] = ..., item_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[ItemKind, str]] = ..., cost: _Optional[int] = ..., stock: _Optional[int] = ..., per_user_limit: _Optional[int] = ..., limit_period: _Optional[_Union[Period, str]] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., enabled: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_level: _Optional[str] = ...) -> None: ...
 
 class Reward(_message.Message):
     __slots__ = ("item", "user_remaining")
@@ -612,3 +677,83 @@ class AdjustPointsResponse(_message.Message):
     balance: int
     duplicate: bool
     def __init__(self, entry_id: _Optional[str] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class GetProgressRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class LevelProgress(_message.Message):
+    __slots__ = ("current", "next", "lifetime_earned", "points_to_next")
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_EARNED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_TO_NEXT_FIELD_NUMBER: _ClassVar[int]
+    current: Level
+    next: Level
+    lifetime_earned: int
+    points_to_next: int
+    def __init__(self, current: _Optional[_Union[Level, _Mapping]] = ..., next: _Optional[_Union[Level, _Mapping]] = ..., lifetime_earned: _Optional[int] = ..., points_to_next: _Optional[int] = ...) -> None: ...
+
+class TaskProgress(_message.Message):
+    __slots__ = ("id", "name", "name_en", "kind", "period", "period_key", "progress", "target", "reward_points", "reward_badge", "completed", "ends_at", "seconds_left", "per_attribute")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_EN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REWARD_POINTS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_BADGE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    ENDS_AT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    PER_ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    name_en: str
+    kind: TaskKind
+    period: Period
+    period_key: str
+    progress: int
+    target: int
+    reward_points: int
+    reward_badge: str
+    completed: bool
+    ends_at: _timestamp_pb2.Timestamp
+    seconds_left: int
+    per_attribute: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., name_en: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., period: _Optional[_Union[Period, str]] = ..., period_key: _Optional[str] = ..., progress: _Optional[int] = ..., target: _Optional[int] = ..., reward_points: _Optional[int] = ..., reward_badge: _Optional[str] = ..., completed: _Optional[bool] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., seconds_left: _Optional[int] = ..., per_attribute: _Optional[str] = ...) -> None: ...
+
+class BadgeEarned(_message.Message):
+    __slots__ = ("id", "name", "name_en", "description", "earned_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_EN_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    EARNED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    name_en: str
+    description: str
+    earned_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., name_en: _Optional[str] = ..., description: _Optional[str] = ..., earned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "level", "tasks", "badges")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    BADGES_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    level: LevelProgress
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskProgress]
+    badges: _containers.RepeatedCompositeFieldContainer[BadgeEarned]
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., level: _Optional[_Union[LevelProgress, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., badges: _Optional[_Iterable[_Union[BadgeEarned, _Mapping]]] = ...) -> None: ...
