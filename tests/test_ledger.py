@@ -355,7 +355,7 @@ def test_migration_0005_keeps_rows_and_admits_zero_point_milestones(servers) -> 
         migrate.upgrade(scratch, "0004")
         with engine.begin() as conn:
             conn.execute(text(row), {"k": "e:1:a:u", "p": 5, "kind": "award"})
-        migrate.upgrade(scratch)
+        migrate.upgrade(scratch, "0005")
         assert migrate.current_revision(scratch) == "0005"
         with engine.begin() as conn:
             conn.execute(text(row), {"k": "e:1:a:u:level-2", "p": 0, "kind": "bonus"})

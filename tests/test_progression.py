@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 import redis as sync_redis
 
@@ -332,3 +333,42 @@ async def test_rebuild_restores_progress_badges_and_replays_pay_nothing(
     more = await record(api, "ann", "message.text", event_id="m9")
     assert not more.bonuses
     assert (await reconcile(api.app)).clean
+
+
+async def test_an_item_may_require_a_level(
+    make_api: ApiFactory, tenant: str, clock: TestClock
+) -> None:
+    clock.set(parse_instant(MONDAY))
+    api = await make_api(book=book(tenant, low_levels))
+    admin = pb_admin(api)
+    frame = pb.Item(tenant_id=api.tenant, item_id="gold-frame", name="Gold frame",
+                    kind=pb.VIRTUAL, cost=5, enabled=True, min_level="team-star")  # fmt: skip
+    created = await admin.CreateItem(pb.CreateItemRequest(item=frame))
+    assert created.min_level == "team-star"
+    await record(api, "ann", "file", event_id="f1")  # 10 points: Communicator
+
+    def redeem(request_id: str) -> Any:
+        return api.stub.Redeem(
+            pb.RedeemRequest(
+                tenant_id=api.tenant, user_id="ann", item_id="gold-frame", request_id=request_id
+            )  # fmt: skip
+        )
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await redeem("r1")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == (
+        "item 'gold-frame' requires level Team star (团队之星) (30 lifetime points); "
+        "'ann' is Communicator (沟通达人) with 10"
+    )
+    for i in range(2):
+        await record(api, "ann", "image", event_id=f"i{i}")  # 30: Team star
+    done = await redeem("r2")
+    assert done.redemption.status == pb.COMPLETED
+    wrong = pb.Item(tenant_id=api.tenant, item_id="x", name="X", kind=pb.VIRTUAL, cost=1,
+                    min_level="guru")  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as invalid:
+        await admin.CreateItem(pb.CreateItemRequest(item=wrong))
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "item.min_level: no level 'guru'" in invalid.value.details()
+    assert "newcomer, communicator, team-star" in invalid.value.details()

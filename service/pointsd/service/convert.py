@@ -166,6 +166,7 @@ def item_to_pb(item: Item) -> pb.Item:
         per_user_limit=item.per_user_limit or 0,
         limit_period=_PERIOD_PB[item.limit_period] if item.limit_period else 0,  # type: ignore[arg-type]
         enabled=item.enabled,
+        min_level=item.min_level,
     )
     if item.stock is not None:
         msg.stock = item.stock

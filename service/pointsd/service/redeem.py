@@ -51,7 +51,7 @@ from pointsd.service.errors import (
     ShardBusy,
 )
 from pointsd.service.periodic import every
-from pointsd.service.rules import RulesEngine
+from pointsd.service.rules import EARNED, LEVELS, RulesEngine
 from pointsd.service.rules.periods import period_key
 from pointsd.storage.entries import KIND_ADJUST, KIND_REFUND, KIND_SPEND, LedgerRow, entry_data
 from pointsd.storage.errors import RecordMissing, StorageError
@@ -141,7 +141,7 @@ class Redemptions:
         try:
             record, _created = await self.stores.catalog.begin_redemption(
                 tenant_id, request_id, user_id, item_id, quantity, self._now(),
-                self._limit_key(tenant_id),
+                self._limit_key(tenant_id), await self._level_refusal(tenant_id, user_id),
             )  # fmt: skip
         except RecordMissing:
             raise NotFound(f"item_id: tenant {tenant_id!r} has no item {item_id!r}") from None
@@ -165,6 +165,41 @@ class Redemptions:
         if record.status == "failed":
             raise FailedPrecondition(record.reason)
         return record
+
+    async def _level_refusal(self, tenant_id: str, user_id: str) -> Callable[[Item], str]:
+        """Why an item's minimum level refuses this user ("" when it does not).
+        Levels never drop when points are spent, so a level read before the
+        redemption still holds when it completes."""
+        tenant = self.engine.tenant(tenant_id)
+        levels = tenant.part(LEVELS) if tenant is not None else None
+        if tenant is None or levels is None:
+            return lambda item: (
+                f"item {item.item_id!r} requires level {item.min_level!r}, and the tenant's "
+                "rules have no levels"
+                if item.min_level
+                else ""
+            )
+        today = self.engine.period(tenant, Period.DAY, self.clock_ms())
+        earned = (await self.stores.balances.get(tenant_id, user_id, today, EARNED)).earned
+
+        def refusal(item: Item) -> str:
+            if not item.min_level:
+                return ""
+            level = levels.get(item.min_level)
+            if level is None:
+                return (
+                    f"item {item.item_id!r} requires level {item.min_level!r}, which the "
+                    "tenant's rules no longer define"
+                )
+            if earned >= level.min_points:
+                return ""
+            current = levels.at(earned)
+            return (
+                f"item {item.item_id!r} requires level {level.title} ({level.min_points} "
+                f"lifetime points); {user_id!r} is {current.title} with {earned}"
+            )
+
+        return refusal
 
     async def _redemption_change(
         self, r: Redemption, kind: str, key: str, delta: int, reason: str, occurred_ms: int

@@ -15,7 +15,7 @@ from pointsd.service.convert import ITEM_KINDS, PERIODS
 from pointsd.service.domain import TIME_MS_MAX, Event
 from pointsd.service.errors import InvalidArgument
 from pointsd.service.redeem import QUANTITY_MAX
-from pointsd.service.rules import RulesEngine, TenantRules
+from pointsd.service.rules import LEVELS, RulesEngine, TenantRules
 from pointsd.storage.postgres.catalog import Item
 
 __all__ = [
@@ -273,9 +273,23 @@ def item_from_pb(msg: pb.Item, engine: RulesEngine) -> Item:
     ends = timestamp_of(msg.ends_at, "item.ends_at") if msg.HasField("ends_at") else None
     if starts is not None and ends is not None and ends <= starts:
         raise InvalidField("item.ends_at", "must be after starts_at")
+    if msg.min_level:
+        _check_level(engine, msg.tenant_id, msg.min_level)
     return Item(
         tenant_id=msg.tenant_id, item_id=msg.item_id, name=msg.name,
         description=msg.description, kind=kind, cost=msg.cost, stock=stock,
         per_user_limit=limit, limit_period=period.value if period else None,
-        starts_at=starts, ends_at=ends, enabled=msg.enabled,
+        starts_at=starts, ends_at=ends, enabled=msg.enabled, min_level=msg.min_level,
     )  # fmt: skip
+
+
+def _check_level(engine: RulesEngine, tenant_id: str, level_id: str) -> None:
+    tenant = engine.tenant(tenant_id)
+    levels = tenant.part(LEVELS) if tenant is not None else None
+    if levels is None:
+        raise InvalidField("item.min_level", f"tenant {tenant_id!r} has no levels in its rules")
+    if levels.get(level_id) is None:
+        known = ", ".join(lv.id for lv in levels.levels)
+        raise InvalidField(
+            "item.min_level", f"no level {level_id[:64]!r} in the tenant's rules (levels: {known})"
+        )

@@ -46,6 +46,8 @@ class Item:
     enabled: bool = True
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # A level id of the tenant's rules the user must have reached ("" = anyone).
+    min_level: str = ""
 
     def inactive_reason(self, now: datetime) -> str:
         """Why the item cannot be redeemed at `now`, or "" if it can."""
@@ -82,7 +84,7 @@ class Redemption:
 
 _ITEM_COLUMNS = (
     "tenant_id, item_id, name, description, kind, cost, stock, per_user_limit, limit_period, "
-    "starts_at, ends_at, enabled, created_at, updated_at"
+    "starts_at, ends_at, enabled, created_at, updated_at, min_level"
 )
 _REDEMPTION_COLUMNS = (
     "redemption_id, tenant_id, request_id, user_id, item_id, item_name, quantity, points, "
@@ -122,7 +124,7 @@ class CatalogStore:
                     text(
                         f"INSERT INTO catalog_items ({_ITEM_COLUMNS}) VALUES (:tenant_id, "
                         ":item_id, :name, :description, :kind, :cost, :stock, :per_user_limit, "
-                        ":limit_period, :starts_at, :ends_at, :enabled, now(), now()) "
+                        ":limit_period, :starts_at, :ends_at, :enabled, now(), now(), :min_level) "
                         f"ON CONFLICT DO NOTHING RETURNING {_ITEM_COLUMNS}"
                     ),
                     _item_params(item),
@@ -148,7 +150,8 @@ class CatalogStore:
                         "kind = :kind, cost = :cost, stock = :stock, "
                         "per_user_limit = :per_user_limit, limit_period = :limit_period, "
                         "starts_at = :starts_at, ends_at = :ends_at, enabled = :enabled, "
-                        "updated_at = now() WHERE tenant_id = :tenant_id AND item_id = :item_id "
+                        "min_level = :min_level, updated_at = now() "
+                        "WHERE tenant_id = :tenant_id AND item_id = :item_id "
                         "AND (CAST(:expected AS timestamptz) IS NULL OR updated_at = :expected) "
                         f"RETURNING {_ITEM_COLUMNS}"
                     ),
@@ -253,9 +256,12 @@ class CatalogStore:
         quantity: int,
         now: datetime,
         limit_period_key: Callable[[str], str],
+        refusal: Callable[[Item], str] = lambda item: "",
     ) -> tuple[Redemption, bool]:
         """The record for `request_id`: created now (True) as `pending` with the
         stock taken, or as `failed` with the reason; or the existing one (False).
+        `refusal`: the caller's own reason to refuse the item ("" for none),
+        e.g. a level the user has not reached.
 
         Raises RecordMissing when the item does not exist.
         """
@@ -276,7 +282,7 @@ class CatalogStore:
             if row is None:
                 raise RecordMissing(f"no item {item_id!r}")
             item = _item(row)
-            reason = item.inactive_reason(now)
+            reason = item.inactive_reason(now) or refusal(item)
             period_key = limit_period_key(item.limit_period) if item.limit_period else None
             if not reason and item.per_user_limit:
                 used = int(
@@ -494,7 +500,7 @@ def _item_params(item: Item) -> dict[str, Any]:
         "description": item.description, "kind": item.kind, "cost": item.cost,
         "stock": item.stock, "per_user_limit": item.per_user_limit,
         "limit_period": item.limit_period, "starts_at": item.starts_at,
-        "ends_at": item.ends_at, "enabled": item.enabled,
+        "ends_at": item.ends_at, "enabled": item.enabled, "min_level": item.min_level,
     }  # fmt: skip
 
 
