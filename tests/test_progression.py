@@ -351,7 +351,7 @@ async def test_an_item_may_require_a_level(
         return api.stub.Redeem(
             pb.RedeemRequest(
                 tenant_id=api.tenant, user_id="ann", item_id="gold-frame", request_id=request_id
-            )  # fmt: skip
+            )
         )
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
