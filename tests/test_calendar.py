@@ -5,6 +5,7 @@ dates, never today's."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,7 +87,9 @@ def test_yaml_dates_quoted_or_not_are_read_alike() -> None:
     ("calendars", "calendar", "problem"),
     [
         ({"c": {"holidays": {"h": ["2026-13-01"]}}}, "c",
-         "$.calendars.c.holidays.h[0]: must be a date YYYY-MM-DD, got '2026-13-01'"),
+         "$.calendars.c.holidays.h[0]: 2026-13-01 is not a date (month must be in 1..12)"),
+        ({"c": {"holidays": {"h": ["1 Oct"]}}}, "c",
+         "$.calendars.c.holidays.h[0]: must be a date YYYY-MM-DD, got '1 Oct'"),
         ({"c": {"holidays": {"h": ["2026-10-01", "2026-10-01"]}}}, "c",
          "$.calendars.c.holidays.h[1]: 2026-10-01 is listed twice"),
         ({"c": {"holidays": {"a": ["2026-10-01"], "b": ["2026-10-01"]}}}, "c",
@@ -104,7 +107,7 @@ def test_yaml_dates_quoted_or_not_are_read_alike() -> None:
         ({"c": {}}, "nope", "$.tenants[0].calendar: no calendar named 'nope' in $.calendars"),
         ({"c": {"description": "two\nlines"}}, "c", "$.calendars.c.description: must be one"),
     ],
-    ids=["bad-date", "twice", "two-holidays", "make-up-on-weekday", "make-up-holiday",
+    ids=["bad-date", "not-a-date", "twice", "two-holidays", "make-up-on-weekday", "make-up-holiday",
          "weekday-name", "no-weekdays", "unknown-key", "reserved-name", "unknown-calendar",
          "description"],
 )  # fmt: skip
@@ -124,3 +127,18 @@ def test_the_shipped_example_calendar_is_valid_and_labelled_as_an_example() -> N
         assert day.weekday() >= 5  # make-up days fall on weekends
     raw = load_rule_file(None)["calendars"][calendar.name]
     assert raw["description"].lower().startswith("example only")
+
+
+def test_a_date_that_does_not_exist_in_the_file_is_a_problem_with_its_path(tmp_path: Path) -> None:
+    # Unquoted, YAML itself would read 2026-02-30 as a date and fail without a path.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\ntenants: [{id: a, calendar: c1}]\ncalendars:\n  c1:\n"
+        "    holidays:\n      X: [2026-02-30]\n"
+        "rule_sets: {default: {actions: {login: {actor: {points: 1}}}}}\n"
+    )
+    with pytest.raises(RuleError) as info:
+        load_rule_book(rules)
+    assert info.value.problems == [
+        "$.calendars.c1.holidays.X[0]: 2026-02-30 is not a date (day is out of range for month)"
+    ]

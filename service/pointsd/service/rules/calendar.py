@@ -12,6 +12,7 @@ local date).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -143,12 +144,13 @@ def _date(c: Checker, raw: Any, path: str) -> date | None:
     # YAML reads an unquoted 2027-01-01 as a date; a quoted one is a string.
     if isinstance(raw, date):
         return raw
-    if isinstance(raw, str):
+    if isinstance(raw, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
         try:
             return date.fromisoformat(raw)
-        except ValueError:
-            pass
-    c.fail(path, f"must be a date YYYY-MM-DD, got {raw!r}")
+        except ValueError as exc:
+            c.fail(path, f"{raw} is not a date ({exc})")
+            return None
+    c.fail(path, f"must be a date YYYY-MM-DD, got {str(raw)[:40]!r}")
     return None
 
 

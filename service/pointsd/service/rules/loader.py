@@ -254,9 +254,21 @@ def load_rule_file(path: Path | None) -> Any:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise RuleError([f"{source}: cannot read: {reason}"]) from exc
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_RulesLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise RuleError([_yaml_problem(source, exc)]) from exc
+
+
+class _RulesLoader(yaml.SafeLoader):
+    """SafeLoader reading dates as text: the calendar checks them, so a date
+    that does not exist (2026-02-30) is a problem with its path, not an
+    exception from the YAML parser."""
+
+
+_RulesLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
