@@ -50,6 +50,60 @@ def test_rules_check(tmp_path: Path) -> None:
     assert "$.rule_sets.default.actions.like.actor.points" in out.stdout
 
 
+def test_rules_check_lists_levels_badges_and_tasks(tmp_path: Path) -> None:
+    default = run_cli(["rules", "check"], dict(os.environ))
+    assert default.returncode == 0
+    lines = [line.strip() for line in default.stdout.splitlines()]
+    # After the actions, in rule-file order.
+    first = lines.index(
+        "level 1  newcomer               Newcomer (新人小白), from 0 points; tag.newcomer"
+    )
+    credits = [i for i, line in enumerate(lines) if line.split()[1:2] in (["actor"], ["target"])]
+    assert credits and max(credits) < first
+    expected = [
+        "level 2  communicator           Communicator (沟通达人), from 500 points; "
+        "tag.communicator, frame.silver",
+        "badge    well-liked             Well liked (人气之星): 100 likes received",
+        "task     send-3-messages        day: count message.text, message.voice, message.video "
+        ">= 3 -> 5 points",
+        "task     like-2-colleagues      day: distinct colleagues of like >= 2 -> 5 points",
+        "task     100-likes-received     ever: count like (target) >= 100 -> 100 points and "
+        "badge well-liked",
+        "task     log-in-5-working-days  week, working days only: count login >= 5 -> 30 points",
+        "task     third-feature-use      week: count feature.use, per feature >= 3 -> 10 points",
+        "task     group-of-50            ever: peak group.members >= 50 -> 50 points and "
+        "badge community-builder",
+    ]
+    assert [line for line in expected if line not in lines[first:]] == []
+    # The other conditions, a badge-only reward and a rule set without levels.
+    rules = tmp_path / "tasks.yaml"
+    rules.write_text(
+        "tenants: [{id: x, timezone: UTC}]\n"
+        "rule_sets:\n  default:\n    actions:\n"
+        "      file: {actor: {points: 10}}\n"
+        "      feature.use: {attributes_required: [feature], actor: {points: 1}}\n"
+        "    badges: {sharer: {name: Sharer}}\n"
+        "    tasks:\n"
+        "      earn-50: {name: Earn 50, period: month, points: '*', at_least: 50,"
+        " reward: {points: 5}}\n"
+        "      share-in-3-departments: {name: Departments, period: week,"
+        " distinct: {feeds: [file], of: department}, at_least: 3, reward: {badge: sharer}}\n"
+        "      meet-twice: {name: Meet, period: day, count: [feature.use], per_attribute: feature,"
+        " values: [video_meeting, doc_collab], at_least: 2, reward: {points: 1}}\n"
+    )
+    out = run_cli(["rules", "check", str(rules)], dict(os.environ))
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    assert not any(line.startswith("level") for line in lines)
+    assert "badge    sharer                 Sharer" in lines
+    assert lines[-3:] == [
+        "task     earn-50                month: points any action >= 50 -> 5 points",
+        "task     share-in-3-departments week: distinct departments of file >= 3 -> badge sharer",
+        "task     meet-twice             day: count feature.use, per feature "
+        "(doc_collab, video_meeting) >= 2 -> 1 points",
+    ]
+
+
 def test_bad_configuration_exits_2() -> None:
     out = run_cli(["rules", "check"], {**os.environ, "POINTS_SHARDS": "many"})
     assert out.returncode == 2 and "POINTS_SHARDS" in out.stderr

@@ -19,11 +19,13 @@ from google.protobuf import json_format, message_factory
 from grpc_health.v1 import health_pb2
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
+from pointsd.service.clock import parse_instant
 from pointsd.service.config import Settings
 from pointsd.service.domain import Event
 from pointsd.service.rules import Plan, RulesEngine, load_rule_file, parse_rule_book
 from pointsd.service.rules.mechanics import MECHANICS
 from scripts.procs import ROOT
+from tests.clock import TestClock
 from tests.conftest import ApiFactory, new_tenant
 from tests.helpers import now_ms
 
@@ -217,3 +219,28 @@ async def test_the_documented_mechanic_pays_once_through_the_real_store(
     assert [type(s).__name__ for s in restore.ops[0].steps][-1] == "Bump"
 
     assert "welcome" not in {m.name for m in MECHANICS}
+
+
+# --------------------------------------------------------------------------
+# docs/progression.md: levels, badges, tasks and GetProgress
+
+
+def test_the_progression_sessions_are_found() -> None:
+    # Levels, Badges, Tasks, GetProgress: one block each.
+    assert len(_sessions(DOCS["progression.md"])) == 5
+
+
+async def test_the_progression_session_answers_as_documented(
+    make_api: ApiFactory, clock: TestClock
+) -> None:
+    """Every block of docs/progression.md, in order, for one new user of a
+    tenant like `demo` (the default rules with progression, Shanghai, the
+    example calendar), on the page's date: Monday 7 December 2026, 10:00."""
+    clock.set(parse_instant("2026-12-07T10:00:00+08:00"))
+    tenant = new_tenant("demo")
+    doc = load_rule_file(None)
+    doc["tenants"] = [{"id": tenant, "timezone": "Asia/Shanghai", "calendar": "example-cn-2026"}]
+    api = await make_api(book=parse_rule_book(doc))
+    for block in _sessions(DOCS["progression.md"]):
+        for call in block:
+            await _run(api.channel, call, tenant)

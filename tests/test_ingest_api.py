@@ -116,7 +116,10 @@ async def test_like_giver_cap_and_receiver_pair_cap(api: Api) -> None:
 async def test_thanks_card_pays_only_the_receiver(api: Api) -> None:
     r = await record(api, "sender", "thanks_card", target_user_id="helper")
     assert r.outcome == A and r.points == 5
-    assert [(c.user_id, c.role) for c in r.credits] == [("helper", pb.TARGET)]
+    # The sender's credit is the giving budget: awarded, 0 points.
+    assert [(c.user_id, c.role, c.points) for c in r.credits] == [
+        ("sender", pb.ACTOR, 0), ("helper", pb.TARGET, 5),
+    ]  # fmt: skip
     assert (await balance(api, "sender")).available == 0
     assert (await balance(api, "helper")).available == 5
     again = await record(api, "sender", "thanks_card", target_user_id="helper")
@@ -128,8 +131,8 @@ async def test_online_minutes_accumulate_per_30(api: Api) -> None:
     # 20 -> 0, 40 -> 1, 60 -> 2, 105 -> 3, 110 -> 3
     assert got == [0, 1, 1, 1, 0]
     many = [(await record(api, "u1", "online", quantity=300)).points for _ in range(3)]
-    assert sum(got) + sum(many) == 16  # daily points cap
-    assert (await balance(api, "u1")).available == 16
+    assert sum(got) + sum(many) == 24  # daily points cap
+    assert (await balance(api, "u1")).available == 24
 
 
 async def test_feature_first_use_once_ever_per_feature(api: Api) -> None:

@@ -53,6 +53,12 @@ def _credits_told(
                 if c.points > 0:
                     role = "a" if c.role == pb.ACTOR else "t"
                     credits[f"e:{e.event_id}:{role}:{c.user_id}"] = (c.user_id, c.points)
+            # Bonuses (tasks done, levels, streak milestones): a row each,
+            # keyed by user and tag, zero-point ones included.
+            for b in r.bonuses:
+                key = f"b:{b.user_id}:{b.tag}"
+                assert key not in credits, f"{key} told twice"
+                credits[key] = (b.user_id, b.points)
     return credits
 
 

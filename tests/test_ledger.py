@@ -421,3 +421,65 @@ async def test_corrections_are_new_rows_and_earlier_rows_never_change(api: Api, 
     final = await rows()
     assert final[: len(seen)] == seen
     assert [r[5] for r in final] == ["award", "adjust", "spend", "refund"]
+
+
+async def test_migration_0006_keeps_items_gives_them_no_level_and_admits_streak_freezes(
+    servers,
+) -> None:
+    """Catalog items written at revision 0005 stay through the upgrade and
+    read as open to anyone (min_level ''); afterwards an item of the kind
+    'streak_freeze' is accepted; the downgrade keeps every row, and new rows
+    meet the old kinds again."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from pointsd.storage.postgres import create_engine as create_async_engine
+    from pointsd.storage.postgres import migrate, sqlalchemy_url
+    from pointsd.storage.postgres.catalog import CatalogStore
+
+    name = f"pointsd_mig_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(sqlalchemy_url(servers.database_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    url = make_url(sqlalchemy_url(servers.database_url)).set(database=name)
+    scratch = url.render_as_string(hide_password=False).replace("+psycopg", "")
+    item = (
+        "INSERT INTO catalog_items (tenant_id, item_id, name, kind, cost) "
+        "VALUES ('t', :i, :i, :kind, 10)"
+    )
+    engine = create_engine(url)
+    async_engine = create_async_engine(scratch)
+    try:
+        await asyncio.to_thread(migrate.upgrade, scratch, "0005")
+        with engine.begin() as conn:
+            conn.execute(text(item), {"i": "mug", "kind": "physical"})
+        with pytest.raises(Exception, match="ck_catalog_items_kind"), engine.begin() as conn:
+            conn.execute(text(item), {"i": "freeze", "kind": "streak_freeze"})
+        await asyncio.to_thread(migrate.upgrade, scratch, "0006")
+        assert migrate.current_revision(scratch) == "0006"
+        # The store reads the old item, open to anyone, and can still change it.
+        catalog = CatalogStore(async_engine)
+        mug = await catalog.get_item("t", "mug")
+        assert mug is not None and (mug.kind, mug.cost, mug.min_level) == ("physical", 10, "")
+        updated = await catalog.update_item(dataclasses.replace(mug, cost=12, min_level="star"))
+        assert (updated.cost, updated.min_level) == (12, "star")
+        with engine.begin() as conn:
+            conn.execute(text(item), {"i": "freeze", "kind": "streak_freeze"})
+        assert [i.item_id for i in await catalog.list_items("t", include_disabled=True)] == [
+            "freeze", "mug",
+        ]  # fmt: skip
+        await async_engine.dispose()
+        await asyncio.to_thread(migrate.downgrade, scratch, "0005")
+        with engine.begin() as conn:
+            kept = conn.execute(text("SELECT item_id, kind FROM catalog_items ORDER BY item_id"))
+            assert [tuple(r) for r in kept] == [("freeze", "streak_freeze"), ("mug", "physical")]
+        with pytest.raises(Exception, match="ck_catalog_items_kind"), engine.begin() as conn:
+            conn.execute(text(item), {"i": "freeze-2", "kind": "streak_freeze"})
+    finally:
+        await async_engine.dispose()
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()

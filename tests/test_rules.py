@@ -283,9 +283,12 @@ def test_default_thanks_card_pays_only_the_receiver(default_book: RuleBook) -> N
     demo = default_book.tenant("demo")
     assert demo is not None
     card = demo.actions["thanks_card"]
-    assert card.credit(Role.ACTOR) is None
-    assert [c.role for c in card.credits] == [Role.TARGET]
-    assert card.target_required is True
+    # The sender's credit pays nothing: it is the weekly giving budget.
+    assert card.credit(Role.ACTOR) == CreditRule(
+        Role.ACTOR, 0, {"caps": (LimitRule(Period.WEEK, Metric.COUNT, 5),)}
+    )
+    assert [c.role for c in card.credits] == [Role.ACTOR, Role.TARGET]
+    assert card.target_required is True and card.actor_gates is True
     target = card.credit(Role.TARGET)
     assert target is not None
     assert target.points > 0
@@ -365,7 +368,10 @@ def test_default_engine_like_limits(default_engine: RulesEngine) -> None:
 
 def test_default_engine_thanks_card_pays_receiver_only(default_engine: RulesEngine) -> None:
     plan = plan_ok(default_engine, event("thanks_card", user="alice", target="bob"))
-    assert [(op.user_id, op.role) for op in plan.ops] == [("bob", Role.TARGET)]
+    # The sender's 0-point budget credit first (the anchor), then the receiver's.
+    assert [(op.user_id, op.role, op.points_per_unit) for op in plan.ops] == [
+        ("alice", Role.ACTOR, 0), ("bob", Role.TARGET, 5),
+    ]  # fmt: skip
 
 
 # ===========================================================================
@@ -1106,9 +1112,12 @@ def test_like_plans_actor_then_target(default_engine: RulesEngine) -> None:
     assert throttle(giver).name != throttle(receiver).name
 
 
-def test_thanks_card_plans_one_op_for_the_target(default_engine: RulesEngine) -> None:
+def test_thanks_card_plans_the_budget_then_the_target(default_engine: RulesEngine) -> None:
     plan = plan_ok(default_engine, event("thanks_card", user="alice", target="bob"))
-    (op,) = plan.ops
+    budget, op = plan.ops
+    # The budget is applied first; the receiver's credit keeps the record
+    # under the event id alone (the event's identity, as before gates).
+    assert (budget.user_id, budget.anchor, op.anchor) == ("alice", False, True)
     assert (op.user_id, op.role) == ("bob", Role.TARGET)
     assert op.facts is not None
     assert op.facts.counterpart_id == "alice"

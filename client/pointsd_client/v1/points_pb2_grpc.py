@@ -96,6 +96,11 @@ class PointsServiceStub:
                 request_serializer=points_dot_v1_dot_points__pb2.GetProgressRequest.SerializeToString,
                 response_deserializer=points_dot_v1_dot_points__pb2.Progress.FromString,
                 _registered_method=True)
+        self.ListThanks = channel.unary_unary(
+                '/points.v1.PointsService/ListThanks',
+                request_serializer=points_dot_v1_dot_points__pb2.ListThanksRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListThanksResponse.FromString,
+                _registered_method=True)
 
 
 class PointsServiceServicer:
@@ -199,6 +204,16 @@ class PointsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListThanks(self, request, context):
+        """The public thanks feed: cards paid to their receivers, newest first,
+        for the tenant, a department or a user. Read from the durable ledger, so
+        it lags an answered card by the flush interval (POINTS_FLUSH_INTERVAL_MS,
+        200 ms by default), like ListLedger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PointsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +276,11 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.GetProgress,
                     request_deserializer=points_dot_v1_dot_points__pb2.GetProgressRequest.FromString,
                     response_serializer=points_dot_v1_dot_points__pb2.Progress.SerializeToString,
+            ),
+            'ListThanks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThanks,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListThanksRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListThanksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -589,6 +609,33 @@ class PointsService:
             '/points.v1.PointsService/GetProgress',
             points_dot_v1_dot_points__pb2.GetProgressRequest.SerializeToString,
             points_dot_v1_dot_points__pb2.Progress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThanks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.PointsService/ListThanks',
+            points_dot_v1_dot_points__pb2.ListThanksRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListThanksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -206,6 +206,10 @@ def _rules_check(path: str | None, default_shards: int) -> int:
                     f"  {action.key:<20} {credit.role.name.lower():<6} "
                     f"{credit.points:>4} points; {said}"
                 )
+        # Rule-set blocks (levels, badges, tasks), each mechanic's own lines.
+        for mechanic in book.mechanics:
+            for line in mechanic.describe_rule_set(tenant.parts):
+                print(f"  {line}")
     return 0
 
 

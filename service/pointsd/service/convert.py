@@ -40,6 +40,7 @@ __all__ = [
     "redemption_to_pb",
     "result_to_pb",
     "reward_to_pb",
+    "thanks_to_pb",
     "timestamp",
     "winners_to_pb",
 ]
@@ -53,7 +54,7 @@ PERIODS = {
 PERIOD_NAMES = {v: pb.Period.Name(k) for k, v in PERIODS.items()}
 _PERIOD_PB = {v.value: k for k, v in PERIODS.items()}
 ITEM_KINDS = {pb.VIRTUAL: "virtual", pb.PHYSICAL: "physical", pb.BENEFIT: "benefit",
-              pb.DONATION: "donation"}  # fmt: skip
+              pb.DONATION: "donation", pb.STREAK_FREEZE: "streak_freeze"}  # fmt: skip
 _ITEM_KIND_PB = {v: k for k, v in ITEM_KINDS.items()}
 _STATUS = {"pending": pb.PENDING, "completed": pb.COMPLETED, "failed": pb.FAILED,
            "refunding": pb.REFUNDING, "refunded": pb.REFUNDED}  # fmt: skip
@@ -101,6 +102,7 @@ def result_to_pb(r: EventResult) -> pb.ActivityResult:
         msg.bonuses.add(
             user_id=b.user_id, kind=b.kind, id=b.id, name=b.name, name_en=b.name_en,
             points=b.points, reason=b.reason, period_key=b.period_key, badge=b.badge,
+            tag=b.tag,
         )  # fmt: skip
     for up in r.level_ups:
         msg.level_ups.add(user_id=up.user_id, level=level_to_pb(up.level))
@@ -131,6 +133,21 @@ def entry_to_pb(row: LedgerRow) -> pb.LedgerEntry:
         reason=row.reason,
         quantity=row.quantity,
         attributes=dict(row.attributes),
+    )
+
+
+def thanks_to_pb(row: LedgerRow) -> pb.ThanksCard:
+    """A thanks card from its receiver's award row (the sender is the
+    row's counterpart)."""
+    return pb.ThanksCard(
+        event_id=row.event_id,
+        sender_user_id=row.counterpart_id,
+        receiver_user_id=row.user_id,
+        message=row.attributes.get("message", ""),
+        points=row.points,
+        occurred_at=timestamp(row.occurred_at_ms),
+        department_id=row.department_id,
+        receiver_department_id=row.attributes.get("target_department_id", ""),
     )
 
 
@@ -216,6 +233,18 @@ def progress_to_pb(p: ProgressReport) -> pb.Progress:
         )  # fmt: skip
         if t.ends_at_ms:
             task.ends_at.CopyFrom(timestamp(t.ends_at_ms))
+    if p.streak is not None:
+        st = p.streak
+        msg.streak.CopyFrom(
+            pb.StreakProgress(
+                name=st.rule.name, name_en=st.rule.name_en, current=st.current, best=st.best,
+                freezes_held=st.freezes, freezes_max=st.rule.freezes_max,
+                today_needed=st.today_needed, today_working_day=st.today_working,
+            )
+        )  # fmt: skip
+        if (ms := st.next_milestone) is not None:
+            msg.streak.next_milestone_days = ms.days
+            msg.streak.next_milestone_points = ms.points
     for b in p.badges:
         badge = msg.badges.add(id=b.id, earned_at=timestamp(b.earned_at_ms))
         if b.badge is not None:

@@ -40,6 +40,7 @@ class BonusOutcome:
     reason: str
     period_key: str = ""
     badge: str = ""
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,18 @@ _OUTCOME_OF = {
 }
 # Codes after which an event's other credits are not attempted.
 _STOP = {StoreCode.ID_REUSED, StoreCode.BACKPRESSURE, StoreCode.MAINTENANCE}
+# Refusals of an `actor_gates` action's actor credit (its budget) that stop
+# its other credits too, now and on every replay.
+_GATE_CLOSED = {StoreCode.CAPPED, StoreCode.THROTTLED}
+
+
+def _gate_closed(plan: Plan, anchor: CreditResult) -> bool:
+    """The action's actor credit gates the others and was refused, at this
+    recording or (for a replay) at the first one."""
+    if not plan.rule.actor_gates:
+        return False
+    code = anchor.original if anchor.code is StoreCode.DUPLICATE else anchor.code
+    return code in _GATE_CLOSED
 
 
 class Ingestor:
@@ -129,7 +142,7 @@ class Ingestor:
         store: dict[int, list[CreditResult]] = {i: [r] for i, r in zip(order, anchors, strict=True)}
         rest: list[tuple[int, CreditOp]] = []
         for i, anchor in zip(order, anchors, strict=True):
-            if anchor.code not in _STOP:
+            if anchor.code not in _STOP and not _gate_closed(plans[i], anchor):
                 rest.extend((i, op) for op in plans[i].ops[1:])
         if rest:
             applied = await self.awards.apply([op for _, op in rest])
@@ -172,6 +185,7 @@ class Ingestor:
                         info.reason,
                         info.period_key,
                         info.badge,
+                        tag,
                     )
                 )
                 level = levels.get(info.id) if levels and info.kind == "level" else None
@@ -185,7 +199,11 @@ class Ingestor:
 
     def _combine(self, plan: Plan, results: list[CreditResult]) -> EventResult:
         event_id = plan.ops[0].event_id
-        if results[0].code is StoreCode.ID_REUSED:
+        # A gated action's identity is its gated credit's record (the gate
+        # has a key of its own): a reused id is caught there.
+        if results[0].code is StoreCode.ID_REUSED or (
+            plan.rule.actor_gates and any(r.code is StoreCode.ID_REUSED for r in results)
+        ):
             return self._rejected(
                 "event_id",
                 f"{event_id!r} was already used for a different event (other user, action, "
@@ -209,6 +227,10 @@ class Ingestor:
             _OUTCOME_OF[r.original if r.code is StoreCode.DUPLICATE and r.original else r.code]
             for r in results
         ]
+        if plan.rule.actor_gates and len(first) > 1 and results[0].points == 0:
+            # A gate that pays nothing only let the card through: whether the
+            # event paid is for the credits it gates to say.
+            first = first[1:]
         combined = Outcome.AWARDED if Outcome.AWARDED in first else first[0]
         # The anchor decides whether this call recorded the event: so exactly
         # one answer per event is not DUPLICATE, even when two concurrent
@@ -223,6 +245,8 @@ class Ingestor:
             credits = tuple(_with_bonuses(c, bonuses) for c in credits)
         if len(credits) == 1:
             reason = credits[0].reason
+            if len(plan.ops) > 1 and _gate_closed(plan, results[0]):
+                reason += _gate_text(results[0], plan.ops[1].user_id)
         else:
             reason = "; ".join(f"{c.role.name.lower()} {c.user_id}: {c.reason}" for c in credits)
         return EventResult(
@@ -236,6 +260,14 @@ class Ingestor:
             original_outcome=original,
             credits=credits,
         )
+
+
+def _gate_text(anchor: CreditResult, target: str) -> str:
+    """What a closed gate meant: the card was not sent, nobody was paid."""
+    code = anchor.original if anchor.code is StoreCode.DUPLICATE else anchor.code
+    if code is StoreCode.CAPPED:
+        return f"; the sender's giving budget is used, so {target} was not credited"
+    return f"; the sender gave too recently, so {target} was not credited"
 
 
 def _with_bonuses(credit: CreditOutcome, bonuses: tuple[BonusOutcome, ...]) -> CreditOutcome:

@@ -19,10 +19,12 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from pointsd.service.app import App
-from pointsd.service.domain import CreditOp, Event, PeriodRef, Role, StoreCode
+from pointsd.service.domain import CreditOp, Event, Period, PeriodRef, Role, StoreCode
 from pointsd.service.domain.steps import Step
 from pointsd.service.redeem import restoring_change
 from pointsd.service.rules import TASKS, Plan, fingerprint, task_counter, task_tag
+from pointsd.service.rules.mechanics.streaks import COVER, FREEZES, STREAK
+from pointsd.service.rules.mechanics.streaks import KEEP_S as STREAK_KEEP_S
 from pointsd.service.rules.mechanics.tasks import Measure
 from pointsd.storage.entries import KIND_AWARD, LedgerRow
 from pointsd.storage.errors import StorageError
@@ -163,12 +165,22 @@ def _identity_op(
     if not isinstance(planned, Plan) or planned.ops[0].role is Role.TARGET:
         return None  # the rule is gone, or the target credit is the anchor
     anchor = planned.ops[0]
-    if anchor.dedup_expires_at_s <= now_s:
-        return None
-    op = replace(anchor, steps=())
     shard = app.stores.topology.user_shard(row.tenant_id, anchor.user_id)
     view = balances.get(shard.tag, {}).get(anchor.user_id, BalanceView())
-    return RestoreOp(op, 0, view.available, code=StoreCode.CAPPED)
+    expires = anchor.dedup_expires_at_s if anchor.dedup_expires_at_s > now_s else 0
+    if planned.rule.actor_gates:
+        # The target was paid, so the gate let the event through: the
+        # actor's credit was awarded (paying nothing, it has no row of its
+        # own). Replay its rebuild steps, so its budget stays used.
+        steps = _live(anchor.steps, now_s)
+        if not steps and not expires:
+            return None
+        op = replace(anchor, steps=steps, dedup_expires_at_s=expires)
+        return RestoreOp(op, 0, view.available)
+    if not expires:
+        return None
+    # Otherwise the actor's credit was refused (capped, throttled).
+    return RestoreOp(replace(anchor, steps=()), 0, view.available, code=StoreCode.CAPPED)
 
 
 async def rebuild(app: App, tenants: list[str] | None = None) -> RebuildReport:
@@ -249,9 +261,11 @@ async def _restore_tenant(
         tag = row.attributes.get("bonus", "")
         if tag:
             earned.setdefault((row.event_id, row.role, row.user_id), []).append((tag, row.points))
+    # Covered days first: the replay's runs (best streak) read them.
+    freezes = await _restore_covers(app, tenant_id, bonus_rows)
     await _replay_entries(app, tenant_id, now_s, report, earned)
     await _restore_identities(app, tenant_id, now_s, per_shard)
-    await _restore_progress(app, tenant_id, bonus_rows, now_s)
+    await _restore_progress(app, tenant_id, bonus_rows, now_s, freezes)
     report.tenants += 1
     log.info("rebuilt tenant %s: %d users, %d entries", tenant_id, len(sums), report.entries)
 
@@ -285,8 +299,43 @@ async def _replay_entries(
         await stores.awards.restore(chunk)
 
 
+async def _restore_covers(app: App, tenant_id: str, bonus_rows: list[LedgerRow]) -> dict[str, int]:
+    """Streak days a freeze covered (bonus rows "freeze.<day>" not given back
+    by a "freeze-back.<day>"), set in the cover bitmaps; returns the freezes
+    each user holds, replaying grants (capped at the most held), uses and
+    returns in ledger order."""
+    tenant = app.engine.tenant(tenant_id)
+    rule = tenant.part(STREAK) if tenant is not None else None
+    if rule is None:
+        return {}
+    covered: dict[str, set[int]] = {}
+    held: dict[str, int] = {}
+    for row in bonus_rows:
+        tag, user = row.attributes.get("bonus", ""), row.user_id
+        kind, _, day = tag.partition(".")
+        if kind == "freeze" and day.isdigit():
+            covered.setdefault(user, set()).add(int(day))
+            held[user] = max(0, held.get(user, 0) - 1)
+        elif kind == "freeze-back" and day.isdigit():
+            covered.get(user, set()).discard(int(day))
+            held[user] = min(rule.freezes_max, held.get(user, 0) + 1)
+        if granted := row.attributes.get("freezes"):
+            held[user] = min(rule.freezes_max, held.get(user, 0) + int(granted))
+    by_shard: dict[Shard, list[tuple[str, str, int]]] = {}
+    for user, days in covered.items():
+        shard = app.stores.topology.user_shard(tenant_id, user)
+        by_shard.setdefault(shard, []).extend((user, COVER, d) for d in sorted(days))
+    for shard, bits in by_shard.items():
+        await app.stores.balances.restore_bits(shard, bits, STREAK_KEEP_S)
+    return held
+
+
 async def _restore_progress(
-    app: App, tenant_id: str, bonus_rows: list[LedgerRow], now_s: int
+    app: App,
+    tenant_id: str,
+    bonus_rows: list[LedgerRow],
+    now_s: int,
+    freezes: dict[str, int],
 ) -> None:
     """Badges from the bonus rows that granted them, and every task the ledger
     shows done in a period still open counted as done: its progress may not
@@ -313,6 +362,11 @@ async def _restore_progress(
             # A peak's completing report is on the row (its quantity).
             floor = max(task.at_least, row.quantity if task.measure is Measure.PEAK else 0)
             floors.setdefault(shard, []).append((ref, row.user_id, task_counter(task.id), floor))
+    ever = app.engine.period(tenant, Period.EVER, now_s * 1000)
+    for user, n in freezes.items():
+        if n:
+            shard = stores.topology.user_shard(tenant_id, user)
+            floors.setdefault(shard, []).append((ever, user, FREEZES, n))
     for shard in set(badges) | set(floors):
         await stores.balances.restore_progress(
             shard, badges.get(shard, {}), floors.get(shard, []), now_s
@@ -324,7 +378,10 @@ async def _restore_identities(
 ) -> None:
     # An event whose first credit was not paid (capped) but whose
     # second was has no ledger row for its identity record: restore
-    # that record as CAPPED, so replays stay duplicates.
+    # that record as CAPPED, so replays stay duplicates. For an
+    # `actor_gates` action the actor's credit was awarded and paid
+    # nothing (a thanks card's sender): restore it as AWARDED with its
+    # counters, so the sender's budget stays used.
     stores = app.stores
     identities = [
         r for row in await stores.ledger.target_only(tenant_id)

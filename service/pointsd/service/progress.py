@@ -2,8 +2,9 @@
 
 What it reads is what the award script wrote: the lifetime earned points
 (levels), each task's counter in its current period (the same counter the
-task's Cross step crosses, so "completed" agrees with the reward paid) and
-the user's badge hash.
+task's Cross step crosses, so "completed" agrees with the reward paid), the
+user's badge hash, and the streak's day and cover bitmaps around today with
+the best streak and the freezes held.
 """
 
 from __future__ import annotations
@@ -22,9 +23,21 @@ from pointsd.service.rules import (
     TenantRules,
     task_counter,
 )
-from pointsd.service.rules.periods import period_bounds
+from pointsd.service.rules.mechanics.streaks import (
+    BEST,
+    COVER,
+    DAYS,
+    FREEZES,
+    SCAN_DAYS,
+    STREAK,
+    Milestone,
+    StreakRule,
+    streak_now,
+)
+from pointsd.service.rules.mechanics.tasks import Measure
+from pointsd.service.rules.periods import local_date, period_bounds
 
-__all__ = ["BadgeView", "LevelView", "ProgressReport", "TaskView", "progress"]
+__all__ = ["BadgeView", "LevelView", "ProgressReport", "StreakView", "TaskView", "progress"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +74,27 @@ class BadgeView:
 
 
 @dataclass(frozen=True, slots=True)
+class StreakView:
+    rule: StreakRule
+    current: int
+    best: int
+    freezes: int
+    today_needed: bool
+    today_working: bool
+
+    @property
+    def next_milestone(self) -> Milestone | None:
+        return self.rule.next_milestone(self.current)
+
+
+@dataclass(frozen=True, slots=True)
 class ProgressReport:
     tenant_id: str
     user_id: str
     level: LevelView | None
     tasks: list[TaskView]
     badges: list[BadgeView]
+    streak: StreakView | None = None
 
 
 async def progress(app: App, tenant: TenantRules, user_id: str) -> ProgressReport:
@@ -81,26 +109,25 @@ async def progress(app: App, tenant: TenantRules, user_id: str) -> ProgressRepor
             wanted.append((i, task_counter(task.id)))
         else:
             wanted.extend((i, task_counter(task.id, v)) for v in sorted(task.values))
+    counters = [(refs[tasks[i].period], name) for i, name in wanted]
+    streak = _StreakRead(app, tenant, now_ms) if tenant.part(STREAK) is not None else None
+    if streak is not None:
+        counters += streak.counters
     view = await app.stores.balances.progress(
-        tenant.tenant_id, user_id, [(refs[tasks[i].period], name) for i, name in wanted]
+        tenant.tenant_id, user_id, counters, streak.bitmaps if streak else ()
     )
+    values = view.counters
+    streak_view = None
+    if streak is not None:
+        streak_view = streak.view(values[-2:], view.bitmaps)
+        values = values[:-2]
     best = [0] * len(tasks)
-    for (i, _), value in zip(wanted, view.counters, strict=True):
+    for (i, _), value in zip(wanted, values, strict=True):
         best[i] = max(best[i], value)
-    task_views = []
-    for task, done in zip(tasks, best, strict=True):
-        ends_ms = 0
-        if task.period is not Period.EVER:
-            ends_ms = period_bounds(task.period, now_ms, tenant.timezone)[1] * 1000
-        task_views.append(
-            TaskView(
-                task,
-                refs[task.period].key,
-                done,
-                ends_ms,
-                max(0, (ends_ms - now_ms) // 1000) if ends_ms else 0,
-            )
-        )
+    task_views = [
+        _task_view(tenant, task, refs[task.period].key, done, now_ms, streak_view)
+        for task, done in zip(tasks, best, strict=True)
+    ]
     levels = tenant.part(LEVELS)
     level = None
     if levels is not None:
@@ -111,4 +138,60 @@ async def progress(app: App, tenant: TenantRules, user_id: str) -> ProgressRepor
         BadgeView(badge_id, declared.get(badge_id), at)
         for badge_id, at in sorted(view.badges.items(), key=lambda item: (item[1], item[0]))
     ]
-    return ProgressReport(tenant.tenant_id, user_id, level, task_views, badges)
+    return ProgressReport(tenant.tenant_id, user_id, level, task_views, badges, streak_view)
+
+
+def _task_view(
+    tenant: TenantRules,
+    task: TaskRule,
+    period_key: str,
+    done: int,
+    now_ms: int,
+    streak: StreakView | None,
+) -> TaskView:
+    if task.measure is Measure.STREAK and streak is not None:
+        done = streak.best
+    ends_ms = 0
+    if task.period is not Period.EVER:
+        ends_ms = period_bounds(task.period, now_ms, tenant.timezone)[1] * 1000
+    left = max(0, (ends_ms - now_ms) // 1000) if ends_ms else 0
+    return TaskView(task, period_key, done, ends_ms, left)
+
+
+class _StreakRead:
+    """What GetProgress reads of the streak: the best streak and freezes
+    held (ever counters) and both bitmaps from a run's reach before today."""
+
+    def __init__(self, app: App, tenant: TenantRules, now_ms: int) -> None:
+        self.tenant = tenant
+        self.rule = tenant.part(STREAK)
+        self.today = local_date(now_ms, tenant.timezone)
+        ever = app.engine.period(tenant, Period.EVER, now_ms)
+        self.counters = [(ever, BEST), (ever, FREEZES)]
+        calendar = tenant.calendar
+        upto = calendar.ordinal(self.today)
+        if upto is None:
+            following = calendar.next_working_day(self.today)
+            upto = (calendar.ordinal(following) if following else None) or 0
+        self.first_bit = max(0, upto - SCAN_DAYS - 16) // 8 * 8
+        span = (self.first_bit // 8, upto // 8)
+        self.bitmaps = [(DAYS, *span), (COVER, *span)]
+
+    def view(self, values: list[int], bitmaps: list[bytes]) -> StreakView:
+        best, held = values
+        days, cover = bitmaps
+        first = self.first_bit
+
+        def marked(n: int) -> bool:
+            i = n - first
+            if i < 0:
+                return False
+            byte, mask = i // 8, 0x80 >> (i % 8)
+            return any(byte < len(b) and b[byte] & mask for b in (days, cover))
+
+        now = streak_now(self.tenant, self.today, held, marked)
+        assert self.rule is not None
+        return StreakView(
+            self.rule, now.current, max(best, now.current), held, now.today_needed,
+            now.today_working,
+        )  # fmt: skip

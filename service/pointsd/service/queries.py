@@ -34,6 +34,7 @@ __all__ = [
     "ledger",
     "redemptions",
     "rewards",
+    "thanks",
     "top",
     "winners",
 ]
@@ -61,22 +62,42 @@ async def balance(app: App, tenant: TenantRules, user_id: str) -> BalanceNow:
 async def ledger(app: App, tenant_id: str, user_id: str, size: int, token: str) -> Page[LedgerRow]:
     """The user's entries, newest first."""
     query = (tenant_id, user_id)
-    cursor = None
-    if token:
-        found = await app.tokens.decode("ListLedger", query, token)
-        try:
-            at, row = int(found["o"]), int(found["i"])
-        except (KeyError, TypeError, ValueError, OverflowError):
-            raise InvalidField("page_token", "is not a token ListLedger returned") from None
-        if not (0 <= at <= TIME_MS_MAX and 0 <= row < 2**63):
-            raise InvalidField("page_token", "is not a token ListLedger returned")
-        cursor = (at, row)
+    cursor = await _row_cursor(app, "ListLedger", query, token)
     page = await app.stores.ledger.page(tenant_id, user_id, size, cursor)
-    next_token = ""
-    if page.next_cursor:
-        at, row = page.next_cursor
-        next_token = app.tokens.encode("ListLedger", query, {"o": at, "i": row})
-    return Page(page.rows, next_token)
+    return Page(page.rows, _row_token(app, "ListLedger", query, page.next_cursor))
+
+
+async def thanks(
+    app: App, tenant_id: str, department_id: str, user_id: str, size: int, token: str
+) -> Page[LedgerRow]:
+    """Thanks cards (their receivers' award rows), newest first: the
+    tenant's, a department's or a user's (at most one of the two)."""
+    query = (tenant_id, department_id, user_id)
+    cursor = await _row_cursor(app, "ListThanks", query, token)
+    page = await app.stores.ledger.thanks(
+        tenant_id, size, cursor, department_id=department_id, user_id=user_id
+    )
+    return Page(page.rows, _row_token(app, "ListThanks", query, page.next_cursor))
+
+
+async def _row_cursor(
+    app: App, kind: str, query: tuple[str, ...], token: str
+) -> tuple[int, int] | None:
+    """The (occurred_at ms, row id) a ledger page token carries; None without one."""
+    if not token:
+        return None
+    found = await app.tokens.decode(kind, query, token)
+    try:
+        at, row = int(found["o"]), int(found["i"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise InvalidField("page_token", f"is not a token {kind} returned") from None
+    if not (0 <= at <= TIME_MS_MAX and 0 <= row < 2**63):
+        raise InvalidField("page_token", f"is not a token {kind} returned")
+    return (at, row)
+
+
+def _row_token(app: App, kind: str, query: tuple[str, ...], cursor: tuple[int, int] | None) -> str:
+    return app.tokens.encode(kind, query, {"o": cursor[0], "i": cursor[1]}) if cursor else ""
 
 
 async def top(app: App, q: BoardQuery, offset: int, limit: int) -> Ranking:

@@ -51,7 +51,8 @@ from pointsd.service.errors import (
     ShardBusy,
 )
 from pointsd.service.periodic import every
-from pointsd.service.rules import EARNED, LEVELS, RulesEngine
+from pointsd.service.rules import LEVELS, RulesEngine
+from pointsd.service.rules.mechanics.streaks import FREEZES, STREAK
 from pointsd.service.rules.periods import period_key
 from pointsd.storage.entries import KIND_ADJUST, KIND_REFUND, KIND_SPEND, LedgerRow, entry_data
 from pointsd.storage.errors import RecordMissing, StorageError
@@ -141,7 +142,7 @@ class Redemptions:
         try:
             record, _created = await self.stores.catalog.begin_redemption(
                 tenant_id, request_id, user_id, item_id, quantity, self._now(),
-                self._limit_key(tenant_id), await self._level_refusal(tenant_id, user_id),
+                self._limit_key(tenant_id), await self._refusal(tenant_id, user_id, quantity),
             )  # fmt: skip
         except RecordMissing:
             raise NotFound(f"item_id: tenant {tenant_id!r} has no item {item_id!r}") from None
@@ -166,40 +167,72 @@ class Redemptions:
             raise FailedPrecondition(record.reason)
         return record
 
-    async def _level_refusal(self, tenant_id: str, user_id: str) -> Callable[[Item], str]:
-        """Why an item's minimum level refuses this user ("" when it does not).
-        Levels never drop when points are spent, so a level read before the
-        redemption still holds when it completes."""
+    async def _refusal(self, tenant_id: str, user_id: str, quantity: int) -> Callable[[Item], str]:
+        """Why the rules refuse this user an item ("" when they do not): a
+        minimum level not reached, or streak freezes past the most a user
+        may hold. Levels never drop when points are spent, so a level read
+        before the redemption still holds when it completes."""
         tenant = self.engine.tenant(tenant_id)
-        levels = tenant.part(LEVELS) if tenant is not None else None
-        if tenant is None or levels is None:
-            return lambda item: (
-                f"item {item.item_id!r} requires level {item.min_level!r}, and the tenant's "
-                "rules have no levels"
-                if item.min_level
-                else ""
-            )
-        today = self.engine.period(tenant, Period.DAY, self.clock_ms())
-        earned = (await self.stores.balances.get(tenant_id, user_id, today, EARNED)).earned
+        if tenant is None:
+            return lambda item: ""
+        levels, streak = tenant.part(LEVELS), tenant.part(STREAK)
+        ever = self.engine.period(tenant, Period.EVER, self.clock_ms())
+        view = await self.stores.balances.progress(tenant_id, user_id, [(ever, FREEZES)])
+        earned, held = view.earned, view.counters[0]
 
-        def refusal(item: Item) -> str:
+        def level_refusal(item: Item) -> str:
             if not item.min_level:
                 return ""
-            level = levels.get(item.min_level)
+            level = levels.get(item.min_level) if levels is not None else None
             if level is None:
                 return (
                     f"item {item.item_id!r} requires level {item.min_level!r}, which the "
-                    "tenant's rules no longer define"
+                    "tenant's rules do not define"
                 )
             if earned >= level.min_points:
                 return ""
-            current = levels.at(earned)
+            current = levels.at(earned) if levels is not None else level
             return (
                 f"item {item.item_id!r} requires level {level.title} ({level.min_points} "
                 f"lifetime points); {user_id!r} is {current.title} with {earned}"
             )
 
+        def refusal(item: Item) -> str:
+            if item.kind != "streak_freeze":
+                return level_refusal(item)
+            if streak is None or not streak.freezes_max:
+                return f"item {item.item_id!r} is a streak freeze, and the tenant's rules have none"
+            if held + quantity > streak.freezes_max:
+                return (
+                    f"{user_id!r} holds {held} streak freeze(s); at most {streak.freezes_max} "
+                    f"may be held, so {quantity} more cannot be redeemed"
+                )
+            return level_refusal(item)
+
         return refusal
+
+    async def _give_freezes(self, r: Redemption) -> None:
+        """A completed streak-freeze redemption's freezes, once (idempotent by
+        the redemption: the recovery sweep may run this again)."""
+        item = await self.stores.catalog.get_item(r.tenant_id, r.item_id)
+        tenant = self.engine.tenant(r.tenant_id)
+        if item is None or item.kind != "streak_freeze" or tenant is None:
+            return
+        streak = tenant.part(STREAK)
+        if streak is None:
+            return
+        now_ms = self.clock_ms()
+        ever = self.engine.period(tenant, Period.EVER, now_ms)
+        tag = f"freeze-bought.{r.redemption_id}"
+        code, _given = await self.stores.balances.give_freezes(
+            r.tenant_id, r.user_id, ever, FREEZES, r.quantity, streak.freezes_max,
+            f"fz:{r.redemption_id}",
+            entry_data(KIND_SPEND, f"r:{r.redemption_id}", r.user_id, r.redemption_id,
+                       r.item_id, "", int(r.created_at.timestamp() * 1000), now_ms),
+            f"{tag}\x1f{r.quantity} streak freeze(s) redeemed", CHANGE_RETENTION_S,
+        )  # fmt: skip
+        if code is StoreCode.MAINTENANCE:
+            raise ShardBusy("a rebuild of this tenant's state is running; retry shortly")
 
     async def _redemption_change(
         self, r: Redemption, kind: str, key: str, delta: int, reason: str, occurred_ms: int
@@ -226,6 +259,7 @@ class Redemptions:
             f"Redeemed {r.quantity} x {r.item_name}", int(r.created_at.timestamp() * 1000),
         )  # fmt: skip
         if result.code in (StoreCode.APPLIED, StoreCode.DUPLICATE):
+            await self._give_freezes(r)
             return await self.stores.catalog.complete(r, result.balance)
         if result.code is StoreCode.INSUFFICIENT:
             return await self.stores.catalog.fail(

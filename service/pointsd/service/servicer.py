@@ -27,6 +27,7 @@ from pointsd.service.convert import (
     redemption_to_pb,
     result_to_pb,
     reward_to_pb,
+    thanks_to_pb,
     winners_to_pb,
 )
 from pointsd.service.domain import Outcome, Period
@@ -111,6 +112,28 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         tenant = check_tenant(self.app.engine, request.tenant_id)
         user_id = check_id("user_id", request.user_id)
         return progress_to_pb(await progress(self.app, tenant, user_id))
+
+    @unary
+    async def ListThanks(
+        self, request: pb.ListThanksRequest, context: Ctx
+    ) -> pb.ListThanksResponse:
+        check_tenant(self.app.engine, request.tenant_id)
+        department_id = check_id("department_id", request.department_id, required=False)
+        user_id = check_id("user_id", request.user_id, required=False)
+        if department_id and user_id:
+            raise InvalidField(
+                "user_id", "cannot be combined with department_id: filter by one of them"
+            )
+        size_max = self.app.settings.ledger_page_size_max
+        size = request.page_size or 50
+        if not 1 <= size <= size_max:
+            raise InvalidField("page_size", f"must be between 1 and {size_max}, got {size}")
+        page = await queries.thanks(
+            self.app, request.tenant_id, department_id, user_id, size, request.page_token
+        )
+        return pb.ListThanksResponse(
+            cards=[thanks_to_pb(r) for r in page.rows], next_page_token=page.next_token
+        )
 
     def _now_ms(self) -> int:
         return self.app.clock()

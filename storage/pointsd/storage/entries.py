@@ -139,6 +139,8 @@ def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
         attrs = {"bonus": tag}
         if badge := f.get("g"):
             attrs["badge"] = badge
+        if freezes := f.get("z"):
+            attrs["freezes"] = freezes
     if not isinstance(attrs, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
     ):

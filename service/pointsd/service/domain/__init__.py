@@ -175,8 +175,9 @@ class CreditOp:
     department: str = ""
     group: str = ""
     joined_ms: int = 0
-    # The event's first credit: its dedup record is the event's identity, kept
-    # under the event id alone so any credit layout of a reused id collides.
+    # Its dedup record is the event's identity, kept under the event id alone
+    # so any credit layout of a reused id collides: the event's first credit,
+    # or for an `actor_gates` action the gated (target) credit.
     anchor: bool = True
 
     @property

@@ -39,9 +39,11 @@ __all__ = [
     "Distinct",
     "Entry",
     "First",
+    "Freezes",
     "Member",
     "Peak",
     "Reach",
+    "Scale",
     "Step",
     "Threshold",
     "Throttle",
@@ -112,11 +114,25 @@ class Bonus:
 class Accumulate(_PeriodStep):
     """Collect the quantity in a counter; the points are `points per unit` x
     the whole `unit`s crossed (1 point per 30 online minutes, reported in any
-    chunks). Effect: the counter holds the new total."""
+    chunks), or with `tiers` the price of each unit crossed: the period's
+    n-th unit pays tiers[n-1], units past the list its last. Effect: the
+    counter holds the new total."""
 
     period: PeriodRef
     counter: str
     unit: int
+    tiers: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Scale(Step):
+    """A campaign: the credit's points become points x percent / 100 +
+    extra (rounded down), before the caps check them. `name` is the
+    campaign's (not sent to storage)."""
+
+    percent: int
+    extra: int
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +179,13 @@ class Bump(_PeriodStep):
 @dataclass(frozen=True, slots=True)
 class Peak(_PeriodStep):
     """Keep the highest quantity reported (a group's member count): the
-    counter becomes max(counter, quantity). Produces (old, new)."""
+    counter becomes max(counter, quantity). Produces (old, new).
+    `of_value`: the highest value the previous producing step made instead
+    (the best streak)."""
 
     period: PeriodRef
     counter: str
+    of_value: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,25 +200,49 @@ class Distinct(_PeriodStep):
 
 
 @dataclass(frozen=True, slots=True)
+class Freezes:
+    """Streak freezes: how many a user holds (a counter of `period`, the
+    ever hash) and at most how many."""
+
+    period: PeriodRef
+    counter: str
+    max: int
+
+
+@dataclass(frozen=True, slots=True)
 class Day(Step):
     """Mark `ordinal` (the event's business day, numbered by the tenant's
     calendar so non-working days have none) in the user's bitmap `name`.
     Produces (old, new) lengths of the run of marked days containing it,
     ORing in bitmap `cover` when named (days covered otherwise), looking at
     most `scan` days either way; marking a marked day changes nothing, so
-    arrival order never matters. The bitmap lives `keep_s` past each write."""
+    arrival order never matters. The bitmaps live `keep_s` past each write.
+
+    With `freezes` (and a cover): a newly marked day after missed working
+    days uses up one held freeze per missed day, if the user holds enough,
+    and covers them (a zero-point once-bonus "freeze.<ordinal>" each); a
+    late event for a covered day gives its freeze back ("freeze-back.<n>"),
+    so the freezes left do not depend on arrival order either. A rebuild
+    marks days without freezes (covers come back from those bonus rows)."""
 
     name: str
     ordinal: int
     scan: int
     keep_s: int
     cover: str = ""
+    freezes: Freezes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
+    """`per_run`: the bonus is once per run of days (a Day step's value):
+    its tag gets ".<first day of the run>". `freezes`: streak freezes the
+    bonus grants (the Day step's Freezes, capped at its max)."""
+
     at: int
     bonus: Bonus
+    per_run: bool = False
+    freezes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

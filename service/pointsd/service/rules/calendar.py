@@ -20,13 +20,23 @@ from typing import Any
 
 from pointsd.service.rules.checker import Checker, one_line
 
-__all__ = ["WEEKDAYS", "WEEKDAYS_CALENDAR", "BusinessCalendar", "parse_calendars"]
+__all__ = [
+    "ORDINAL_EPOCH",
+    "WEEKDAYS",
+    "WEEKDAYS_CALENDAR",
+    "BusinessCalendar",
+    "parse_calendars",
+]
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # No calendar has more than a year between two working days (a search for the
 # next one gives up there instead of looping over a calendar with none).
 _SEARCH_DAYS = 366
 _NAME_MAX = 64
+# Business days are numbered from this Monday (the first day of ISO week
+# 2026-W01): streak bitmaps hold one bit per working day since, so they stay
+# small (about 33 bytes a year).
+ORDINAL_EPOCH = date(2025, 12, 29)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,43 @@ class BusinessCalendar:
         while day < last:
             count += self.is_working_day(day)
             day += timedelta(days=1)
+        return count
+
+    def ordinal(self, day: date) -> int | None:
+        """The business-day number of a working day: consecutive working days
+        have consecutive numbers (a streak is a run of them); 0 is the first
+        working day on or after ORDINAL_EPOCH. None for a non-working day or
+        one before the epoch."""
+        if day < ORDINAL_EPOCH or not self.is_working_day(day):
+            return None
+        return self._working_before(day)
+
+    def day_of(self, ordinal: int) -> date:
+        """The working day numbered `ordinal` (the inverse of `ordinal`)."""
+        lo = ORDINAL_EPOCH + timedelta(days=ordinal)
+        hi = lo + timedelta(days=ordinal * 7 + _SEARCH_DAYS)
+        # The first day with more than `ordinal` working days up to it.
+        while lo < hi:
+            mid = lo + (hi - lo) // 2
+            if self._working_before(mid + timedelta(days=1)) > ordinal:
+                hi = mid
+            else:
+                lo = mid + timedelta(days=1)
+        return lo
+
+    def _working_before(self, day: date) -> int:
+        """Working days in [ORDINAL_EPOCH, day): whole weeks by arithmetic,
+        then the listed exceptions (a few dozen) one by one."""
+        weeks, rest = divmod((day - ORDINAL_EPOCH).days, 7)
+        # The epoch is a Monday: offset i of a week is weekday i.
+        count = weeks * len(self.working_weekdays)
+        count += sum(1 for i in range(rest) if i in self.working_weekdays)
+        for holiday in self.holidays:
+            if ORDINAL_EPOCH <= holiday < day and holiday.weekday() in self.working_weekdays:
+                count -= 1
+        for extra in self.working_days:
+            if ORDINAL_EPOCH <= extra < day and extra.weekday() not in self.working_weekdays:
+                count += 1
         return count
 
     def describe(self) -> str:

@@ -104,6 +104,7 @@ class CompiledCredit:
         self.parts = sorted(parts, key=lambda p: p.rank)
         self.kinds = tuple(dict.fromkeys(k for p in self.parts for k in p.kinds))
         self.per_event = any(p.per_event for p in self.parts)
+        self.noted = [p for p in self.parts if p.notes]
         self.uses_quantity = any(p.uses_quantity for p in self.parts)
         # Per (restore, periods): the periods by kind, each part's steps
         # (None for a per-event part), and the whole program when no part is
@@ -135,6 +136,13 @@ class CompiledCredit:
         program = None if self.per_event else tuple(s for found in parts if found for s in found)
         fixed = self._fixed[(restore, refs)] = _Fixed(kinds, parts, program)
         return fixed
+
+    def row_reason(self, event: Event) -> str:
+        """The award row's reason: the action's description and what parts
+        add for this event (a campaign)."""
+        if not self.noted:
+            return self.rule.description
+        return self.rule.description + "".join(p.ledger_note(event) for p in self.noted)
 
     def reason(self, code: StoreCode, original: StoreCode | None, points: int, limit: int) -> str:
         """The sentence for one result of this credit; a handful of distinct
@@ -211,6 +219,17 @@ class _Periods:
         return ref
 
 
+def _keyed_by_id(rule: ActionRule, index: int) -> bool:
+    """Whether the credit's dedup record is kept under the event id alone (the
+    event's identity): the first credit's; for an `actor_gates` action the
+    gated (target) credit's, as before gates existed, so a replay of an
+    event recorded then still finds its record and pays nobody twice (the
+    gate, applied first, has the second key)."""
+    if rule.actor_gates:
+        return rule.credits[index].role is Role.TARGET
+    return index == 0
+
+
 class RulesEngine:
     """Plans events against a rule book.
 
@@ -227,7 +246,7 @@ class RulesEngine:
         self._periods = {
             t.tenant_id: _Periods(t.timezone, state_retention_s) for t in book.tenants.values()
         }
-        self._compiled: dict[tuple[str, str, str], list[CompiledCredit]] = {}
+        self._compiled: dict[tuple[str, str, str, str], list[CompiledCredit]] = {}
 
     def tenant(self, tenant_id: str) -> TenantRules | None:
         return self.book.tenant(tenant_id)
@@ -237,8 +256,9 @@ class RulesEngine:
 
     def compiled(self, tenant: TenantRules, rule: ActionRule) -> list[CompiledCredit]:
         """The action's credits compiled for the tenant (rule sets are shared
-        by tenants on the same calendar; working-day tasks read it)."""
-        key = (tenant.rule_set, tenant.calendar.name, rule.key)
+        by tenants on the same calendar and zone: working-day tasks and
+        streaks read the calendar, campaign windows the zone)."""
+        key = (tenant.rule_set, tenant.calendar.name, tenant.timezone.key, rule.key)
         found = self._compiled.get(key)
         if found is None:
             found = self._compiled[key] = [
@@ -296,7 +316,9 @@ class RulesEngine:
         periods = self._periods[tenant.tenant_id]
         fp = fingerprint(event)
         ops = tuple(
-            self._credit_op(periods, rule, cc, event, fp, recorded_at_ms, i == 0, restore)
+            self._credit_op(
+                periods, rule, cc, event, fp, recorded_at_ms, _keyed_by_id(rule, i), restore
+            )
             for i, cc in enumerate(compiled)
         )
         return Plan(rule=rule, ops=ops, credits=tuple(compiled))
@@ -343,7 +365,7 @@ class RulesEngine:
                 department_id=event.department_id,
                 quantity=event.quantity,
                 attributes=event.attributes,
-                reason=rule.description,
+                reason=cc.row_reason(event),
             ),
             counterpart=counterpart,
             department=department,

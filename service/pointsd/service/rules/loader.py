@@ -44,10 +44,13 @@ DEFAULT_RULES = "default_rules.yaml"
 SHARDS_MAX = 1024
 POINTS_MAX = 1_000_000
 
-# Rule-set blocks of the progression mechanics (levels, badges, tasks).
-PROGRESSION_KEYS = ("levels", "badges", "tasks")
+# Rule-set blocks of the progression mechanics, and their credit keys.
+PROGRESSION_KEYS = ("levels", "badges", "tasks", "streak", "campaigns")
+PROGRESSION_CREDIT_KEYS = ("tiers",)
 
-_ACTION_KEYS = {"description", "actor", "target", "target_required", "attributes_required"}
+_ACTION_KEYS = {
+    "description", "actor", "target", "target_required", "attributes_required", "actor_gates"
+}  # fmt: skip
 
 
 class _Reader:
@@ -92,6 +95,11 @@ def _action(r: _Reader, key: str, raw: Any, path: str) -> ActionRule | None:
     target_required = c.boolean(m.get("target_required", False), f"{path}.target_required")
     if any(cr.role is Role.TARGET for cr in credits):
         target_required = True
+    actor_gates = c.boolean(m.get("actor_gates", False), f"{path}.actor_gates")
+    if actor_gates and {cr.role for cr in credits} != {Role.ACTOR, Role.TARGET}:
+        # The gate is the actor's credit; what it lets through, the target's.
+        c.fail(f"{path}.actor_gates", "needs both an `actor` and a `target` credit")
+        actor_gates = False
     # Problems in document order: attributes before the description.
     attributes = _attributes(c, m, path)
     rule = ActionRule(
@@ -100,6 +108,7 @@ def _action(r: _Reader, key: str, raw: Any, path: str) -> ActionRule | None:
         credits=tuple(credits),
         target_required=target_required,
         attributes_required=attributes,
+        actor_gates=actor_gates,
     )
     for mechanic in r.mechanics:
         if mechanic.credit_keys:
@@ -286,11 +295,19 @@ def load_rule_book(path: Path | None, *, default_shards: int = 1) -> RuleBook:
 
 
 def without_progression(doc: Any) -> Any:
-    """A rule document with every rule set's progression blocks removed: the
-    same book without levels, badges and tasks (the benchmark's baseline;
-    tests of the core mechanics, whose balances tasks would change)."""
+    """A rule document with every rule set's progression mechanics removed:
+    the same book without levels, badges, tasks, the streak, campaigns and
+    online-time tiers (the benchmark's baseline; tests of the core
+    mechanics, whose balances they would change)."""
     for rule_set in (doc.get("rule_sets") or {}).values():
-        if isinstance(rule_set, dict):
-            for key in PROGRESSION_KEYS:
-                rule_set.pop(key, None)
+        if not isinstance(rule_set, dict):
+            continue
+        for key in PROGRESSION_KEYS:
+            rule_set.pop(key, None)
+        for action in (rule_set.get("actions") or {}).values():
+            for role in ("actor", "target"):
+                credit = action.get(role) if isinstance(action, dict) else None
+                if isinstance(credit, dict):
+                    for key in PROGRESSION_CREDIT_KEYS:
+                        credit.pop(key, None)
     return doc

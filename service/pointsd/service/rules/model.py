@@ -56,6 +56,9 @@ class ActionRule:
     credits: tuple[CreditRule, ...]
     target_required: bool = False
     attributes_required: tuple[str, ...] = ()
+    # The actor's credit is a budget for giving (a thanks card): when it is
+    # refused (capped, throttled) the event's other credits are not applied.
+    actor_gates: bool = False
 
     def credit(self, role: Role) -> CreditRule | None:
         return next((c for c in self.credits if c.role is role), None)

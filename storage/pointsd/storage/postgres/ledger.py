@@ -112,6 +112,40 @@ _BONUSES = text(
     """
 )
 
+# The public thanks feed: the receivers' award rows of thanks cards (the
+# sender's credit pays nothing and has no row). The predicate is written out,
+# not bound, so the planner can use the partial indexes of migration 0007,
+# which repeat it.
+_THANKS_CARDS = (
+    "tenant_id = :tenant_id AND action = 'thanks_card' AND kind = 'award' AND role = 't' "
+    "AND (occurred_at, id) < (:before_at, :before_id)"
+)
+_ROW_COLUMNS = (
+    "id, entry_key, user_id, points, balance_after, kind, action, event_id, role, "
+    "counterpart_id, group_id, department_id, quantity, attributes, reason, occurred_at, "
+    "recorded_at"
+)
+_NEWEST = "ORDER BY occurred_at DESC, id DESC LIMIT :limit"
+
+
+def _thanks_query(*matches: str) -> str:
+    """Newest cards first; with two matches (either column names the
+    department or the user), one index scan per match, merged."""
+    if not matches:
+        return f"SELECT {_ROW_COLUMNS} FROM ledger_entries WHERE {_THANKS_CARDS} {_NEWEST}"
+    scans = " UNION ".join(
+        f"(SELECT {_ROW_COLUMNS} FROM ledger_entries WHERE {_THANKS_CARDS} AND {m} {_NEWEST})"
+        for m in matches
+    )
+    return f"SELECT {_ROW_COLUMNS} FROM ({scans}) cards {_NEWEST}"
+
+
+_THANKS_ALL = text(_thanks_query())
+_THANKS_DEPARTMENT = text(
+    _thanks_query("department_id = :scope", "attributes->>'target_department_id' = :scope")
+)
+_THANKS_USER = text(_thanks_query("user_id = :scope", "counterpart_id = :scope"))
+
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
@@ -273,30 +307,52 @@ class Ledger:
         self, tenant_id: str, user_id: str, limit: int, cursor: tuple[int, int] | None
     ) -> LedgerPage:
         """A user's entries, newest first (occurred_at, then insertion order)."""
+        return await self._keyset(_PAGE, tenant_id, limit, cursor, {"user_id": user_id})
+
+    async def thanks(
+        self,
+        tenant_id: str,
+        limit: int,
+        cursor: tuple[int, int] | None,
+        *,
+        department_id: str = "",
+        user_id: str = "",
+    ) -> LedgerPage:
+        """Thanks cards paid to their receivers, newest first (occurred_at,
+        then insertion order): the tenant's, a department's (the sender's
+        department_id or the receiver's target_department_id attribute), or a
+        user's (sent or received). At most one of department_id, user_id."""
+        assert not (department_id and user_id), "one filter at most"
+        if department_id:
+            query, params = _THANKS_DEPARTMENT, {"scope": department_id}
+        elif user_id:
+            query, params = _THANKS_USER, {"scope": user_id}
+        else:
+            query, params = _THANKS_ALL, {}
+        return await self._keyset(query, tenant_id, limit, cursor, params)
+
+    async def _keyset(
+        self,
+        query: Any,
+        tenant_id: str,
+        limit: int,
+        cursor: tuple[int, int] | None,
+        params: dict[str, Any],
+    ) -> LedgerPage:
+        """One page of a newest-first query over rows, and the cursor of the
+        next (the (occurred_at, id) of the page's last row when more follow)."""
         before_at, before_id = (_dt(cursor[0]), cursor[1]) if cursor else (_FAR_FUTURE, 2**62)
+        bound = {"tenant_id": tenant_id, "before_at": before_at, "before_id": before_id,
+                 "limit": limit + 1, **params}  # fmt: skip
         try:
             async with self.engine.connect() as conn:
-                result = await conn.execute(
-                    _PAGE,
-                    {
-                        "tenant_id": tenant_id,
-                        "user_id": user_id,
-                        "before_at": before_at,
-                        "before_id": before_id,
-                        "limit": limit + 1,
-                    },
-                )
-                raw = result.all()
+                raw = (await conn.execute(query, bound)).all()
         except (saexc.SQLAlchemyError, OSError) as exc:
             raise pg_errors(exc) from exc
         more = len(raw) > limit
         raw = raw[:limit]
-        rows = [_row(tenant_id, r) for r in raw]
-        next_cursor = None
-        if more and raw:
-            last = raw[-1]
-            next_cursor = (_ms(last[15]), int(last[0]))
-        return LedgerPage(rows, next_cursor)
+        next_cursor = (_ms(raw[-1][15]), int(raw[-1][0])) if more and raw else None
+        return LedgerPage([_row(tenant_id, r) for r in raw], next_cursor)
 
     async def sums(self, tenant_id: str) -> dict[str, UserSums]:
         """Per-user earned, spent and net points of a tenant."""

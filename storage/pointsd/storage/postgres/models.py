@@ -40,6 +40,18 @@ class Base(DeclarativeBase):
     metadata = metadata
 
 
+_THANKS_CARDS = "action = 'thanks_card' AND kind = 'award' AND role = 't'"
+_THANKS_INDEXES: dict[str, tuple[Any, ...]] = {
+    "ix_ledger_entries_thanks_feed": (),
+    "ix_ledger_entries_thanks_department": ("department_id",),
+    "ix_ledger_entries_thanks_target_department": (
+        text("(attributes ->> 'target_department_id')"),
+    ),
+    "ix_ledger_entries_thanks_receiver": ("user_id",),
+    "ix_ledger_entries_thanks_sender": ("counterpart_id",),
+}
+
+
 class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (
@@ -53,7 +65,13 @@ class LedgerEntry(Base):
             text("occurred_at DESC"),
             text("id DESC"),
         ),
-    )
+        # The thanks feed's partial indexes (migration 0007, ListThanks).
+        *(
+            Index(name, "tenant_id", *columns, text("occurred_at DESC"), text("id DESC"),
+                  postgresql_where=text(_THANKS_CARDS))
+            for name, columns in _THANKS_INDEXES.items()
+        ),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(Text)

@@ -22,23 +22,34 @@
 -- ARGV[4]  outbox length bound (entries); at or above it awards that pay are
 --          refused with BACKPRESSURE so a stalled flusher cannot exhaust memory; 0 = none
 -- ARGV[5]  JSON array of steps, numbered from 1; each an object with "op":
---   "acc"      {h, c, unit, x}  collect the quantity in counter c of hash KEYS[h];
---              points = points per unit x whole units crossed            (check)
+--   "acc"      {h, c, unit, x, tiers} collect the quantity in counter c of hash
+--              KEYS[h]; points = points per unit x whole units crossed, or with
+--              tiers the sum of each crossed unit's price: the n-th unit of the
+--              period tiers[n], past the list its last                   (check)
+--   "scale"    {pct, add}       points = floor(points x pct / 100) + add, for an award
+--              that pays (a campaign), before the caps                   (check)
 --   "throttle" {uk, ms, keep}   refuse when an awarded time lies closer than ms;
 --              the op's key op.k[uk] keeps award times for keep ms        (check)
 --   "check"    {h, c, max, m, n} m "c": refuse at max; m "p": clip the points
 --              to max - used, refuse when nothing is left; n = reported limit (check)
 --   "bump"     {h, c, by, x}    counter += 1 ("c"), points ("p"), quantity ("q");
 --              produces (old, new)
---   "peak"     {h, c, x}        counter = max(counter, quantity); produces (old, new)
+--   "peak"     {h, c, x, v}     counter = max(counter, quantity), or (v 1) of the last
+--              produced value; produces (old, new)
 --   "distinct" {h, c, of, max, x} count distinct op[of] values, at most max;
 --              produces (old, new)
---   "day"      {uk, bit, scan, keep, cover} set bit `bit` of bitmap op.k[uk];
---              produces the run of set bits (ORing op.k[cover]) around it, before/after
---   "cross"    {at: [[threshold, points, tag, reason, badge], ...], bk} bonus for
---              every threshold with old < threshold <= new of the last produced
---              value; a once-bonus: its ledger row is keyed by user and tag; a
---              badge ("" none) is kept in the user's badge hash op.k[bk]
+--   "day"      {uk, bit, scan, keep, cover, fh, fc, fmax} set bit `bit` of bitmap
+--              op.k[uk]; produces the run of set bits (ORing op.k[cover]) around it,
+--              before/after, and the run's first bit. With fh (apply mode): a new
+--              bit after missed bits uses up freezes (counter fc of hash KEYS[fh],
+--              one per missed bit, if enough are held) and sets them in the cover;
+--              a bit the cover held gives its freeze back (at most fmax held)
+--   "cross"    {at: [[threshold, points, tag, reason, badge, freezes, run], ...], bk}
+--              bonus for every threshold with old < threshold <= new of the last
+--              produced value; a once-bonus: its ledger row is keyed by user and
+--              tag (run 1: tag .. "." .. the run's first bit); a badge ("" none) is
+--              kept in the user's badge hash op.k[bk]; freezes > 0 are granted to
+--              the preceding day step's freeze counter
 --   "reach"    {at: [[threshold, tag, reason], ...]} a zero-point once-bonus for
 --              every threshold the user's lifetime earned points crossed from
 --              before the op to after it, its bonuses included (levels)
@@ -64,7 +75,7 @@
 -- Checks run first, in program order; only when none refused do the effects
 -- run, in program order, then the bonuses are paid (available and earned move;
 -- one outbox row each: field m "<tag>\31<reason>", o "1" for a once-bonus, g its
--- badge), then the reach steps' milestones. Restore pays no bonus: the ledger
+-- badge, z the streak freezes it granted), then the reach steps' milestones. Restore pays no bonus: the ledger
 -- has their rows; they are only written into the dedup record. Board increments are summed per (board, member) over the
 -- call and applied at the end.
 --
@@ -172,11 +183,25 @@ local CHECK, APPLY = {}, {}
 CHECK.acc = function(c, s, op)
   local before = hget_number(KEYS[s.h], op.u .. SEP .. s.c)
   c.acc_total = before + op.q
-  c.points = op.p * (math.floor(c.acc_total / s.unit) - math.floor(before / s.unit))
+  local from, to = math.floor(before / s.unit), math.floor(c.acc_total / s.unit)
+  local tiers = s.tiers
+  if not tiers or #tiers == 0 then
+    c.points = op.p * (to - from)
+    return
+  end
+  -- Units from+1 .. to; those past the list all pay its last price.
+  local points, n = 0, #tiers
+  for u = from + 1, math.min(to, n) do points = points + tiers[u] end
+  if to > n then points = points + (to - math.max(from, n)) * tiers[n] end
+  c.points = points
 end
 APPLY.acc = function(c, s, op)
   redis.call('HSET', KEYS[s.h], op.u .. SEP .. s.c, c.acc_total)
   touch(s.h, s.x)
+end
+
+CHECK.scale = function(c, s, op)
+  if c.points > 0 then c.points = math.floor(c.points * s.pct / 100) + s.add end
 end
 
 CHECK.throttle = function(c, s, op)
@@ -223,12 +248,14 @@ APPLY.bump = function(c, s, op)
 end
 
 APPLY.peak = function(c, s, op)
+  local value = op.q
+  if s.v == 1 then value = c.new end
   local field = op.u .. SEP .. s.c
   local was = hget_number(KEYS[s.h], field)
   c.old, c.new = was, was
-  if op.q > was then
-    redis.call('HSET', KEYS[s.h], field, op.q)
-    c.new = op.q
+  if value and value > was then
+    redis.call('HSET', KEYS[s.h], field, value)
+    c.new = value
   end
   touch(s.h, s.x)
 end
@@ -245,18 +272,58 @@ APPLY.distinct = function(c, s, op)
   touch(s.h, s.x)
 end
 
+local function marked(key, cover, i)
+  if i < 0 then return false end
+  if redis.call('GETBIT', key, i) == 1 then return true end
+  return cover ~= nil and redis.call('GETBIT', cover, i) == 1
+end
+
+-- Freezes for a newly marked bit: give back the one a late bit had used,
+-- or bridge the missed bits just before it with held ones.
+local function use_freezes(c, s, op, key, cover)
+  local field = op.u .. SEP .. s.fc
+  local held = hget_number(KEYS[s.fh], field)
+  if redis.call('GETBIT', cover, s.bit) == 1 then
+    redis.call('SETBIT', cover, s.bit, 0)
+    if held < s.fmax then redis.call('HSET', KEYS[s.fh], field, held + 1) end
+    c.bonuses[#c.bonuses + 1] = {'freeze-back.' .. s.bit, 0,
+      'Streak freeze returned: the day was active after all', true, '', 0, 0}
+    return
+  end
+  if held == 0 or marked(key, cover, s.bit - 1) then return end
+  for gap = 1, held do
+    local q = s.bit - 1 - gap
+    if q < 0 then return end
+    if marked(key, cover, q) then
+      for d = q + 1, s.bit - 1 do
+        redis.call('SETBIT', cover, d, 1)
+        c.bonuses[#c.bonuses + 1] = {'freeze.' .. d, 0, 'Streak freeze used for a missed day',
+          true, '', 0, 0}
+      end
+      redis.call('HSET', KEYS[s.fh], field, held - gap)
+      return
+    end
+  end
+end
+
 APPLY.day = function(c, s, op)
   local key = KEYS[op.k[s.uk]]
   local cover = nil
   if s.cover ~= 0 then cover = KEYS[op.k[s.cover]] end
   local was = redis.call('SETBIT', key, s.bit, 1)
-  if s.keep > 0 then redis.call('EXPIRE', key, s.keep) end
+  if was == 0 and cover and s.fh and not restore then use_freezes(c, s, op, key, cover) end
+  if s.keep > 0 then
+    redis.call('EXPIRE', key, s.keep)
+    if cover and redis.call('EXISTS', cover) == 1 then redis.call('EXPIRE', cover, s.keep) end
+  end
   local left, right = runs_around(key, cover, s.bit, s.scan)
   c.new = left + 1 + right
   if was == 1 then c.old = c.new else c.old = math.max(left, right) end
+  c.run_start = s.bit - left
+  if s.fh then c.freeze = {s.fh, op.u .. SEP .. s.fc, s.fmax} end
 end
 
--- A bonus: {tag, points, reason, once, badge, badge hash key index}.
+-- A bonus: {tag, points, reason, once, badge, badge hash key index, freezes granted}.
 local function badge_key(s, op)
   if s.bk and s.bk ~= 0 then return op.k[s.bk] end
   return 0
@@ -266,7 +333,16 @@ APPLY.cross = function(c, s, op)
   if not c.old then return end
   for _, t in ipairs(s.at) do
     if c.old < t[1] and t[1] <= c.new then
-      c.bonuses[#c.bonuses + 1] = {t[3], t[2], t[4], true, t[5] or '', badge_key(s, op)}
+      local tag = t[3]
+      if t[7] == 1 and c.run_start then tag = tag .. '.' .. c.run_start end
+      local granted = 0
+      if (t[6] or 0) > 0 and c.freeze then
+        local h, field, most = c.freeze[1], c.freeze[2], c.freeze[3]
+        local held = hget_number(KEYS[h], field)
+        granted = math.max(0, math.min(t[6], most - held))
+        if granted > 0 then redis.call('HSET', KEYS[h], field, held + granted) end
+      end
+      c.bonuses[#c.bonuses + 1] = {tag, t[2], t[4], true, t[5] or '', badge_key(s, op), granted}
     end
   end
 end
@@ -288,7 +364,7 @@ APPLY.credit = function(c, s, op)
 end
 
 APPLY.entry = function(c, s, op)
-  c.bonuses[#c.bonuses + 1] = {s.tag, s.pts, s.why, false, s.badge or '', badge_key(s, op)}
+  c.bonuses[#c.bonuses + 1] = {s.tag, s.pts, s.why, false, s.badge or '', badge_key(s, op), 0}
 end
 
 APPLY.first = function(c, s, op)
@@ -339,6 +415,7 @@ local function pay(c, op, b)
   end
   local row = {'p', b[2], 'b', c.balance, 'd', op.e, 'm', b[1] .. SEP .. b[3]}
   if b[4] then row[#row + 1], row[#row + 2] = 'o', '1' end
+  if (b[7] or 0) > 0 then row[#row + 1], row[#row + 2] = 'z', b[7] end
   if b[5] ~= '' then
     row[#row + 1], row[#row + 2] = 'g', b[5]
     if b[6] ~= 0 then redis.call('HSETNX', KEYS[b[6]], b[5], int(op.t)) end
@@ -423,7 +500,7 @@ for i = 1, #ops do
           local before = after - c.points - paid
           for _, t in ipairs(c.reach) do
             if before < t[1] and t[1] <= after then
-              local b = {t[2], 0, t[3], true, '', 0}
+              local b = {t[2], 0, t[3], true, '', 0, 0}
               c.bonuses[#c.bonuses + 1] = b
               pay(c, op, b)
             end

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import exceptions as rexc
 
@@ -70,6 +70,8 @@ class ProgressView:
     earned: int
     counters: list[int]
     badges: dict[str, int]
+    # The bytes asked for of each bitmap (streak days), in the order asked.
+    bitmaps: list[bytes] = field(default_factory=list)
 
 
 def _int(value: bytes | str | None) -> int:
@@ -94,9 +96,35 @@ class BalanceStore:
         self.clock = clock
         self.outbox_entries_max = outbox_entries_max
         self.script = LuaScript("pointsd.storage.redis", "balance.lua")
+        self.freezes_script = LuaScript("pointsd.storage.redis", "freezes.lua")
 
     async def start(self) -> None:
         await self.script.load(self.redis)
+        await self.freezes_script.load(self.redis)
+
+    async def give_freezes(
+        self,
+        tenant_id: str,
+        user_id: str,
+        ever: PeriodRef,
+        counter: str,
+        quantity: int,
+        most: int,
+        key: str,
+        data: str,
+        milestone: str,
+        keep_s: int,
+    ) -> tuple[StoreCode, int]:
+        """Streak freezes bought (a redemption), once per `key`, up to `most`
+        held: (APPLIED or DUPLICATE or MAINTENANCE, freezes given)."""
+        shard = self.topology.user_shard(tenant_id, user_id)
+        code, given = await self.freezes_script.run(
+            self.redis,
+            [shard.maintenance, shard.balances, shard.outbox, shard.counters(ever),
+             shard.change(key)],
+            [user_id, counter, quantity, most, keep_s, data, milestone],
+        )  # fmt: skip
+        return StoreCode(int(code)), int(given)
 
     async def change(self, ch: BalanceChange, *, restore: bool = False) -> ChangeResult:
         """Apply (or, restoring, only remember) one change, atomically."""
@@ -139,9 +167,14 @@ class BalanceStore:
         return BalanceView(_int(available), _int(earned), _int(spent), _int(today))
 
     async def progress(
-        self, tenant_id: str, user_id: str, counters: Sequence[tuple[PeriodRef, str]]
+        self,
+        tenant_id: str,
+        user_id: str,
+        counters: Sequence[tuple[PeriodRef, str]],
+        bitmaps: Sequence[tuple[str, int, int]] = (),
     ) -> ProgressView:
-        """One round trip: balance, the counters (period, name) and badges."""
+        """One round trip: balance, the counters (period, name), badges and
+        byte ranges of day bitmaps (name, first byte, last byte)."""
         shard = self.topology.user_shard(tenant_id, user_id)
         by_hash: dict[str, list[int]] = {}
         for i, (period, _) in enumerate(counters):
@@ -152,9 +185,13 @@ class BalanceStore:
                 for key, indexes in by_hash.items():
                     pipe.hmget(key, [counter_field(user_id, counters[i][1]) for i in indexes])
                 pipe.hgetall(shard.badges(user_id))
+                for name, first, last in bitmaps:
+                    pipe.getrange(shard.days(user_id, name), first, last)
                 replies = await pipe.execute()
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
+        got_bitmaps = replies[len(replies) - len(bitmaps) :] if bitmaps else []
+        replies = replies[: len(replies) - len(bitmaps)]
         (available, earned), badges = replies[0], replies[-1]
         values = [0] * len(counters)
         for indexes, got in zip(by_hash.values(), replies[1:-1], strict=True):
@@ -165,6 +202,7 @@ class BalanceStore:
             _int(earned),
             values,
             {_text(k): int(v) for k, v in badges.items()},
+            [b if isinstance(b, bytes) else str(b).encode("latin-1") for b in got_bitmaps],
         )
 
     async def restore_progress(
@@ -194,6 +232,21 @@ class BalanceStore:
                     pipe.hset(key, counter_field(user, counter), floor)
                     if period.expires_at_s:
                         pipe.expire(key, period.expires_at_s - now_s)
+                await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+
+    async def restore_bits(
+        self, shard: Shard, bits: Sequence[tuple[str, str, int]], keep_s: int
+    ) -> None:
+        """Rebuild: set bits of users' day bitmaps (user, bitmap, bit), each
+        bitmap kept `keep_s` (as award.lua keeps them)."""
+        try:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
+                for user, name, bit in bits:
+                    pipe.setbit(shard.days(user, name), bit, 1)
+                for key in {shard.days(user, name) for user, name, _ in bits}:
+                    pipe.expire(key, keep_s)
                 await pipe.execute()
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc

@@ -34,6 +34,7 @@ from pointsd.service.domain.steps import (
     First,
     Peak,
     Reach,
+    Scale,
     Step,
     Throttle,
 )
@@ -208,6 +209,9 @@ class CallEncoder:
         if cover:
             user_keys.append(lambda user: shard.days(user, cover))
             encoded["cover"] = len(user_keys)
+        if step.freezes is not None:
+            f = step.freezes
+            encoded.update(fh=self.keys.index(shard.counters(f.period)), fc=f.counter, fmax=f.max)
         return encoded
 
     def _shared(self, step: Step) -> dict[str, Any]:
@@ -218,18 +222,19 @@ class CallEncoder:
         if isinstance(step, Bump):
             return {"op": "bump", "h": index(shard.counters(step.period)), "c": step.counter,
                     "by": step.by.value, "x": step.period.expires_at_s}  # fmt: skip
-        if isinstance(step, Credit):
-            return {"op": "credit"}
+        if isinstance(step, Credit | Scale):
+            return _plain(step)
         if isinstance(step, First):
             return {"op": "first", "h": index(shard.first_seen)}
         if isinstance(step, Board):
             return {"op": "board", "slots": [self._slot(slot) for slot in step.slots]}
         if isinstance(step, Accumulate):
             return {"op": "acc", "h": index(shard.counters(step.period)), "c": step.counter,
-                    "unit": step.unit, "x": step.period.expires_at_s}  # fmt: skip
+                    "unit": step.unit, "x": step.period.expires_at_s,
+                    "tiers": list(step.tiers)}  # fmt: skip
         if isinstance(step, Peak):
             return {"op": "peak", "h": index(shard.counters(step.period)), "c": step.counter,
-                    "x": step.period.expires_at_s}  # fmt: skip
+                    "x": step.period.expires_at_s, "v": int(step.of_value)}  # fmt: skip
         if isinstance(step, Distinct):
             return {"op": "distinct", "h": index(shard.counters(step.period)),
                     "c": step.counter, "of": step.member.value, "max": step.bound,
@@ -262,10 +267,18 @@ class CallEncoder:
                 encoded["key"][scope_id] = self.keys.index(self.shard.board(slot.ref(scope_id)))
 
 
+def _plain(step: Credit | Scale) -> dict[str, Any]:
+    """Steps that name no key."""
+    if isinstance(step, Scale):
+        return {"op": "scale", "pct": step.percent, "add": step.extra}
+    return {"op": "credit"}
+
+
 def _bonus_step(step: Cross | Reach | Entry) -> dict[str, Any]:
     if isinstance(step, Cross):
         return {"op": "cross", "at": [[t.at, t.bonus.points, t.bonus.tag, t.bonus.reason,
-                                       t.bonus.badge] for t in step.thresholds]}  # fmt: skip
+                                       t.bonus.badge, t.freezes, int(t.per_run)]
+                                      for t in step.thresholds]}  # fmt: skip
     if isinstance(step, Reach):
         return {"op": "reach", "at": [[t.at, t.bonus.tag, t.bonus.reason] for t in step.thresholds]}
     b = step.bonus

@@ -8,7 +8,7 @@ mechanics only through `MECHANICS`.
 
 from __future__ import annotations
 
-from pointsd.service.rules.mechanics.accumulators import Accumulators
+from pointsd.service.rules.mechanics.accumulators import Accumulators, Tiers
 from pointsd.service.rules.mechanics.badges import Badges
 from pointsd.service.rules.mechanics.balance import Balance
 from pointsd.service.rules.mechanics.base import (
@@ -20,8 +20,10 @@ from pointsd.service.rules.mechanics.base import (
     Refs,
 )
 from pointsd.service.rules.mechanics.boards import Boards
+from pointsd.service.rules.mechanics.campaigns import Campaigns
 from pointsd.service.rules.mechanics.caps import Caps
 from pointsd.service.rules.mechanics.levels import Levels
+from pointsd.service.rules.mechanics.streaks import Streaks
 from pointsd.service.rules.mechanics.tasks import Tasks
 from pointsd.service.rules.mechanics.throttles import Throttles
 
@@ -32,10 +34,13 @@ __all__ = ["MECHANICS", "BonusInfo", "CompileContext", "Compiled", "Mechanic", "
 MECHANICS: tuple[Mechanic, ...] = (
     Caps(),
     Accumulators(),
+    Tiers(),
     Throttles(),
     Balance(),
     Boards(),
     Levels(),
     Badges(),
     Tasks(),
+    Streaks(),
+    Campaigns(),
 )

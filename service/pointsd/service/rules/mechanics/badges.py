@@ -76,3 +76,12 @@ class Badges(Mechanic):
                 description = ""
             badges[badge_id] = Badge(badge_id, str(name), str(name_en), str(description))
         return badges or None
+
+    def describe_rule_set(self, parts: Mapping[str, Any]) -> list[str]:
+        badges: Mapping[str, Badge] = parts.get(self.name, {})
+        return [
+            f"badge    {b.id:<22} {b.name_en}"
+            + (f" ({b.name})" if b.name != b.name_en else "")
+            + (f": {b.description}" if b.description else "")
+            for b in badges.values()
+        ]

@@ -71,6 +71,8 @@ class Compiled:
     per_event: bool = False
     # The credit's quantity is the event's (else 1).
     uses_quantity: bool = False
+    # The part adds to the award's ledger reason (`ledger_note`).
+    notes: bool = False
 
     def steps(self, refs: Refs, *, restore: bool) -> tuple[Step, ...]:
         """The steps for events in these periods. restore: those a rebuild
@@ -82,6 +84,11 @@ class Compiled:
     ) -> tuple[Step, ...]:
         """Per-event parts: the steps for this event."""
         return self.steps(refs, restore=restore)
+
+    def ledger_note(self, event: Event) -> str:
+        """Appended to the award row's reason for this event (parts with
+        `notes`), e.g. the campaign that multiplied it."""
+        return ""
 
     # Words for results: the engine joins what each part says.
     def award_text(self, points: int, limit: int) -> str | None:
@@ -139,6 +146,12 @@ class Mechanic:
     def bonus_info(self, tenant: TenantRules, tag: str) -> BonusInfo | None:
         """What one of its bonus tags names (None: not its tag)."""
         return None
+
+    def describe_rule_set(self, parts: Mapping[str, Any]) -> list[str]:
+        """Lines for `pointsd rules check` about its rule-set block, given a
+        tenant's parts by mechanic name (as review_rule_set gets them); []
+        for nothing to say."""
+        return []
 
     def review_action(self, c: Checker, rule: ActionRule, path: str) -> ActionRule:
         """Check (and complete) an action its credit parts are in."""

@@ -196,3 +196,13 @@ class Levels(Mechanic):
         if rules is None or len(rules.levels) < 2:
             return None
         return _CompiledLevels(rules.reach)
+
+    def describe_rule_set(self, parts: Mapping[str, Any]) -> list[str]:
+        rules: LevelRules | None = parts.get(self.name)
+        if rules is None:
+            return []
+        return [
+            f"level {lv.number:<2} {lv.id:<22} {lv.title}, from {lv.min_points} points"
+            + (f"; {', '.join(lv.privileges)}" if lv.privileges else "")
+            for lv in rules.levels
+        ]

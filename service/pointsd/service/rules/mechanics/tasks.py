@@ -68,9 +68,18 @@ from pointsd.service.rules.mechanics.levels import TAG_ID_RE, names
 from pointsd.service.rules.model import ActionRule, PartKey, TenantRules
 from pointsd.service.rules.periods import EVER_KEY
 
-__all__ = ["TASKS", "Measure", "TaskFeed", "TaskRule", "Tasks", "task_counter", "task_tag"]
+__all__ = [
+    "TASKS",
+    "Measure",
+    "TaskFeed",
+    "TaskRule",
+    "Tasks",
+    "feeds_of",
+    "task_counter",
+    "task_tag",
+]
 
-_CONDITIONS = ("count", "distinct", "points", "peak")
+_CONDITIONS = ("count", "distinct", "points", "peak", "streak")
 _TASK_KEYS = {"name", "name_en", "period", "at_least", "reward", "per_attribute", "values",
               "working_days_only", *_CONDITIONS}  # fmt: skip
 _PERIODS = {"day": Period.DAY, "week": Period.WEEK, "month": Period.MONTH, "ever": Period.EVER}
@@ -92,6 +101,9 @@ class Measure(enum.StrEnum):
     POINTS = "points"
     # The highest quantity reported (a group's member count).
     PEAK = "peak"
+    # The best streak of the rule set's `streak` (growth tasks only; the
+    # streak mechanic compiles them).
+    STREAK = "streak"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,9 +239,11 @@ class _CompiledTasks(Compiled):
         return found
 
 
-def _feeds(
-    c: Checker, raw: Any, actions: Mapping[str, ActionRule], path: str, any_ok: bool
+def feeds_of(
+    c: Checker, raw: Any, actions: Mapping[str, ActionRule], path: str, *, any_ok: bool = False
 ) -> tuple[TaskFeed, ...]:
+    """Feeds named in a rule file: `[action | {action, role}, ...]`, or "*"
+    (any action) when `any_ok`; problems go to `c`."""
     if any_ok and raw == "*":
         return (TaskFeed("*"),)
     if not isinstance(raw, list) or not raw:
@@ -303,8 +317,16 @@ def _condition(
         c.fail(path, f"needs exactly one condition of {', '.join(_CONDITIONS)}, got {len(given)}")
         return None
     measure = Measure(given[0])
+    if measure is Measure.STREAK:
+        if m["streak"] is not True:
+            c.fail(f"{path}.streak", "must be true (the task counts the best streak)")
+        if m.get("period") != "ever":
+            c.fail(f"{path}.period", "a streak task is a growth task: period ever")
+        return measure, (), None
     if measure is not Measure.DISTINCT:
-        feeds = _feeds(c, m[given[0]], actions, f"{path}.{given[0]}", measure is Measure.POINTS)
+        feeds = feeds_of(
+            c, m[given[0]], actions, f"{path}.{given[0]}", any_ok=measure is Measure.POINTS
+        )
         if measure is Measure.PEAK:
             for i, feed in enumerate(feeds):
                 credit = actions[feed.action].credit(feed.role or Role.ACTOR)
@@ -317,7 +339,7 @@ def _condition(
         return measure, feeds, None
     d = c.mapping(m["distinct"], f"{path}.distinct") or {}
     c.unknown(d, {"feeds", "of"}, f"{path}.distinct")
-    feeds = _feeds(c, d.get("feeds"), actions, f"{path}.distinct.feeds", False)
+    feeds = feeds_of(c, d.get("feeds"), actions, f"{path}.distinct.feeds")
     raw_of = d.get("of")
     of = _OF.get(raw_of) if isinstance(raw_of, str) else None
     if of is None:
@@ -412,3 +434,36 @@ class Tasks(Mechanic):
             if any(f.matches(ctx.rule.key, ctx.credit.role) for f in t.feeds)
         )  # fmt: skip
         return _CompiledTasks(ctx.tenant, tasks) if tasks else None
+
+    def describe_rule_set(self, parts: Mapping[str, Any]) -> list[str]:
+        """One line a task: "send-3-messages  day: count message.text, ... >= 3 -> 5 points"."""
+        period_names = {kind: name for name, kind in _PERIODS.items()}
+        of_names = {Member.GROUP: "groups", Member.COUNTERPART: "colleagues",
+                    Member.DEPARTMENT: "departments"}  # fmt: skip
+
+        def feed(f: TaskFeed) -> str:
+            if f.action == "*":
+                return "any action"
+            # An action key alone means its actor credit: name only the target.
+            return f"{f.action} (target)" if f.role is Role.TARGET else f.action
+
+        lines = []
+        for t in parts.get(self.name, {}).values():
+            period = period_names[t.period] + (", working days only" if t.working_days_only else "")
+            condition = t.measure.value
+            if t.of is not None:
+                condition += f" {of_names.get(t.of, t.of.value)} of"
+            if t.feeds:
+                condition += " " + ", ".join(feed(f) for f in t.feeds)
+            if t.per_attribute:
+                condition += f", per {t.per_attribute}"
+                if t.values:
+                    condition += f" ({', '.join(sorted(t.values))})"
+            reward = ([f"{t.points} points"] if t.points else []) + (
+                [f"badge {t.badge}"] if t.badge else []
+            )
+            lines.append(
+                f"task     {t.id:<22} {period}: {condition} >= {t.at_least} -> "
+                + " and ".join(reward)
+            )
+        return lines

@@ -56,6 +56,7 @@ class ItemKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHYSICAL: _ClassVar[ItemKind]
     BENEFIT: _ClassVar[ItemKind]
     DONATION: _ClassVar[ItemKind]
+    STREAK_FREEZE: _ClassVar[ItemKind]
 
 class RedemptionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -102,6 +103,7 @@ VIRTUAL: ItemKind
 PHYSICAL: ItemKind
 BENEFIT: ItemKind
 DONATION: ItemKind
+STREAK_FREEZE: ItemKind
 REDEMPTION_STATUS_UNSPECIFIED: RedemptionStatus
 PENDING: RedemptionStatus
 COMPLETED: RedemptionStatus
@@ -186,7 +188,7 @@ class ActivityResult(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., reason: _Optional[str] = ..., original_outcome: _Optional[_Union[Outcome, str]] = ..., credits: _Optional[_Iterable[_Union[Credit, _Mapping]]] = ..., field: _Optional[str] = ..., bonuses: _Optional[_Iterable[_Union[Bonus, _Mapping]]] = ..., level_ups: _Optional[_Iterable[_Union[LevelUp, _Mapping]]] = ...) -> None: ...
 
 class Bonus(_message.Message):
-    __slots__ = ("user_id", "kind", "id", "name", "name_en", "points", "reason", "period_key", "badge")
+    __slots__ = ("user_id", "kind", "id", "name", "name_en", "points", "reason", "period_key", "badge", "tag")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +198,7 @@ class Bonus(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
     BADGE_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     kind: str
     id: str
@@ -205,7 +208,8 @@ class Bonus(_message.Message):
     reason: str
     period_key: str
     badge: str
-    def __init__(self, user_id: _Optional[str] = ..., kind: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., name_en: _Optional[str] = ..., points: _Optional[int] = ..., reason: _Optional[str] = ..., period_key: _Optional[str] = ..., badge: _Optional[str] = ...) -> None: ...
+    tag: str
+    def __init__(self, user_id: _Optional[str] = ..., kind: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., name_en: _Optional[str] = ..., points: _Optional[int] = ..., reason: _Optional[str] = ..., period_key: _Optional[str] = ..., badge: _Optional[str] = ..., tag: _Optional[str] = ...) -> None: ...
 
 class Level(_message.Message):
     __slots__ = ("number", "id", "name", "name_en", "min_points", "privileges")
@@ -745,15 +749,83 @@ class BadgeEarned(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., name_en: _Optional[str] = ..., description: _Optional[str] = ..., earned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("tenant_id", "user_id", "level", "tasks", "badges")
+    __slots__ = ("tenant_id", "user_id", "level", "tasks", "badges", "streak")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     BADGES_FIELD_NUMBER: _ClassVar[int]
+    STREAK_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     user_id: str
     level: LevelProgress
     tasks: _containers.RepeatedCompositeFieldContainer[TaskProgress]
     badges: _containers.RepeatedCompositeFieldContainer[BadgeEarned]
-    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., level: _Optional[_Union[LevelProgress, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., badges: _Optional[_Iterable[_Union[BadgeEarned, _Mapping]]] = ...) -> None: ...
+    streak: StreakProgress
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., level: _Optional[_Union[LevelProgress, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[TaskProgress, _Mapping]]] = ..., badges: _Optional[_Iterable[_Union[BadgeEarned, _Mapping]]] = ..., streak: _Optional[_Union[StreakProgress, _Mapping]] = ...) -> None: ...
+
+class StreakProgress(_message.Message):
+    __slots__ = ("name", "name_en", "current", "best", "freezes_held", "freezes_max", "today_needed", "today_working_day", "next_milestone_days", "next_milestone_points")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_EN_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    BEST_FIELD_NUMBER: _ClassVar[int]
+    FREEZES_HELD_FIELD_NUMBER: _ClassVar[int]
+    FREEZES_MAX_FIELD_NUMBER: _ClassVar[int]
+    TODAY_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    TODAY_WORKING_DAY_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MILESTONE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MILESTONE_POINTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    name_en: str
+    current: int
+    best: int
+    freezes_held: int
+    freezes_max: int
+    today_needed: bool
+    today_working_day: bool
+    next_milestone_days: int
+    next_milestone_points: int
+    def __init__(self, name: _Optional[str] = ..., name_en: _Optional[str] = ..., current: _Optional[int] = ..., best: _Optional[int] = ..., freezes_held: _Optional[int] = ..., freezes_max: _Optional[int] = ..., today_needed: _Optional[bool] = ..., today_working_day: _Optional[bool] = ..., next_milestone_days: _Optional[int] = ..., next_milestone_points: _Optional[int] = ...) -> None: ...
+
+class ListThanksRequest(_message.Message):
+    __slots__ = ("tenant_id", "department_id", "user_id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    department_id: str
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., department_id: _Optional[str] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ThanksCard(_message.Message):
+    __slots__ = ("event_id", "sender_user_id", "receiver_user_id", "message", "points", "occurred_at", "department_id", "receiver_department_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_DEPARTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    sender_user_id: str
+    receiver_user_id: str
+    message: str
+    points: int
+    occurred_at: _timestamp_pb2.Timestamp
+    department_id: str
+    receiver_department_id: str
+    def __init__(self, event_id: _Optional[str] = ..., sender_user_id: _Optional[str] = ..., receiver_user_id: _Optional[str] = ..., message: _Optional[str] = ..., points: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., department_id: _Optional[str] = ..., receiver_department_id: _Optional[str] = ...) -> None: ...
+
+class ListThanksResponse(_message.Message):
+    __slots__ = ("cards", "next_page_token")
+    CARDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    cards: _containers.RepeatedCompositeFieldContainer[ThanksCard]
+    next_page_token: str
+    def __init__(self, cards: _Optional[_Iterable[_Union[ThanksCard, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
