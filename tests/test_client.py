@@ -719,3 +719,26 @@ async def test_the_documented_example_runs(
     # The batcher's 1,000 messages: 10 per user at 2 points.
     assert {(await balance(points, f"user-{n}")) for n in range(100)} == {20}
     assert await balance(points, "bob") == 3
+
+
+async def test_progress_and_thanks_through_both_clients(api: Api) -> None:
+    target = f"127.0.0.1:{api.running.port}"
+    async with PointsClient(target, tenant_id=api.tenant) as points:
+        await points.record(event_id="p-1", user_id="ann", action="thanks_card",
+                            target_user_id="bo", attributes={"message": "thanks!"})  # fmt: skip
+        progress = await points.get_progress("ann")
+        assert progress.user_id == "ann"
+        assert await api.app.flusher.drain(30)
+        cards = await points.list_thanks(pb.ListThanksRequest(tenant_id=api.tenant))
+        assert [(c.sender_user_id, c.receiver_user_id, c.message) for c in cards.cards] == [
+            ("ann", "bo", "thanks!")
+        ]
+
+    def blocking() -> tuple[pb.Progress, pb.ListThanksResponse]:
+        with SyncPointsClient(target, tenant_id=api.tenant) as c:
+            return c.get_progress("bo"), c.list_thanks(
+                pb.ListThanksRequest(tenant_id=api.tenant, user_id="bo")
+            )
+
+    progress_bo, cards_bo = await asyncio.to_thread(blocking)
+    assert progress_bo.user_id == "bo" and len(cards_bo.cards) == 1

@@ -373,3 +373,26 @@ async def test_an_item_may_require_a_level(
     details = invalid.value.details() or ""
     assert "item.min_level: no level 'guru'" in details
     assert "newcomer, communicator, team-star" in details
+
+
+async def test_a_daily_task_rolls_over_at_midnight_in_a_zone_with_dst(
+    make_api: ApiFactory, tenant: str, clock: TestClock
+) -> None:
+    # Berlin, Sunday 28 March 2027: clocks skip 02:00-03:00, a 23-hour day.
+    doc = load_rule_file(None)
+    doc["tenants"] = [{"id": tenant, "timezone": "Europe/Berlin"}]
+    clock.set(parse_instant("2027-03-28T01:30:00+01:00"))
+    api = await make_api(book=parse_rule_book(doc))
+    times = ["2027-03-27T23:20:00+01:00", "2027-03-27T23:40:00+01:00",
+             "2027-03-28T00:10:00+01:00", "2027-03-28T01:00:00+01:00",
+             "2027-03-28T01:20:00+01:00"]  # fmt: skip
+    got = [
+        await record(api, "ann", "message.text", at_ms=parse_instant(t), event_id=f"m{i}")
+        for i, t in enumerate(times)
+    ]
+    done = [(i, b.period_key) for i, r in enumerate(got) for b in r.bonuses]
+    assert done == [(4, "2027-03-28")]
+    daily = task(await progress_of(api, "ann"), "send-3-messages")
+    # 01:30 CET to midnight CEST: 21.5 hours of a 23-hour day.
+    assert 21 * 3600 + 1800 - 30 <= daily.seconds_left <= 21 * 3600 + 1800
+    assert daily.ends_at.ToMilliseconds() == parse_instant("2027-03-29T00:00:00+02:00")

@@ -81,6 +81,8 @@ _REWARDS = _Method("ListRewards", pb.ListRewardsRequest, pb.ListRewardsResponse)
 # Idempotent by (tenant_id, request_id); the server refuses an empty one.
 _REDEEM = _Method("Redeem", pb.RedeemRequest, pb.RedeemResponse, _has_request_id)
 _REDEMPTIONS = _Method("ListRedemptions", pb.ListRedemptionsRequest, pb.ListRedemptionsResponse)
+_PROGRESS = _Method("GetProgress", pb.GetProgressRequest, pb.Progress)
+_THANKS = _Method("ListThanks", pb.ListThanksRequest, pb.ListThanksResponse)
 _STREAM_PATH = f"/{SERVICE}/StreamActivities"
 
 
@@ -364,6 +366,18 @@ class PointsClient(_Common):
     ) -> pb.ListRedemptionsResponse:
         return await self._call(_REDEMPTIONS, request, timeout_s)
 
+    async def get_progress(
+        self, user_id: str, *, tenant_id: str | None = None, timeout_s: float | None = None
+    ) -> pb.Progress:
+        """Level, tasks, streak and badges of a user."""
+        request = pb.GetProgressRequest(tenant_id=self._tenant(tenant_id), user_id=user_id)
+        return await self._call(_PROGRESS, request, timeout_s)
+
+    async def list_thanks(
+        self, request: pb.ListThanksRequest, *, timeout_s: float | None = None
+    ) -> pb.ListThanksResponse:
+        return await self._call(_THANKS, request, timeout_s)
+
 
 # --------------------------------------------------------------------------
 # Blocking
@@ -529,3 +543,14 @@ class SyncPointsClient(_Common):
         self, request: pb.ListRedemptionsRequest, *, timeout_s: float | None = None
     ) -> pb.ListRedemptionsResponse:
         return self._call(_REDEMPTIONS, request, timeout_s)
+
+    def get_progress(
+        self, user_id: str, *, tenant_id: str | None = None, timeout_s: float | None = None
+    ) -> pb.Progress:
+        request = pb.GetProgressRequest(tenant_id=self._tenant(tenant_id), user_id=user_id)
+        return self._call(_PROGRESS, request, timeout_s)
+
+    def list_thanks(
+        self, request: pb.ListThanksRequest, *, timeout_s: float | None = None
+    ) -> pb.ListThanksResponse:
+        return self._call(_THANKS, request, timeout_s)
