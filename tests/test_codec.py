@@ -67,9 +67,9 @@ EVERY_STEP: tuple[Step, ...] = (
         cover="frozen",
         freezes=Freezes(PeriodRef(Period.EVER, "all", 0), "streak-freezes", 2),
     ),
-    Cross((Threshold(5, Bonus("streak-5", 10, "5 days", badge="steady")),)),
+    Cross((Threshold(5, Bonus("streak-5", 10, "5 days", badge="steady")),), paid=DAY),
     Entry(Bonus("welcome", 0, "Welcome")),
-    Reach((Threshold(500, Bonus("level.communicator", 0, "Level up")),)),
+    Reach((Threshold(500, Bonus("level.communicator", 0, "Level up")),), paid=DAY),
     First(),
     Board(
         (

@@ -5,6 +5,7 @@ set on the test clock (the example calendar example-cn-2026, Asia/Shanghai)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -237,3 +238,111 @@ async def test_a_growth_task_on_the_best_streak_pays_once(
     p = await api.stub.GetProgress(pb.GetProgressRequest(tenant_id=api.tenant, user_id="ann"))
     task = next(t for t in p.tasks if t.id == "three-in-a-row")
     assert (task.progress, task.completed) == (3, True)
+
+
+def short_milestones(rs: dict[str, Any]) -> None:
+    rs["streak"]["milestones"] = [
+        {"days": 3, "points": 10, "freezes": 1},
+        {"days": 5, "points": 20},
+    ]
+
+
+async def test_a_covered_day_counts_for_a_milestone_and_its_late_event_pays_nothing_twice(
+    make_api: ApiFactory, tenant: str, clock: TestClock
+) -> None:
+    clock.set(parse_instant("2026-12-15T20:00:00+08:00"))
+    api = await make_api(book=book(tenant, short_milestones), event_max_age_s=AGE_S)
+    got = {d: await login(api, "ann", d) for d in
+           ["2026-12-07", "2026-12-08", "2026-12-09", "2026-12-10", "2026-12-14"]}  # fmt: skip
+    # Wednesday 9: 3 in a row, +1 freeze. Friday 11 missed: Monday 14 uses
+    # the freeze, and the covered Friday is the run's fifth day.
+    assert streak_bonuses(got["2026-12-09"]) == [("streak", "3", 10, "2026-12-07")]
+    assert streak_bonuses(got["2026-12-14"]) == [
+        ("freeze", "used", 0, "2026-12-11"),
+        ("streak", "5", 20, "2026-12-07"),
+    ]
+    # Friday's login, late: the freeze comes back; the run is the same, so
+    # no milestone is paid again.
+    late = await login(api, "ann", "2026-12-11")
+    assert streak_bonuses(late) == [("freeze", "returned", 0, "2026-12-11")]
+    s = await streak(api, "ann")
+    assert (s.current, s.freezes_held) == (6, 1)
+    assert (await reconcile(api.app)).clean
+
+
+async def test_a_late_event_bridges_the_gap_after_it_as_in_order(
+    make_api: ApiFactory, tenant: str, clock: TestClock
+) -> None:
+    api = await start(make_api, tenant, clock, "2026-12-10T20:00:00+08:00")
+    admin = pb_grpc.AdminServiceStub(api.channel)
+    freeze = pb.Item(tenant_id=api.tenant, item_id="freeze", name="Streak freeze",
+                     kind=pb.STREAK_FREEZE, cost=1, enabled=True)  # fmt: skip
+    await admin.CreateItem(pb.CreateItemRequest(item=freeze))
+    for user in ("bob", "cy"):
+        seed = pb.AdjustPointsRequest(
+            tenant_id=api.tenant, user_id=user, points=5, idempotency_key=f"seed-{user}",
+            reason="seed",
+        )  # fmt: skip
+        await admin.AdjustPoints(seed)
+        buy = pb.RedeemRequest(
+            tenant_id=api.tenant, user_id=user, item_id="freeze", request_id=f"fz-{user}"
+        )
+        await api.stub.Redeem(buy)
+    # Wednesday 9 missed by both; Bob in order, Cy's Tuesday arrives late.
+    for d in ["2026-12-08", "2026-12-10"]:
+        await login(api, "bob", d)
+    first = await login(api, "cy", "2026-12-10")
+    late = await login(api, "cy", "2026-12-08")
+    assert not streak_bonuses(first)
+    assert streak_bonuses(late) == [("freeze", "used", 0, "2026-12-09")]
+    bob, cy = await streak(api, "bob"), await streak(api, "cy")
+    assert (bob.current, bob.freezes_held) == (cy.current, cy.freezes_held) == (3, 0)
+
+
+async def test_raising_a_target_mid_period_pays_nothing_twice(
+    make_api: ApiFactory, tenant: str, clock: TestClock
+) -> None:
+    clock.set(parse_instant("2026-12-07T10:00:00+08:00"))
+    first = await make_api(book=book(tenant))
+    for i in range(3):
+        await first.stub.RecordActivity(ev(tenant, "ann", "message.text", event_id=f"m{i}"))
+
+    def five(rs: dict[str, Any]) -> None:
+        rs["tasks"]["send-3-messages"]["at_least"] = 5
+
+    second = await make_api(book=book(tenant, five))
+    more = [
+        await second.stub.RecordActivity(ev(tenant, "ann", "message.text", event_id=f"n{i}"))
+        for i in range(3)
+    ]
+    assert not [b for r in more for b in r.bonuses if b.id == "send-3-messages"]
+    assert (await reconcile(second.app)).clean
+
+
+async def test_concurrent_freeze_redemptions_never_pass_the_most_held(
+    make_api: ApiFactory, tenant: str, clock: TestClock
+) -> None:
+    api = await start(make_api, tenant, clock, "2026-12-10T20:00:00+08:00")
+    admin = pb_grpc.AdminServiceStub(api.channel)
+    freeze = pb.Item(tenant_id=api.tenant, item_id="freeze", name="Streak freeze",
+                     kind=pb.STREAK_FREEZE, cost=5, enabled=True)  # fmt: skip
+    await admin.CreateItem(pb.CreateItemRequest(item=freeze))
+    seed = pb.AdjustPointsRequest(tenant_id=api.tenant, user_id="ann", points=100,
+                                  idempotency_key="seed", reason="seed")  # fmt: skip
+    await admin.AdjustPoints(seed)
+
+    async def buy(i: int) -> int:
+        try:
+            await api.stub.Redeem(pb.RedeemRequest(
+                tenant_id=api.tenant, user_id="ann", item_id="freeze", quantity=1,
+                request_id=f"c{i}"))  # fmt: skip
+            return 1
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            return 0
+
+    bought = sum(await asyncio.gather(*(buy(i) for i in range(8))))
+    s = await streak(api, "ann")
+    assert bought == s.freezes_held == 2
+    balance = await api.stub.GetBalance(pb.GetBalanceRequest(tenant_id=api.tenant, user_id="ann"))
+    assert balance.available == 100 - 2 * 5

@@ -23,7 +23,7 @@ from pointsd.service.domain import CreditOp, Event, Period, PeriodRef, Role, Sto
 from pointsd.service.domain.steps import Step
 from pointsd.service.redeem import restoring_change
 from pointsd.service.rules import TASKS, Plan, fingerprint, task_counter, task_tag
-from pointsd.service.rules.mechanics.streaks import COVER, FREEZES, STREAK
+from pointsd.service.rules.mechanics.streaks import COVER, FREEZES, STREAK, freeze_day
 from pointsd.service.rules.mechanics.streaks import KEEP_S as STREAK_KEEP_S
 from pointsd.service.rules.mechanics.tasks import Measure
 from pointsd.storage.entries import KIND_AWARD, LedgerRow
@@ -308,16 +308,22 @@ async def _restore_covers(app: App, tenant_id: str, bonus_rows: list[LedgerRow])
     rule = tenant.part(STREAK) if tenant is not None else None
     if rule is None:
         return {}
+    calendar = tenant.calendar if tenant is not None else None
     covered: dict[str, set[int]] = {}
     held: dict[str, int] = {}
     for row in bonus_rows:
         tag, user = row.attributes.get("bonus", ""), row.user_id
-        kind, _, day = tag.partition(".")
-        if kind == "freeze" and day.isdigit():
-            covered.setdefault(user, set()).add(int(day))
+        kind, _, text = tag.partition(".")
+        day = freeze_day(text) if kind in ("freeze", "freeze-back") else None
+        # Tags name dates: numbered by today's calendar, even if it was edited.
+        ordinal = calendar.ordinal(day) if calendar is not None and day is not None else None
+        if kind == "freeze" and day is not None:
+            if ordinal is not None:
+                covered.setdefault(user, set()).add(ordinal)
             held[user] = max(0, held.get(user, 0) - 1)
-        elif kind == "freeze-back" and day.isdigit():
-            covered.get(user, set()).discard(int(day))
+        elif kind == "freeze-back" and day is not None:
+            if ordinal is not None:
+                covered.get(user, set()).discard(ordinal)
             held[user] = min(rule.freezes_max, held.get(user, 0) + 1)
         if granted := row.attributes.get("freezes"):
             held[user] = min(rule.freezes_max, held.get(user, 0) + int(granted))
@@ -355,6 +361,13 @@ async def _restore_progress(
             owned[badge] = min(owned.get(badge, row.occurred_at_ms), row.occurred_at_ms)
         tag = row.attributes.get("bonus", "")
         task = tasks.get(tag.split(".")[1]) if tag.startswith("task.") else None
+        # Once-bonuses paid stay marked (a threshold crossed again pays
+        # nothing): a task's in its period, a level's or a streak's ever.
+        if tag.startswith(("task.", "level.", "streak.")):
+            ref = app.engine.period(
+                tenant, task.period if task else Period.EVER, row.occurred_at_ms
+            )
+            floors.setdefault(shard, []).append((ref, row.user_id, f"!{tag}", 1))
         if task is None or task.per_attribute:
             continue
         ref = app.engine.period(tenant, task.period, row.occurred_at_ms)

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from pointsd.service.clock import Clock
@@ -51,7 +51,7 @@ from pointsd.service.errors import (
     ShardBusy,
 )
 from pointsd.service.periodic import every
-from pointsd.service.rules import LEVELS, RulesEngine
+from pointsd.service.rules import LEVELS, LevelRules, RulesEngine
 from pointsd.service.rules.mechanics.streaks import FREEZES, STREAK
 from pointsd.service.rules.periods import period_key
 from pointsd.storage.entries import KIND_ADJUST, KIND_REFUND, KIND_SPEND, LedgerRow, entry_data
@@ -167,47 +167,36 @@ class Redemptions:
             raise FailedPrecondition(record.reason)
         return record
 
-    async def _refusal(self, tenant_id: str, user_id: str, quantity: int) -> Callable[[Item], str]:
-        """Why the rules refuse this user an item ("" when they do not): a
-        minimum level not reached, or streak freezes past the most a user
-        may hold. Levels never drop when points are spent, so a level read
+    async def _refusal(
+        self, tenant_id: str, user_id: str, quantity: int
+    ) -> Callable[[Item, int], Awaitable[str]]:
+        """Why the rules refuse this user an item ("" when they do not), asked
+        with the item locked: a minimum level not reached, or streak freezes
+        past the most a user may hold (those held, read then, plus those
+        pending in other redemptions: concurrent redemptions cannot pass it
+        together). Levels never drop when points are spent, so a level read
         before the redemption still holds when it completes."""
         tenant = self.engine.tenant(tenant_id)
-        if tenant is None:
-            return lambda item: ""
-        levels, streak = tenant.part(LEVELS), tenant.part(STREAK)
-        ever = self.engine.period(tenant, Period.EVER, self.clock_ms())
-        view = await self.stores.balances.progress(tenant_id, user_id, [(ever, FREEZES)])
-        earned, held = view.earned, view.counters[0]
 
-        def level_refusal(item: Item) -> str:
-            if not item.min_level:
+        async def refusal(item: Item, pending: int) -> str:
+            if tenant is None:
                 return ""
-            level = levels.get(item.min_level) if levels is not None else None
-            if level is None:
-                return (
-                    f"item {item.item_id!r} requires level {item.min_level!r}, which the "
-                    "tenant's rules do not define"
-                )
-            if earned >= level.min_points:
-                return ""
-            current = levels.at(earned) if levels is not None else level
-            return (
-                f"item {item.item_id!r} requires level {level.title} ({level.min_points} "
-                f"lifetime points); {user_id!r} is {current.title} with {earned}"
-            )
-
-        def refusal(item: Item) -> str:
-            if item.kind != "streak_freeze":
-                return level_refusal(item)
-            if streak is None or not streak.freezes_max:
-                return f"item {item.item_id!r} is a streak freeze, and the tenant's rules have none"
-            if held + quantity > streak.freezes_max:
-                return (
-                    f"{user_id!r} holds {held} streak freeze(s); at most {streak.freezes_max} "
-                    f"may be held, so {quantity} more cannot be redeemed"
-                )
-            return level_refusal(item)
+            ever = self.engine.period(tenant, Period.EVER, self.clock_ms())
+            view = await self.stores.balances.progress(tenant_id, user_id, [(ever, FREEZES)])
+            if item.kind == "streak_freeze":
+                streak = tenant.part(STREAK)
+                if streak is None or not streak.freezes_max:
+                    return (
+                        f"item {item.item_id!r} is a streak freeze, and the tenant's rules "
+                        "have none"
+                    )
+                held = view.counters[0] + pending
+                if held + quantity > streak.freezes_max:
+                    return (
+                        f"{user_id!r} holds {held} streak freeze(s); at most "
+                        f"{streak.freezes_max} may be held, so {quantity} more cannot be redeemed"
+                    )
+            return _level_refusal(tenant.part(LEVELS), item, user_id, view.earned)
 
         return refusal
 
@@ -340,3 +329,20 @@ class Redemptions:
 
     async def run_recovery(self, stop: asyncio.Event) -> None:
         await every(self.recovery_interval_s, stop, self.recover, log, "redemption recovery")
+
+
+def _level_refusal(levels: LevelRules | None, item: Item, user_id: str, earned: int) -> str:
+    if not item.min_level:
+        return ""
+    level = levels.get(item.min_level) if levels is not None else None
+    if levels is None or level is None:
+        return (
+            f"item {item.item_id!r} requires level {item.min_level!r}, which the tenant's "
+            "rules do not define"
+        )
+    if earned >= level.min_points:
+        return ""
+    return (
+        f"item {item.item_id!r} requires level {level.title} ({level.min_points} lifetime "
+        f"points); {user_id!r} is {levels.at(earned).title} with {earned}"
+    )

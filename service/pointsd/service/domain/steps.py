@@ -202,11 +202,18 @@ class Distinct(_PeriodStep):
 @dataclass(frozen=True, slots=True)
 class Freezes:
     """Streak freezes: how many a user holds (a counter of `period`, the
-    ever hash) and at most how many."""
+    ever hash) and at most how many. `date` is the Day's date (YYYYMMDD),
+    `before`/`after` the dates of the `max` business days before and after
+    it, nearest first: freeze bonuses are tagged with the day they cover,
+    so their ledger rows name a date, whatever later calendar edits do to
+    business-day numbers."""
 
     period: PeriodRef
     counter: str
     max: int
+    date: str = ""
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +259,10 @@ class Cross(Step):
     that only grows crosses each threshold once; a run once per run."""
 
     thresholds: tuple[Threshold, ...]
+    # Where once-bonuses paid are marked (the period of the counter crossed,
+    # kept as long), so a threshold crossed again (a target changed) pays
+    # nothing twice; None: not marked.
+    paid: PeriodRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +272,11 @@ class Reach(Step):
     earned), a zero-point once-bonus (a milestone row). Evaluated after the
     bonuses are paid, so a task reward that lifts the user a level reports
     the level at once. Points are never taken back on spending, so a level
-    once reached is never reached again."""
+    once reached is never reached again (and each level reached is marked in
+    `paid`, the ever hash, so a negative adjustment does not report it again)."""
 
     thresholds: tuple[Threshold, ...]
+    paid: PeriodRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ service/pointsd/service/redeem.py for the whole saga and its recovery.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -256,12 +256,14 @@ class CatalogStore:
         quantity: int,
         now: datetime,
         limit_period_key: Callable[[str], str],
-        refusal: Callable[[Item], str] = lambda item: "",
+        refusal: Callable[[Item, int], Awaitable[str]] | None = None,
     ) -> tuple[Redemption, bool]:
         """The record for `request_id`: created now (True) as `pending` with the
         stock taken, or as `failed` with the reason; or the existing one (False).
-        `refusal`: the caller's own reason to refuse the item ("" for none),
-        e.g. a level the user has not reached.
+        `refusal(item, pending)`: the caller's own reason to refuse the item
+        ("" for none), e.g. a level the user has not reached, asked while the
+        item is locked; `pending` is what the user has of items of the same
+        kind in redemptions not completed yet (streak freezes being given).
 
         Raises RecordMissing when the item does not exist.
         """
@@ -282,7 +284,9 @@ class CatalogStore:
             if row is None:
                 raise RecordMissing(f"no item {item_id!r}")
             item = _item(row)
-            reason = item.inactive_reason(now) or refusal(item)
+            reason = item.inactive_reason(now)
+            if not reason and refusal is not None:
+                reason = await refusal(item, await _pending_of_kind(conn, item, user_id))
             period_key = limit_period_key(item.limit_period) if item.limit_period else None
             if not reason and item.per_user_limit:
                 used = int(
@@ -492,6 +496,21 @@ class CatalogStore:
             )
 
         await self._run(work)
+
+
+async def _pending_of_kind(conn: AsyncConnection, item: Item, user_id: str) -> int:
+    """Units of the user's pending redemptions of items of this item's kind."""
+    if item.kind != "streak_freeze":
+        return 0
+    found = await conn.execute(
+        text(
+            "SELECT COALESCE(SUM(r.quantity), 0) FROM redemptions r JOIN catalog_items i "
+            "ON i.tenant_id = r.tenant_id AND i.item_id = r.item_id "
+            "WHERE r.tenant_id = :t AND r.user_id = :u AND r.status = 'pending' AND i.kind = :k"
+        ),
+        {"t": item.tenant_id, "u": user_id, "k": item.kind},
+    )
+    return int(found.scalar_one())
 
 
 def _item_params(item: Item) -> dict[str, Any]:

@@ -38,19 +38,23 @@
 --              produced value; produces (old, new)
 --   "distinct" {h, c, of, max, x} count distinct op[of] values, at most max;
 --              produces (old, new)
---   "day"      {uk, bit, scan, keep, cover, fh, fc, fmax} set bit `bit` of bitmap
---              op.k[uk]; produces the run of set bits (ORing op.k[cover]) around it,
---              before/after, and the run's first bit. With fh (apply mode): a new
---              bit after missed bits uses up freezes (counter fc of hash KEYS[fh],
---              one per missed bit, if enough are held) and sets them in the cover;
---              a bit the cover held gives its freeze back (at most fmax held)
---   "cross"    {at: [[threshold, points, tag, reason, badge, freezes, run], ...], bk}
+--   "day"      {uk, bit, scan, keep, cover, fh, fc, fmax, date, back, fwd} set bit
+--              `bit` of bitmap op.k[uk]; produces the run of set bits (ORing
+--              op.k[cover]) around it, before/after, and the run's first bit. With
+--              fh (apply mode): missed bits between a new bit and the runs before
+--              and after it use up freezes (counter fc of hash KEYS[fh], one per
+--              missed bit, if enough are held) and are set in the cover; a bit the
+--              cover held gives its freeze back (at most fmax held); freeze bonuses
+--              are tagged with the dates (date: the bit's; back, fwd: the dates of
+--              the bits before and after it, nearest first)
+--   "cross"    {at: [[threshold, points, tag, reason, badge, freezes, run], ...], bk,
+--              ph, px} (ph: the hash marking once-bonuses paid, px its expire-at)
 --              bonus for every threshold with old < threshold <= new of the last
 --              produced value; a once-bonus: its ledger row is keyed by user and
 --              tag (run 1: tag .. "." .. the run's first bit); a badge ("" none) is
 --              kept in the user's badge hash op.k[bk]; freezes > 0 are granted to
 --              the preceding day step's freeze counter
---   "reach"    {at: [[threshold, tag, reason], ...]} a zero-point once-bonus for
+--   "reach"    {at: [[threshold, tag, reason], ...], ph, px} a zero-point once-bonus for
 --              every threshold the user's lifetime earned points crossed from
 --              before the op to after it, its bonuses included (levels)
 --   "credit"   {}               available and earned += points; the op's outbox
@@ -278,32 +282,50 @@ local function marked(key, cover, i)
   return cover ~= nil and redis.call('GETBIT', cover, i) == 1
 end
 
--- Freezes for a newly marked bit: give back the one a late bit had used,
--- or bridge the missed bits just before it with held ones.
+local function freeze_bonus(c, kind, date, reason)
+  c.bonuses[#c.bonuses + 1] = {kind .. '.' .. date, 0, reason, true, '', 0, 0}
+end
+
+-- Cover the missed bits between the newly marked bit and the nearest marked
+-- one in direction dir (-1 before, +1 after) with held freezes, when enough
+-- are held for all of them; returns how many it covered. s.back / s.fwd
+-- hold the dates (YYYYMMDD) of the bits before / after, nearest first.
+local function bridge(c, s, key, cover, dir, held)
+  if held == 0 or marked(key, cover, s.bit + dir) then return 0 end
+  local dates = s.back
+  if dir > 0 then dates = s.fwd end
+  for gap = 1, held do
+    local q = s.bit + dir * (gap + 1)
+    if q < 0 then return 0 end
+    if marked(key, cover, q) then
+      for k = 1, gap do
+        redis.call('SETBIT', cover, s.bit + dir * k, 1)
+        freeze_bonus(c, 'freeze', dates[k], 'Streak freeze used for a missed working day')
+      end
+      return gap
+    end
+  end
+  return 0
+end
+
+-- Freezes for a newly marked bit (apply mode). A bit a freeze covered (a late
+-- event for that day): the freeze comes back and the run is unchanged
+-- (returns nil). Otherwise missed bits before and after it are bridged with
+-- held freezes, as they would have been had the events come in order;
+-- returns the bits covered before and after.
 local function use_freezes(c, s, op, key, cover)
   local field = op.u .. SEP .. s.fc
   local held = hget_number(KEYS[s.fh], field)
   if redis.call('GETBIT', cover, s.bit) == 1 then
     redis.call('SETBIT', cover, s.bit, 0)
     if held < s.fmax then redis.call('HSET', KEYS[s.fh], field, held + 1) end
-    c.bonuses[#c.bonuses + 1] = {'freeze-back.' .. s.bit, 0,
-      'Streak freeze returned: the day was active after all', true, '', 0, 0}
-    return
+    freeze_bonus(c, 'freeze-back', s.date, 'Streak freeze returned: the day was active after all')
+    return nil
   end
-  if held == 0 or marked(key, cover, s.bit - 1) then return end
-  for gap = 1, held do
-    local q = s.bit - 1 - gap
-    if q < 0 then return end
-    if marked(key, cover, q) then
-      for d = q + 1, s.bit - 1 do
-        redis.call('SETBIT', cover, d, 1)
-        c.bonuses[#c.bonuses + 1] = {'freeze.' .. d, 0, 'Streak freeze used for a missed day',
-          true, '', 0, 0}
-      end
-      redis.call('HSET', KEYS[s.fh], field, held - gap)
-      return
-    end
-  end
+  local before = bridge(c, s, key, cover, -1, held)
+  local after = bridge(c, s, key, cover, 1, held - before)
+  if before + after > 0 then redis.call('HSET', KEYS[s.fh], field, held - before - after) end
+  return before, after
 end
 
 APPLY.day = function(c, s, op)
@@ -311,16 +333,31 @@ APPLY.day = function(c, s, op)
   local cover = nil
   if s.cover ~= 0 then cover = KEYS[op.k[s.cover]] end
   local was = redis.call('SETBIT', key, s.bit, 1)
-  if was == 0 and cover and s.fh and not restore then use_freezes(c, s, op, key, cover) end
+  local before, after, covered = 0, 0, false
+  if was == 0 and cover and s.fh and not restore then
+    before, after = use_freezes(c, s, op, key, cover)
+    if before == nil then covered, before, after = true, 0, 0 end
+  end
   if s.keep > 0 then
     redis.call('EXPIRE', key, s.keep)
     if cover and redis.call('EXISTS', cover) == 1 then redis.call('EXPIRE', cover, s.keep) end
   end
   local left, right = runs_around(key, cover, s.bit, s.scan)
   c.new = left + 1 + right
-  if was == 1 then c.old = c.new else c.old = math.max(left, right) end
+  -- The longest run before this event: none of the days just covered.
+  if was == 1 or covered then c.old = c.new else c.old = math.max(left - before, right - after) end
   c.run_start = s.bit - left
   if s.fh then c.freeze = {s.fh, op.u .. SEP .. s.fc, s.fmax} end
+end
+
+-- Once-bonuses already paid are marked in hash KEYS[s.ph] (a field
+-- "<user>\31!<tag>", kept with the period): a threshold crossed again (a
+-- target changed, points taken back) pays nothing twice.
+local function first_time(s, op, tag)
+  if not s.ph or s.ph == 0 then return true end
+  local fresh = redis.call('HSETNX', KEYS[s.ph], op.u .. SEP .. '!' .. tag, 1) == 1
+  touch(s.ph, s.px or 0)
+  return fresh
 end
 
 -- A bonus: {tag, points, reason, once, badge, badge hash key index, freezes granted}.
@@ -332,9 +369,9 @@ end
 APPLY.cross = function(c, s, op)
   if not c.old then return end
   for _, t in ipairs(s.at) do
-    if c.old < t[1] and t[1] <= c.new then
-      local tag = t[3]
-      if t[7] == 1 and c.run_start then tag = tag .. '.' .. c.run_start end
+    local tag = t[3]
+    if t[7] == 1 and c.run_start then tag = tag .. '.' .. c.run_start end
+    if c.old < t[1] and t[1] <= c.new and first_time(s, op, tag) then
       local granted = 0
       if (t[6] or 0) > 0 and c.freeze then
         local h, field, most = c.freeze[1], c.freeze[2], c.freeze[3]
@@ -348,7 +385,7 @@ APPLY.cross = function(c, s, op)
 end
 
 APPLY.reach = function(c, s, op)
-  c.reach = s.at
+  c.reach = s
 end
 
 APPLY.credit = function(c, s, op)
@@ -498,8 +535,8 @@ for i = 1, #ops do
           -- the bonuses just paid included.
           local after = hget_number(KEYS[2], op.u .. '|e')
           local before = after - c.points - paid
-          for _, t in ipairs(c.reach) do
-            if before < t[1] and t[1] <= after then
+          for _, t in ipairs(c.reach.at) do
+            if before < t[1] and t[1] <= after and first_time(c.reach, op, t[2]) then
               local b = {t[2], 0, t[3], true, '', 0, 0}
               c.bonuses[#c.bonuses + 1] = b
               pay(c, op, b)

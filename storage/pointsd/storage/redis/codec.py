@@ -194,7 +194,7 @@ class CallEncoder:
         if isinstance(step, Cross | Entry):
             # Grants a badge: the user's badge hash travels with each op.
             user_keys.append(shard.badges)
-            encoded = self._shared(step)
+            encoded = dict(self._shared(step))
             encoded["bk"] = len(user_keys)
             return encoded
         if isinstance(step, Throttle):
@@ -211,7 +211,8 @@ class CallEncoder:
             encoded["cover"] = len(user_keys)
         if step.freezes is not None:
             f = step.freezes
-            encoded.update(fh=self.keys.index(shard.counters(f.period)), fc=f.counter, fmax=f.max)
+            encoded.update(fh=self.keys.index(shard.counters(f.period)), fc=f.counter, fmax=f.max,
+                           date=f.date, back=list(f.before), fwd=list(f.after))  # fmt: skip
         return encoded
 
     def _shared(self, step: Step) -> dict[str, Any]:
@@ -240,8 +241,15 @@ class CallEncoder:
                     "c": step.counter, "of": step.member.value, "max": step.bound,
                     "x": step.period.expires_at_s}  # fmt: skip
         if isinstance(step, Cross | Reach | Entry):
-            return _bonus_step(step)
+            return self._bonus_step(step)
         raise TypeError(f"no wire encoding for step {step!r}")
+
+    def _bonus_step(self, step: Cross | Reach | Entry) -> dict[str, Any]:
+        encoded = _bonus_step(step)
+        paid = None if isinstance(step, Entry) else step.paid
+        if paid is not None:
+            encoded.update(ph=self.keys.index(self.shard.counters(paid)), px=paid.expires_at_s)
+        return encoded
 
     def _slot(self, slot: BoardSlot) -> dict[str, Any]:
         index, shard = self.keys.index, self.shard

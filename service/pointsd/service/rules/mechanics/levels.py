@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pointsd.service.domain import Period, PeriodRef
 from pointsd.service.domain.steps import Bonus, Reach, Step, Threshold
 from pointsd.service.rules.checker import Checker, one_line
 from pointsd.service.rules.mechanics.base import (
@@ -37,6 +38,7 @@ from pointsd.service.rules.mechanics.base import (
     Refs,
 )
 from pointsd.service.rules.model import ActionRule, PartKey, TenantRules
+from pointsd.service.rules.periods import EVER_KEY
 
 __all__ = ["LEVELS", "PRIVILEGE_RE", "TAG_ID_RE", "Level", "LevelRules", "Levels", "names"]
 
@@ -175,7 +177,8 @@ class Levels(Mechanic):
             tuple(
                 Threshold(lv.min_points, Bonus(lv.tag, 0, f"Level up: {lv.title}"))
                 for lv in levels[1:]
-            )
+            ),
+            paid=PeriodRef(Period.EVER, EVER_KEY, 0),
         )
         return LevelRules(tuple(levels), reach)
 

@@ -133,18 +133,40 @@ class _CompiledStreak(Compiled):
         if ordinal is None:
             return ()  # not a working day: neither breaks nor extends
         ever = refs[Period.EVER]
-        freezes = Freezes(ever, FREEZES, self.rule.freezes_max) if self.rule.freezes_max else None
-        day = Day(DAYS, ordinal, SCAN_DAYS, KEEP_S, COVER, None if restore else freezes)
         best = Peak(ever, BEST, of_value=True)
         if restore:
-            return (day, best)
-        steps: list[Step] = [day]
+            return (Day(DAYS, ordinal, SCAN_DAYS, KEEP_S, COVER), best)
+        freezes = None
+        if self.rule.freezes_max:
+            n = self.rule.freezes_max
+            freezes = Freezes(
+                ever, FREEZES, n, _compact(self.calendar.day_of(ordinal)),
+                tuple(_compact(self.calendar.day_of(ordinal - k)) for k in range(1, n + 1)
+                      if ordinal - k >= 0),
+                tuple(_compact(self.calendar.day_of(ordinal + k)) for k in range(1, n + 1)),
+            )  # fmt: skip
+        steps: list[Step] = [Day(DAYS, ordinal, SCAN_DAYS, KEEP_S, COVER, freezes)]
         if self.milestones:
-            steps.append(Cross(self.milestones))
+            steps.append(Cross(self.milestones, paid=ever))
         steps.append(best)
         if self.tasks:
-            steps.append(Cross(self.tasks))
+            steps.append(Cross(self.tasks, paid=ever))
         return tuple(steps)
+
+
+def _compact(day: date) -> str:
+    """A date as it appears in freeze tags: YYYYMMDD (tags are [a-z0-9._-])."""
+    return day.strftime("%Y%m%d")
+
+
+def freeze_day(text: str) -> date | None:
+    """The date of a freeze tag's day (None if it is not one)."""
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
 
 
 def _milestone_reason(rule: StreakRule, m: Milestone) -> str:
@@ -240,7 +262,8 @@ class Streaks(Mechanic):
                 f"Streak: {days} working days in a row ({rule.title})",
             )  # fmt: skip
         if kind in ("freeze", "freeze-back"):
-            day = _day_text(tenant, rest)
+            covered = freeze_day(rest)
+            day = covered.isoformat() if covered else ""
             used = kind == "freeze"
             return BonusInfo(
                 "freeze", "used" if used else "returned", "补签卡" if used else "补签卡退回",

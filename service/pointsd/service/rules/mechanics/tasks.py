@@ -211,7 +211,7 @@ class _CompiledTasks(Compiled):
         if restore:
             return (measure,)
         bonus = Bonus(task_tag(task, ref.key, value), task.points, task.reason(), task.badge)
-        return (measure, Cross((Threshold(task.at_least, bonus),)))
+        return (measure, Cross((Threshold(task.at_least, bonus),), paid=ref))
 
     def steps(self, refs: Refs, *, restore: bool) -> tuple[Step, ...]:
         return tuple(s for t in self.tasks for s in self._task_steps(t, refs, restore))
