@@ -45,7 +45,7 @@ def write_rules(
         {"id": t, "timezone": o.get("timezone", default_zone), "shards": o.get("shards", 1)}
         for t, o in tenants.items()
     ]
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
     return path
 
 
