@@ -148,11 +148,11 @@ def test_shared_steps_and_programs_are_sent_once_per_call() -> None:
     _, args = encoder.call()
     steps, programs, ops = (orjson.loads(cast(bytes, a)) for a in args[4:7])
     assert len(programs) == 1 and [o["P"] for o in ops] == [1, 1, 1]
-    # User-keyed steps (the throttle, the day, the badge-granting cross)
-    # travel with each operation as its own keys: the throttle's, the day's
-    # two bitmaps and the badge hash.
+    # User-keyed steps (the throttle, the day) travel with each operation as
+    # its own keys: the throttle's and the day's two bitmaps (a badge lives
+    # in the shard's badge hash: no key of the user's own).
     assert len(steps) == len(EVERY_STEP)
-    assert [len(o["k"]) for o in ops] == [4, 4, 4]
+    assert [len(o["k"]) for o in ops] == [3, 3, 3]
     assert len({tuple(o["k"]) for o in ops}) == 3
 
 

@@ -10,7 +10,7 @@ from datetime import date
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.convert import PERIOD_NAMES, PERIODS
 from pointsd.service.domain import BoardRef, Period
-from pointsd.service.errors import NotFound
+from pointsd.service.errors import NotFound, clip
 from pointsd.service.rules import RulesEngine
 from pointsd.service.rules.mechanics.boards import BOARDS, BoardMember, BoardRule, BoardScope
 from pointsd.service.rules.model import TenantRules
@@ -77,7 +77,9 @@ def _check_key(kind: Period, key: str) -> None:
     elif match and kind is Period.MONTH:
         valid = 1 <= int(match[2]) <= 12
     if not valid:
-        raise InvalidField("period_key", f"{key!r} is not a {PERIOD_NAMES[kind]} key ({spelled})")
+        raise InvalidField(
+            "period_key", f"{clip(key)!r} is not a {PERIOD_NAMES[kind]} key ({spelled})"
+        )
 
 
 def resolve_board(
@@ -100,7 +102,9 @@ def resolve_board(
     board = boards.get(board_name)
     if board is None:
         known = ", ".join(sorted(boards)) or "none"
-        raise NotFound(f"board: tenant {tenant_id!r} has no board {board_name!r} (boards: {known})")
+        raise NotFound(
+            f"board: tenant {tenant_id!r} has no board {clip(board_name)!r} (boards: {known})"
+        )
     kind = PERIODS.get(period)  # type: ignore[call-overload]
     allowed = [k for k in board.periods if periods is None or k in periods]
     names = ", ".join(PERIOD_NAMES[k] for k in allowed)

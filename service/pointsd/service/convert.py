@@ -246,8 +246,8 @@ def progress_to_pb(p: ProgressReport) -> pb.Progress:
             msg.streak.next_milestone_days = ms.days
             msg.streak.next_milestone_points = ms.points
     for b in p.badges:
-        badge = msg.badges.add(id=b.id, earned_at=timestamp(b.earned_at_ms))
-        if b.badge is not None:
-            badge.name, badge.name_en = b.badge.name, b.badge.name_en
-            badge.description = b.badge.description
+        msg.badges.add(
+            id=b.id, name=b.badge.name, name_en=b.badge.name_en,
+            description=b.badge.description, earned_at=timestamp(b.earned_at_ms),
+        )  # fmt: skip
     return msg

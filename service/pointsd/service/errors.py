@@ -19,8 +19,18 @@ __all__ = [
     "Overloaded",
     "ServiceError",
     "ShardBusy",
+    "clip",
     "status_of",
 ]
+
+# A message travels in the status trailer (gRPC allows 16 KiB of metadata):
+# bounded, whatever a caller sent.
+MESSAGE_CHARS_MAX = 1000
+
+
+def clip(text: str, chars: int = 64) -> str:
+    """Caller input quoted in a message: at most `chars` characters."""
+    return text if len(text) <= chars else text[:chars] + "…"
 
 
 class ServiceError(Exception):

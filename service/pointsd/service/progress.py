@@ -67,9 +67,11 @@ class TaskView:
 
 @dataclass(frozen=True, slots=True)
 class BadgeView:
+    """A badge the rules declare that the user has (one the rules no longer
+    declare is still kept, and shows again when declared again)."""
+
     id: str
-    # None: a badge the rules no longer declare (still kept).
-    badge: Badge | None
+    badge: Badge
     earned_at_ms: int
 
 
@@ -113,8 +115,9 @@ async def progress(app: App, tenant: TenantRules, user_id: str) -> ProgressRepor
     streak = _StreakRead(app, tenant, now_ms) if tenant.part(STREAK) is not None else None
     if streak is not None:
         counters += streak.counters
+    declared = tenant.part(BADGES)
     view = await app.stores.balances.progress(
-        tenant.tenant_id, user_id, counters, streak.bitmaps if streak else ()
+        tenant.tenant_id, user_id, counters, streak.bitmaps if streak else (), list(declared)
     )
     values = view.counters
     streak_view = None
@@ -133,9 +136,8 @@ async def progress(app: App, tenant: TenantRules, user_id: str) -> ProgressRepor
     if levels is not None:
         current = levels.at(view.earned)
         level = LevelView(current, levels.after(current), view.earned)
-    declared = tenant.part(BADGES)
     badges = [
-        BadgeView(badge_id, declared.get(badge_id), at)
+        BadgeView(badge_id, declared[badge_id], at)
         for badge_id, at in sorted(view.badges.items(), key=lambda item: (item[1], item[0]))
     ]
     return ProgressReport(tenant.tenant_id, user_id, level, task_views, badges, streak_view)

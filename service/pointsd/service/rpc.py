@@ -20,15 +20,22 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 
-from pointsd.service.errors import status_of
+from pointsd.service.errors import MESSAGE_CHARS_MAX, InvalidArgument, clip, status_of
 from pointsd.service.logs import REQUEST_ID, REQUEST_ID_KEY, request_id_of
 from pointsd.service.metrics import RpcMeter, count_store_error
 from pointsd.storage.errors import StorageError
 
-__all__ = ["Ctx", "abort", "stream", "unary"]
+__all__ = ["Ctx", "Undecodable", "abort", "add_service", "stream", "unary"]
 
 log = logging.getLogger("pointsd.rpc")
+
+# At most one log line per method this often for requests that do not decode
+# (they are caller input: a flood of them must not flood the log).
+_UNDECODABLE_LOG_S = 60.0
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -50,6 +57,7 @@ async def abort(context: Ctx, method: str, exc: BaseException) -> None:
         code, message = mapped
         if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE):
             log.warning("%s: %s", method, exc)
+        message = clip(message, MESSAGE_CHARS_MAX)
     if isinstance(exc, StorageError):
         count_store_error(exc, method)
     await context.abort(code, message)
@@ -90,9 +98,70 @@ def _code_of(context: Ctx, default: grpc.StatusCode) -> grpc.StatusCode:
     return code or default
 
 
+class Undecodable:
+    """What a unary handler receives instead of a request whose bytes are not
+    a valid message (gRPC would answer UNKNOWN and log a traceback)."""
+
+    __slots__ = ("message_type",)
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+
+def _safe_parser(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    name = message.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Message | Undecodable:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return Undecodable(name)
+
+    return parse
+
+
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Register a servicer of `service`: as the generated add_*_to_server,
+    but a unary request that does not decode reaches its handler as an
+    Undecodable (INVALID_ARGUMENT naming the message type); streams parse
+    their own messages (and say which one was bad)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for m in service.methods:
+        request = message_factory.GetMessageClass(m.input_type)
+        response = message_factory.GetMessageClass(m.output_type)
+        behaviour = getattr(servicer, m.name)
+        if m.client_streaming or m.server_streaming:
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=_safe_parser(request),
+                response_serializer=response.SerializeToString,
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
+def _undecodable(context_name: str, request: Undecodable, last: list[float]) -> InvalidArgument:
+    now = time.monotonic()
+    if now - last[0] >= _UNDECODABLE_LOG_S:
+        last[0] = now
+        log.warning("%s: a request was not a valid %s (one line a minute at most)",
+                    context_name, request.message_type)  # fmt: skip
+    return InvalidArgument(
+        f"the request is not a valid {request.message_type} message (its bytes do not decode)"
+    )
+
+
 def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     name = method.__name__
     meter = RpcMeter(_service_of(method), name)
+    logged = [-_UNDECODABLE_LOG_S]
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: Ctx) -> Resp:
@@ -100,6 +169,8 @@ def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         token = _begin(context)
         code = grpc.StatusCode.UNKNOWN
         try:
+            if isinstance(request, Undecodable):
+                raise _undecodable(name, request, logged)
             response = await method(self, request, context)
             code = _code_of(context, _OK)
             return response

@@ -24,11 +24,11 @@ from grpc_reflection.v1alpha import reflection
 
 from pointsd.service.admin import AdminServicer
 from pointsd.service.api.points.v1 import points_pb2 as pb
-from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.app import App, resolve_urls, stop_owned
 from pointsd.service.clock import Clock, child_clock_env
 from pointsd.service.config import Settings
 from pointsd.service.metrics import roles_of, serve_metrics, watch_outbox
+from pointsd.service.rpc import add_service
 from pointsd.service.servicer import PointsServicer
 from pointsd.service.startup import diagnose_listen, probe_listen
 from pointsd.service.supervisor import Child, ChildFailed
@@ -133,12 +133,8 @@ async def start_server(
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
     )
-    pb_grpc.add_PointsServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        PointsServicer(app), server
-    )
-    pb_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        AdminServicer(app), server
-    )
+    add_service(server, pb.DESCRIPTOR.services_by_name["PointsService"], PointsServicer(app))
+    add_service(server, pb.DESCRIPTOR.services_by_name["AdminService"], AdminServicer(app))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

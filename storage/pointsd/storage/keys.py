@@ -113,10 +113,13 @@ class Shard:
         tenant's calendar (streaks read runs of set bits)."""
         return f"{self.tag}:day:{name}{SEP}{user_id}"
 
-    def badges(self, user_id: str) -> str:
-        """Hash of one user's badges: badge id -> occurred_at (ms) of the
-        event that earned it. Never expires."""
-        return f"{self.tag}:badge:{user_id}"
+    @property
+    def badges(self) -> str:
+        """Hash of the shard's badges: "<user>SEP<badge id>" -> occurred_at
+        (ms) of the event that earned it. Never expires. One hash per shard,
+        not per user: a credit that may grant a badge then names no key of
+        its own (GetProgress asks for the badges the rules declare)."""
+        return f"{self.tag}:badges"
 
     def pattern(self) -> str:
         """SCAN pattern for every key of this shard (glob-escaped tag)."""

@@ -52,7 +52,8 @@
 --              bonus for every threshold with old < threshold <= new of the last
 --              produced value; a once-bonus: its ledger row is keyed by user and
 --              tag (run 1: tag .. "." .. the run's first bit); a badge ("" none) is
---              kept in the user's badge hash op.k[bk]; freezes > 0 are granted to
+--              kept in the shard's badge hash KEYS[bk] ("<user>\31<badge>" ->
+--              occurred_at); freezes > 0 are granted to
 --              the preceding day step's freeze counter
 --   "reach"    {at: [[threshold, tag, reason], ...], ph, px} a zero-point once-bonus for
 --              every threshold the user's lifetime earned points crossed from
@@ -362,7 +363,7 @@ end
 
 -- A bonus: {tag, points, reason, once, badge, badge hash key index, freezes granted}.
 local function badge_key(s, op)
-  if s.bk and s.bk ~= 0 then return op.k[s.bk] end
+  if s.bk and s.bk ~= 0 then return s.bk end
   return 0
 end
 
@@ -393,6 +394,7 @@ APPLY.credit = function(c, s, op)
   if c.points ~= 0 then
     c.new = redis.call('HINCRBY', KEYS[2], op.u .. '|e', c.points)
     c.old = c.new - c.points
+    c.earned = c.new
     redis.call('XADD', KEYS[3], '*', 'p', c.points, 'b', c.balance, 'd', op.e)
     outbox_len = outbox_len + 1
   else
@@ -455,7 +457,7 @@ local function pay(c, op, b)
   if (b[7] or 0) > 0 then row[#row + 1], row[#row + 2] = 'z', b[7] end
   if b[5] ~= '' then
     row[#row + 1], row[#row + 2] = 'g', b[5]
-    if b[6] ~= 0 then redis.call('HSETNX', KEYS[b[6]], b[5], int(op.t)) end
+    if b[6] ~= 0 then redis.call('HSETNX', KEYS[b[6]], op.u .. SEP .. b[5], int(op.t)) end
   end
   redis.call('XADD', KEYS[3], '*', unpack(row))
   outbox_len = outbox_len + 1
@@ -530,10 +532,11 @@ for i = 1, #ops do
           pay(c, op, b)
           paid = paid + b[2]
         end
-        if c.reach then
+        if c.reach and (c.earned or paid ~= 0) then
           -- Levels: from the earned points before this op to after it,
-          -- the bonuses just paid included.
-          local after = hget_number(KEYS[2], op.u .. '|e')
+          -- the bonuses just paid included (nothing moved: nothing to reach).
+          local after
+          if c.earned then after = c.earned + paid else after = hget_number(KEYS[2], op.u .. '|e') end
           local before = after - c.points - paid
           for _, t in ipairs(c.reach.at) do
             if before < t[1] and t[1] <= after and first_time(c.reach, op, t[2]) then

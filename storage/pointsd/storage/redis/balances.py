@@ -64,7 +64,8 @@ class ChangeResult:
 @dataclass(frozen=True, slots=True)
 class ProgressView:
     """A user's progress state: the balance, the counters asked for (in the
-    order asked) and the badges (id -> occurred_at ms of the earning event)."""
+    order asked) and of the badges asked for those the user has (id ->
+    occurred_at ms of the earning event)."""
 
     available: int
     earned: int
@@ -76,10 +77,6 @@ class ProgressView:
 
 def _int(value: bytes | str | None) -> int:
     return int(value) if value is not None else 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class BalanceStore:
@@ -172,9 +169,11 @@ class BalanceStore:
         user_id: str,
         counters: Sequence[tuple[PeriodRef, str]],
         bitmaps: Sequence[tuple[str, int, int]] = (),
+        badges: Sequence[str] = (),
     ) -> ProgressView:
-        """One round trip: balance, the counters (period, name), badges and
-        byte ranges of day bitmaps (name, first byte, last byte)."""
+        """One round trip: balance, the counters (period, name), the badges
+        asked for (ids) and byte ranges of day bitmaps (name, first byte,
+        last byte)."""
         shard = self.topology.user_shard(tenant_id, user_id)
         by_hash: dict[str, list[int]] = {}
         for i, (period, _) in enumerate(counters):
@@ -184,7 +183,7 @@ class BalanceStore:
                 pipe.hmget(shard.balances, [balance_field(user_id, p) for p in (AVAILABLE, EARNED)])
                 for key, indexes in by_hash.items():
                     pipe.hmget(key, [counter_field(user_id, counters[i][1]) for i in indexes])
-                pipe.hgetall(shard.badges(user_id))
+                pipe.hmget(shard.badges, [counter_field(user_id, b) for b in badges] or ["-"])
                 for name, first, last in bitmaps:
                     pipe.getrange(shard.days(user_id, name), first, last)
                 replies = await pipe.execute()
@@ -192,7 +191,7 @@ class BalanceStore:
             raise redis_errors(exc) from exc
         got_bitmaps = replies[len(replies) - len(bitmaps) :] if bitmaps else []
         replies = replies[: len(replies) - len(bitmaps)]
-        (available, earned), badges = replies[0], replies[-1]
+        (available, earned), earned_at = replies[0], replies[-1]
         values = [0] * len(counters)
         for indexes, got in zip(by_hash.values(), replies[1:-1], strict=True):
             for i, value in zip(indexes, got, strict=True):
@@ -201,7 +200,7 @@ class BalanceStore:
             _int(available),
             _int(earned),
             values,
-            {_text(k): int(v) for k, v in badges.items()},
+            {b: int(at) for b, at in zip(badges, earned_at, strict=False) if at is not None},
             [b if isinstance(b, bytes) else str(b).encode("latin-1") for b in got_bitmaps],
         )
 
@@ -219,7 +218,8 @@ class BalanceStore:
         try:
             async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                 for user, owned in badges.items():
-                    pipe.hset(shard.badges(user), mapping=dict(owned))  # type: ignore[arg-type]
+                    fields = {counter_field(user, b): at for b, at in owned.items()}
+                    pipe.hset(shard.badges, mapping=fields)  # type: ignore[arg-type]
                 for period, user, counter, _ in floors:
                     pipe.hget(shard.counters(period), counter_field(user, counter))
                 replies = await pipe.execute()

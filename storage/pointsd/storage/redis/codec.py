@@ -167,9 +167,7 @@ class CallEncoder:
         user_keys: list[_UserKey] = []
         boards: list[tuple[Board, list[dict[str, Any]]]] = []
         for step in steps:
-            if isinstance(step, Throttle | Day) or (
-                isinstance(step, Cross | Entry) and _grants_badge(step)
-            ):
+            if isinstance(step, Throttle | Day):
                 # Its key is the user's own: encoded per program, the key
                 # of each operation's user travels with the operation.
                 encoded = self._user_keyed(step, user_keys)
@@ -187,16 +185,8 @@ class CallEncoder:
         self.programs.append(numbers)
         return _Program(len(self.programs), user_keys, boards)
 
-    def _user_keyed(
-        self, step: Throttle | Day | Cross | Entry, user_keys: list[_UserKey]
-    ) -> dict[str, Any]:
+    def _user_keyed(self, step: Throttle | Day, user_keys: list[_UserKey]) -> dict[str, Any]:
         shard = self.shard
-        if isinstance(step, Cross | Entry):
-            # Grants a badge: the user's badge hash travels with each op.
-            user_keys.append(shard.badges)
-            encoded = dict(self._shared(step))
-            encoded["bk"] = len(user_keys)
-            return encoded
         if isinstance(step, Throttle):
             name = step.name
             user_keys.append(lambda user: shard.interval(user, name))
@@ -249,6 +239,8 @@ class CallEncoder:
         paid = None if isinstance(step, Entry) else step.paid
         if paid is not None:
             encoded.update(ph=self.keys.index(self.shard.counters(paid)), px=paid.expires_at_s)
+        if not isinstance(step, Reach) and _grants_badge(step):
+            encoded["bk"] = self.keys.index(self.shard.badges)
         return encoded
 
     def _slot(self, slot: BoardSlot) -> dict[str, Any]:
