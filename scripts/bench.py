@@ -19,29 +19,55 @@ folder. Contenders, each run for --duration seconds (and at most --events):
 5. flush lag (award -> ledger row committed) during the batch run, and the
    service's resident memory over the runs
 
+The progression group (`--progression` adds it after those, `--only
+progression` runs it alone; about 4.5 minutes with the defaults, so the plain
+run leaves it out): one service process whose rule file has the default rule
+book twice, as rule set `default` (levels, badges, tasks and every mechanic
+of `PROGRESSION_KEYS`) and as `core` (the same with `without_progression`),
+half the tenants on each. Batch, unary and stream runs alternate between the
+two sides for --rounds rounds, each side's order flipped every round; per
+mode: the median events/s of each side, the ratio with/without against its
+bound (batch >= 0.8, unary and stream >= 0.9: PASS or FAIL), the Redis time
+per credit (`cmdstat_evalsha` usec / award.lua operations sent; loopback
+Redis only) and the CPU per event of every process measured. `--check` exits
+3 when a ratio is under its bound. docs/benchmarks.md explains the figures.
+
 Every contender's events come from the same seeded generator; figures and
 ratios are printed together, and so are the errors of any contender, each
 kind with what it means (`scripts.loadgen.ERROR_KINDS`). Needs the load tools
 (`./scripts/install dev`): without them it says so in one line and exits 2.
+
+Exit status: 0 fine; 1 a ledger self-check failed; 3 (only with --check) a
+progression ratio under its bound; 2 bad arguments or no dev install.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
+import ipaddress
 import json
 import os
 import shutil
+import socket
+import statistics
 import sys
 import tempfile
 import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import yaml
 from sqlalchemy import create_engine, text
 
 from pointsd.service.clock import system_clock
 from pointsd.service.rules import Plan, RulesEngine, load_rule_book
+from pointsd.service.rules.loader import PROGRESSION_KEYS, load_rule_file, without_progression
 from pointsd.service.validation import InvalidField, Limits, event_from_pb
 from pointsd.storage.keys import KeySchema, Topology
 from pointsd.storage.postgres import migrate, sqlalchemy_url
@@ -49,7 +75,15 @@ from pointsd.storage.redis import AwardStore, connect_redis
 from pointsd.storage.redis.codec import APPLY, CallEncoder
 
 # Before scripts.naive (psycopg_pool): exits 2 when the load tools are missing.
-from scripts.loadgen import DEFAULT_MIX, Traffic, TrafficSpec, explain_error, run_load
+from scripts.loadgen import (
+    DEFAULT_MIX,
+    PROGRESSION_MIX,
+    RunResult,
+    Traffic,
+    TrafficSpec,
+    explain_error,
+    run_load,
+)
 from scripts.loadtest import RssSampler, resolve_servers, wait_for_ledger
 from scripts.naive import run_naive
 from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
@@ -188,11 +222,12 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
 
-def run(ns: argparse.Namespace) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="pointsd-bench-"))
+def run_core(
+    ns: argparse.Namespace, report: dict[str, Any], tmp: Path, servers: tuple[str, str]
+) -> None:
+    """The contenders 1-5 (module docstring) into `report`."""
+    redis_url, database_url = servers
     data_dir = tmp / "data"
-    redis_url, database_url, embedded = resolve_servers(data_dir)
-    migrate.upgrade(database_url)
     tenants = [f"bench-{i}" for i in range(ns.tenants)]
     raw_tenants = [f"benchraw-{i}" for i in range(ns.tenants)]
     rules = write_rules(
@@ -207,18 +242,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         tmp / "echo.log",
         argv=[sys.executable, "-m", "scripts.echo_server", "--listen", f"127.0.0.1:{echo_port}"],
     )
-    report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "embedded_servers": bool(embedded)},
-        "settings": {
-            "duration_s": ns.duration,
-            "workers": ns.workers,
-            "shards": ns.shards,
-            "tenants": ns.tenants,
-            "users": ns.users,
-        },
-        "results": {},
-    }
-    results: dict[str, Any] = report["results"]
+    results: dict[str, Any] = report.setdefault("results", {})
     memory: list[dict[str, Any]] = []
     try:
         server.start()
@@ -322,10 +346,6 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         echo.terminate()
         server.terminate()
         cleanup_tenants(redis_url, tenants + raw_tenants)
-        for s in embedded:
-            if s.owned:
-                s.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     r = results
     report["memory"] = memory
     report["ratios"] = {
@@ -345,10 +365,461 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             r["unary_service"]["events_per_s"], r["naive_postgres"]["events_per_s"]
         ),
     }
+
+
+# --- the progression group ------------------------------------------------
+
+# Rule set of each side; bounds of with / without per mode (issue 11).
+PROGRESSION_SIDES = {"with": "default", "without": "core"}
+PROGRESSION_BOUNDS = {"batch": 0.8, "unary": 0.9, "stream": 0.9}
+_GROUPS_PER_USER = 4
+
+
+def write_progression_rules(path: Path, sides: dict[str, list[str]], shards: int) -> Path:
+    """The default rule book as `default` and, without the progression
+    blocks, as `core`; each side's tenants on its rule set."""
+    doc = load_rule_file(None)
+    full = doc["rule_sets"]["default"]
+    core = without_progression({"rule_sets": {"core": copy.deepcopy(full)}})["rule_sets"]["core"]
+    doc["rule_sets"]["core"] = core
+    doc["tenants"] = [
+        {"id": t, "timezone": "Asia/Shanghai", "shards": shards, "rule_set": rule_set}
+        for side, rule_set in PROGRESSION_SIDES.items()
+        for t in sides[side]
+    ]
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    return path
+
+
+def is_loopback(redis_url: str) -> bool:
+    """A unix socket or a loopback address: a Redis of this machine, whose
+    statistics a benchmark may reset."""
+    url = urlsplit(redis_url)
+    if url.scheme == "unix":
+        return True
+    host = url.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class CommandStats:
+    """CONFIG RESETSTAT before a run, INFO commandstats after it."""
+
+    def __init__(self, redis_url: str) -> None:
+        import redis as sync_redis
+
+        self._redis = sync_redis.Redis.from_url(redis_url)
+
+    def reset(self) -> None:
+        self._redis.config_resetstat()
+
+    def read(self) -> dict[str, dict[str, float]]:
+        return dict(self._redis.info("commandstats"))
+
+    def cpu_s(self) -> float:
+        """Redis's own CPU so far (user + system): unlike the usec of
+        commandstats, which are wall time, it does not grow when another
+        process takes Redis's core."""
+        cpu = self._redis.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    def version(self) -> str:
+        return str(self._redis.info("server").get("redis_version", "?"))
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def service_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far of `pointsd serve` (pid) and its children, by role:
+    the flusher (a `pointsd ... flush` child) and the server (the rest)."""
+    import psutil
+
+    out = {"server": 0.0, "flusher": 0.0}
+    root = psutil.Process(pid)
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+            role = "flusher" if "flush" in proc.cmdline() else "server"
+        except psutil.Error:
+            continue
+        out[role] += times.user + times.system
+    return out
+
+
+def award_ops(ports: list[int]) -> tuple[float, float]:
+    """(credit operations sent to award.lua, award.lua calls) so far: the
+    sum and count of `points_award_lua_batch_ops` over the server processes."""
+    ops = calls = 0.0
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            body = resp.read().decode()
+        for line in body.splitlines():
+            name, _, value = line.partition(" ")
+            if name == "points_award_lua_batch_ops_sum":
+                ops += float(value)
+            elif name == "points_award_lua_batch_ops_count":
+                calls += float(value)
+    return ops, calls
+
+
+def _free_ports(n: int) -> int:
+    """A port p with p .. p+n-1 free (the metrics ports of serve's processes)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n <= 65535 and all(_port_free(base + i) for i in range(1, n)):
+            return base
+    raise RuntimeError(f"found no {n} consecutive free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ledger_kinds(database_url: str, tenants: list[str], run_id: str) -> dict[str, Any]:
+    """The run's ledger rows, and its bonus rows by tag (a task done, a level
+    reached): proof the traffic exercised the mechanics."""
+    engine = create_engine(sqlalchemy_url(database_url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    # A bonus row's tag: "task.<id>.<period>", "level.<id>".
+                    "SELECT kind, split_part(attributes->>'bonus', '.', 1) || '.' || "
+                    "split_part(attributes->>'bonus', '.', 2), count(*), sum(points) "
+                    "FROM ledger_entries WHERE tenant_id = ANY(:t) AND user_id LIKE :p "
+                    "GROUP BY 1, 2"
+                ),
+                {"t": tenants, "p": f"{run_id}-u%"},
+            ).all()
+    finally:
+        engine.dispose()
+    out: dict[str, Any] = {"rows": 0, "bonus_rows": 0, "bonus_points": 0, "bonuses": {}}
+    for kind, tag, n, points in rows:
+        out["rows"] += int(n)
+        if kind == "bonus":
+            out["bonus_rows"] += int(n)
+            out["bonus_points"] += int(points or 0)
+            out["bonuses"][tag] = out["bonuses"].get(tag, 0) + int(n)
+    return out
+
+
+@dataclass
+class _Group:
+    """What every run of the progression group shares."""
+
+    ns: argparse.Namespace
+    target: str
+    database_url: str
+    sides: dict[str, list[str]]
+    metrics_ports: list[int]
+    stats: CommandStats | None
+    stamp: str
+    server_pid: int
+
+    def load(self, side: str, mode: str, seed: int, run_id: str, duration_s: float) -> RunResult:
+        ns = self.ns
+        spec = TrafficSpec(
+            tenants=self.sides[side],
+            users=ns.users,
+            mix=dict(PROGRESSION_MIX),
+            dup_rate=0.02,
+            seed=seed,
+            run_id=run_id,
+            groups_per_user=_GROUPS_PER_USER,
+        )
+        shape: dict[str, Any] = {
+            "batch": {"concurrency": ns.batch_concurrency, "batch": ns.batch},
+            "unary": {"concurrency": ns.unary_concurrency},
+            "stream": {"concurrency": ns.streams, "batch": ns.stream_window},
+        }[mode]
+        return asyncio.run(
+            run_load(
+                self.target,
+                spec,
+                mode=mode,
+                duration_s=duration_s,
+                events_max=ns.events,
+                **shape,
+            )
+        )
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far of the load generator (this process), the
+        server, the flusher and (on loopback) Redis; PostgreSQL is left out."""
+        import psutil
+
+        times = psutil.Process().cpu_times()
+        out = {"client": times.user + times.system, **service_cpu_s(self.server_pid)}
+        if self.stats is not None:
+            out["redis"] = self.stats.cpu_s()
+        return out
+
+    def run(self, side: str, mode: str, rnd: int) -> dict[str, Any]:
+        """One measured run: its rate, its credits and their Redis CPU, and
+        the ledger check once the flusher drained it (so that no run's
+        flushing spills into the next)."""
+        run_id = f"p{self.stamp}{rnd}{mode[0]}{side[0]}"
+        # The same seed on both sides of a round: the same events.
+        seed = 1000 + 10 * rnd + list(PROGRESSION_BOUNDS).index(mode)
+        ops_before, calls_before = award_ops(self.metrics_ports)
+        if self.stats is not None:
+            self.stats.reset()
+        cpu_before = self.cpu_s()
+        res = self.load(side, mode, seed, run_id, self.ns.progression_duration)
+        cpu_after = self.cpu_s()
+        cmd = self.stats.read() if self.stats is not None else {}
+        ops_after, calls_after = award_ops(self.metrics_ports)
+        credits = int(ops_after - ops_before)
+        s = res.summary()
+        events = max(1, s["events"])
+        # CPU per event is far less sensitive than events/s to what else
+        # runs on the machine: the cost of the mechanics in another unit.
+        cpu_us = {
+            role: round((cpu_after[role] - cpu_before[role]) * 1e6 / events, 1)
+            for role in cpu_after
+        }
+        cpu_us["total"] = round(sum(cpu_us.values()), 1)
+        redis_cpu = cpu_after.get("redis", 0.0) - cpu_before.get("redis", 0.0)
+        row: dict[str, Any] = {
+            "side": side,
+            "mode": mode,
+            "round": rnd,
+            "run_id": run_id,
+            "events_per_s": s["events_per_s"],
+            "events": s["events"],
+            "latency_ms": {k: s["latency_ms"][k] for k in ("p50", "p99")},
+            "errors": s["errors"],
+            "outcomes": s["outcomes"],
+            "credits": credits,
+            "award_calls": int(calls_after - calls_before),
+            "cpu_us_per_event": cpu_us,
+        }
+        if cmd:
+            evalsha = cmd.get("cmdstat_evalsha", {})
+            # Only the flusher's ack.lua runs XACK and XDEL: its share.
+            ack_usec = sum(
+                int(cmd.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in ("xack", "xdel")
+            )
+            row["redis"] = {
+                "evalsha_calls": int(evalsha.get("calls", 0)),
+                "evalsha_usec": int(evalsha.get("usec", 0)),
+                "ack_usec": ack_usec,
+                "cpu_usec": int(redis_cpu * 1e6),
+                "cpu_us_per_credit": round(redis_cpu * 1e6 / credits, 2) if credits else None,
+                "us_per_credit": round(int(evalsha.get("usec", 0)) / credits, 2)
+                if credits
+                else None,
+            }
+        check = wait_for_ledger(
+            self.database_url, self.sides[side], run_id, res.stats.awarded_points, 120,
+            res.stats.in_doubt,
+        )  # fmt: skip
+        row["self_check_ok"] = check["ok"]
+        row["ledger"] = ledger_kinds(self.database_url, self.sides[side], run_id)
+        return row
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+def summarize_progression(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per mode: each side's median events/s and Redis µs per credit, the
+    ratio with/without against its bound; over all runs, each side's Redis
+    µs per credit (all evalsha usec over all credits)."""
+    modes: dict[str, Any] = {}
+    for mode, bound in PROGRESSION_BOUNDS.items():
+        mine = [r for r in runs if r["mode"] == mode]
+        if not mine:
+            continue
+        entry: dict[str, Any] = {"bound": bound}
+        for side in PROGRESSION_SIDES:
+            rows = [r for r in mine if r["side"] == side]
+            entry[side] = {
+                "events_per_s": _median([r["events_per_s"] for r in rows]),
+                "runs_events_per_s": [r["events_per_s"] for r in rows],
+                "redis_us_per_credit": _median(
+                    [
+                        r["redis"]["us_per_credit"]
+                        for r in rows
+                        if r.get("redis", {}).get("us_per_credit")
+                    ]
+                ),
+                "redis_cpu_us_per_credit": _median(
+                    [
+                        r["redis"]["cpu_us_per_credit"]
+                        for r in rows
+                        if r.get("redis", {}).get("cpu_us_per_credit")
+                    ]
+                ),
+                "server_cpu_us_per_event": _median(
+                    [r["cpu_us_per_event"]["server"] for r in rows if "cpu_us_per_event" in r]
+                ),
+                "cpu_us_per_event": _median(
+                    [r["cpu_us_per_event"]["total"] for r in rows if "cpu_us_per_event" in r]
+                ),
+            }
+        ratio = _ratio(entry["with"]["events_per_s"] or 0, entry["without"]["events_per_s"] or 0)
+        entry["ratio"] = ratio
+        # What the CPU per event predicts for a CPU-bound machine: without's
+        # CPU per event over with's (client, server, flusher, Redis).
+        entry["cpu_ratio"] = _ratio(
+            entry["without"]["cpu_us_per_event"] or 0, entry["with"]["cpu_us_per_event"] or 0
+        )
+        # Each round's own with/without, for the spread: the two runs of a
+        # round are back to back, so they share most of the machine's drift.
+        by_round: dict[int, dict[str, float]] = {}
+        for r in mine:
+            by_round.setdefault(r.get("round", 0), {})[r["side"]] = r["events_per_s"]
+        entry["round_ratios"] = [
+            _ratio(pair["with"], pair["without"])
+            for _, pair in sorted(by_round.items())
+            if len(pair) == 2
+        ]
+        entry["pass"] = ratio is not None and ratio >= bound
+        modes[mode] = entry
+    redis: dict[str, Any] = {}
+    for side in PROGRESSION_SIDES:
+        rows = [r for r in runs if r["side"] == side and "redis" in r]
+        credits = sum(r["credits"] for r in rows)
+        usec = sum(r["redis"]["evalsha_usec"] for r in rows)
+        ack = sum(r["redis"]["ack_usec"] for r in rows)
+        cpu = sum(r["redis"].get("cpu_usec", 0) for r in rows)
+        redis[side] = {
+            "us_per_credit": round(usec / credits, 2) if credits else None,
+            "cpu_us_per_credit": round(cpu / credits, 2) if credits else None,
+            # The flusher's ack.lua calls are evalsha too: XACK + XDEL inside
+            # them, per credit, is most of what they add to the figure.
+            "flusher_ack_us_per_credit": round(ack / credits, 2) if credits else None,
+            "credits": credits,
+        }
+    if all(redis[s]["us_per_credit"] for s in PROGRESSION_SIDES):
+        redis["with_over_without"] = _ratio(
+            redis["with"]["us_per_credit"], redis["without"]["us_per_credit"]
+        )
+    return {
+        "modes": modes,
+        "redis_us_per_credit": redis,
+        "all_pass": bool(modes) and all(m["pass"] for m in modes.values()),
+        "self_check_ok": all(r["self_check_ok"] for r in runs),
+    }
+
+
+def run_progression(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dict[str, Any]:
+    """The default book beside itself without the progression mechanics, in
+    one service process, alternating sides (module docstring)."""
+    redis_url, database_url = servers
+    data_dir = tmp / "data"
+    sides = {side: [f"prog{side}-{i}" for i in range(ns.tenants)] for side in PROGRESSION_SIDES}
+    rules = write_progression_rules(tmp / "progression.yaml", sides, ns.shards)
+    metrics = _free_ports(ns.workers + 1)
+    env = pointsd_env(
+        redis_url, database_url, rules, data_dir,
+        POINTS_WORKERS=str(ns.workers), POINTS_METRICS_PORT=str(metrics),
+    )  # fmt: skip
+    server = ServerProcess(env, free_port(), tmp / "progression.log")
+    stats = CommandStats(redis_url) if is_loopback(redis_url) else None
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    redis_version = stats.version() if stats is not None else None
+    try:
+        server.start()
+        group = _Group(
+            ns, server.target, database_url, sides,
+            # A stamp of its own in every user id: no run meets another's rows.
+            [metrics + i for i in range(ns.workers)], stats, uuid.uuid4().hex[:8], server.pid,
+        )  # fmt: skip
+        # Unmeasured: the first calls of each side warm its caches and pools.
+        for side in PROGRESSION_SIDES:
+            group.load(
+                side, "batch", 1, f"pw{group.stamp}{side[0]}", min(2.0, ns.progression_duration)
+            )
+        for rnd in range(ns.rounds):
+            order = list(PROGRESSION_SIDES)
+            if rnd % 2:
+                order.reverse()
+            for mode in ns.progression_modes:
+                for side in order:
+                    runs.append(group.run(side, mode, rnd))
+    finally:
+        server.terminate()
+        if stats is not None:
+            stats.close()
+        cleanup_tenants(redis_url, [t for ts in sides.values() for t in ts])
+    out: dict[str, Any] = {
+        "compared": {
+            "with": "rule set `default`: the default rule book",
+            "without": f"rule set `core`: the same without {', '.join(PROGRESSION_KEYS)}",
+        },
+        "settings": {
+            "duration_s": ns.progression_duration,
+            "rounds": ns.rounds,
+            "modes": ns.progression_modes,
+            "tenants_per_side": ns.tenants,
+            "users": ns.users,
+            "groups_per_user": _GROUPS_PER_USER,
+            "mix": PROGRESSION_MIX,
+            "batch": ns.batch,
+            "batch_concurrency": ns.batch_concurrency,
+            "unary_concurrency": ns.unary_concurrency,
+            "streams": ns.streams,
+            "stream_window": ns.stream_window,
+            "workers": ns.workers,
+        },
+        "machine": {
+            "redis_version": redis_version,
+            # Never reset the statistics of a Redis elsewhere: others use it.
+            "redis_stats": stats is not None,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "wall_s": round(time.monotonic() - started, 1),
+        **summarize_progression(runs),
+        "runs": runs,
+    }
+    return out
+
+
+def run(ns: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="pointsd-bench-"))
+    redis_url, database_url, embedded = resolve_servers(tmp / "data")
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "embedded_servers": bool(embedded)},
+        "settings": {
+            "groups": ns.groups,
+            "duration_s": ns.duration,
+            "workers": ns.workers,
+            "shards": ns.shards,
+            "tenants": ns.tenants,
+            "users": ns.users,
+        },
+    }
+    try:
+        migrate.upgrade(database_url)
+        if "core" in ns.groups:
+            run_core(ns, report, tmp, (redis_url, database_url))
+        if "progression" in ns.groups:
+            report["progression"] = run_progression(ns, tmp, (redis_url, database_url))
+    finally:
+        for s in embedded:
+            if s.owned:
+                s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
-def _print_table(report: dict[str, Any]) -> None:
+def _print_core(report: dict[str, Any]) -> None:
     r = report["results"]
     print(f"{'contender':<18} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for name in (
@@ -380,6 +851,82 @@ def _print_table(report: dict[str, Any]) -> None:
         )
 
 
+def _us(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else "-"
+
+
+def _print_progression(prog: dict[str, Any]) -> None:
+    settings = prog["settings"]
+    print(
+        f"progression: the default book (with) vs without {', '.join(PROGRESSION_KEYS)}, "
+        f"medians of {settings['rounds']} alternated rounds of {settings['duration_s']:g} s"
+    )
+    print(f"{'mode':<7} {'with ev/s':>10} {'without ev/s':>13} {'ratio':>6} {'bound':>6}")
+    for mode, m in prog["modes"].items():
+        ratio = f"{m['ratio']:.3f}" if m["ratio"] is not None else "-"
+        print(
+            f"{mode:<7} {m['with']['events_per_s'] or 0:>10,.0f} "
+            f"{m['without']['events_per_s'] or 0:>13,.0f} {ratio:>6} {m['bound']:>6.2f} "
+            f"{'PASS' if m['pass'] else 'FAIL'}"
+        )
+    print(
+        "cost, with / without: Redis evalsha µs/credit, Redis CPU µs/credit, server CPU "
+        "µs/event, all CPU µs/event (and its ratio)"
+    )
+    for mode, m in prog["modes"].items():
+        cells = [
+            f"{_us(m['with'][k])} / {_us(m['without'][k])}"
+            for k in (
+                "redis_us_per_credit",
+                "redis_cpu_us_per_credit",
+                "server_cpu_us_per_event",
+                "cpu_us_per_event",
+            )
+        ]
+        print(
+            f"{mode:<7} {cells[0]:>15} {cells[1]:>15} {cells[2]:>17} {cells[3]:>17} "
+            f"({m['cpu_ratio']})"
+        )
+    r = prog["redis_us_per_credit"]
+    if prog["machine"]["redis_stats"]:
+        print(
+            f"Redis evalsha µs per credit, all runs: with {_us(r['with']['us_per_credit'])}, "
+            f"without {_us(r['without']['us_per_credit'])} (the flusher's acks in it: "
+            f"{_us(r['with']['flusher_ack_us_per_credit'])} / "
+            f"{_us(r['without']['flusher_ack_us_per_credit'])})"
+        )
+    else:
+        print("Redis µs per credit: not measured (Redis is not on this machine's loopback)")
+    for run in prog["runs"]:
+        for kind, n in run["errors"].items():
+            print(f"{run['run_id']} ({run['side']}, {run['mode']}): {kind} {n:,} events: "
+                  f"{explain_error(kind)}")  # fmt: skip
+        if not run["self_check_ok"]:
+            print(f"{run['run_id']} ({run['side']}, {run['mode']}): ledger self-check FAILED")
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    if "results" in report:
+        _print_core(report)
+    if "progression" in report:
+        if "results" in report:
+            print()
+        _print_progression(report["progression"])
+
+
+def exit_code(report: dict[str, Any], check: bool) -> int:
+    """1 when a ledger self-check failed; 3 when `check` and a progression
+    ratio is under its bound; else 0."""
+    if "results" in report and not report["results"]["batch_service"].get("self_check_ok"):
+        return 1
+    prog = report.get("progression")
+    if prog is not None and not prog["self_check_ok"]:
+        return 1
+    if check and prog is not None and not prog["all_pass"]:
+        return 3
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m scripts.bench", description=(__doc__ or "").split("\n\n")[0]
@@ -387,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20.0, help="seconds per contender")
     p.add_argument("--events", type=int, default=3_000_000, help="events per contender (bound)")
     p.add_argument("--workers", type=int, default=1, help="service processes")
-    p.add_argument("--tenants", type=int, default=2)
+    p.add_argument("--tenants", type=int, default=2, help="tenants (per side in progression)")
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=500, help="events per RecordActivities")
@@ -396,14 +943,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--stream-window", type=int, default=256, help="events in flight per stream")
     p.add_argument("--naive-concurrency", type=int, default=32)
+    p.add_argument(
+        "--progression", action="store_true", help="also run the progression group (~5 min)"
+    )
+    p.add_argument(
+        "--only", choices=("core", "progression"), help="run only this group of contenders"
+    )
+    p.add_argument("--rounds", type=int, default=4, help="progression: rounds (each side per mode)")
+    p.add_argument(
+        "--progression-duration", type=float, default=9.0, help="progression: seconds per run"
+    )
+    p.add_argument(
+        "--progression-modes",
+        default="batch,unary,stream",
+        help="progression: comma-separated modes (batch, unary, stream)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="exit 3 when a progression ratio is under its bound"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     ns = p.parse_args(argv)
+    modes = [m.strip() for m in ns.progression_modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(PROGRESSION_BOUNDS))
+    if unknown or not modes:
+        p.error(
+            f"--progression-modes: choose from batch, unary, stream, got {ns.progression_modes!r}"
+        )
+    if ns.rounds < 1 or ns.progression_duration <= 0:
+        p.error("--rounds must be >= 1 and --progression-duration > 0")
+    ns.progression_modes = modes
+    ns.groups = [ns.only] if ns.only else ["core", *(["progression"] if ns.progression else [])]
     report = run(ns)
     if ns.json:
         print(json.dumps(report, indent=2))
     else:
         _print_table(report)
-    return 0 if report["results"]["batch_service"].get("self_check_ok") else 1
+    return exit_code(report, ns.check)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_MIX",
     "ERROR_KINDS",
     "LOAD_TOOLS",
+    "PROGRESSION_MIX",
     "RunResult",
     "Stats",
     "Traffic",
@@ -146,6 +147,18 @@ DEFAULT_MIX = {
     "vote": 1.5,
     "feature.first_use": 1.5,
 }
+# The progression benchmark's mix (scripts/bench.py): DEFAULT_MIX with some of
+# its text messages moved to the actions only tasks pay for or count (advanced
+# features used, votes started, a created group's member count), so that
+# daily, weekly and growth tasks, levels and badges all get work. Used with
+# TrafficSpec.groups_per_user > 1, for the "speak in several groups" task.
+PROGRESSION_MIX = {
+    **DEFAULT_MIX,
+    "message.text": 45.0,
+    "feature.use": 6.0,
+    "vote.start": 2.0,
+    "group.members": 2.0,
+}
 _TARGETED = {"like", "thanks_card", "invite"}
 _FEATURES = ["calendar", "docs", "meeting", "approval", "wiki", "task", "drive", "mail"]
 _OUTCOME_NAMES = {v: k for k, v in pb.Outcome.items()}
@@ -170,6 +183,9 @@ class TrafficSpec:
     seed: int = 1
     # Prefix of every user and event id, so runs never collide.
     run_id: str = "run"
+    # Groups a user writes in: 1 (the default) is always the same one; more
+    # spreads each event over that many (weekly "speak in N groups" tasks).
+    groups_per_user: int = 1
 
 
 class Traffic:
@@ -208,13 +224,17 @@ class Traffic:
         ]
         ts = Timestamp()
         ts.FromMilliseconds(now_ms)
+        group = actor % 97
+        if spec.groups_per_user > 1:
+            # Only then a draw: the default traffic stays the same sequence.
+            group = (group + 7 * self.rng.randrange(spec.groups_per_user)) % 97
         event = pb.ActivityEvent(
             tenant_id=tenant,
             event_id=f"{spec.run_id}-{n}",
             user_id=f"{spec.run_id}-u{actor}",
             action=action,
             occurred_at=ts,
-            group_id=f"{spec.run_id}-g{actor % 97}",
+            group_id=f"{spec.run_id}-g{group}",
             department_id=f"d{actor % 13}",
         )
         if action in _TARGETED or (action == "reply" and self.rng.random() < 0.5):
@@ -224,8 +244,11 @@ class Traffic:
             event.target_user_id = f"{spec.run_id}-u{target}"
         if action == "online":
             event.quantity = self.rng.choice((5, 10, 15, 30))
-        elif action == "feature.first_use":
+        elif action in ("feature.first_use", "feature.use"):
             event.attributes["feature"] = self.rng.choice(_FEATURES)
+        elif action == "group.members":
+            # A created group's member count now; some pass 50 (a growth task).
+            event.quantity = self.rng.randint(2, 60)
         self._recent.append(event)
         return event
 

@@ -1,4 +1,4 @@
-"""Guarantees G1, G2 and G3 when the service process is killed with SIGKILL
+"""Guarantees G1, G2, G3 and G12 (bonuses) when the service process is killed with SIGKILL
 in the middle of a 20,000-event load. The client behaves like an IM server:
 whatever was not acknowledged is sent again once the service is back."""
 

@@ -1,5 +1,5 @@
 """Levels, tasks and badges through the real gRPC API on real Redis and
-PostgreSQL: bonuses in results, once per period, replays, GetProgress,
+PostgreSQL: bonuses in results, once per period (G12), replays, GetProgress,
 rebuild, and concurrency. Dates are set on the test clock, never today's."""
 
 from __future__ import annotations

@@ -17,8 +17,16 @@ from typing import Any
 import grpc
 import pytest
 
+from scripts import bench
 from scripts.crosscheck import find_k6
-from scripts.loadgen import ERROR_KINDS, INSTALL_HINT, TrafficSpec, run_load
+from scripts.loadgen import (
+    ERROR_KINDS,
+    INSTALL_HINT,
+    PROGRESSION_MIX,
+    Traffic,
+    TrafficSpec,
+    run_load,
+)
 from scripts.loadtest import EXIT_ERRORS, plot
 from scripts.procs import ROOT, free_port
 from tests.conftest import Servers
@@ -134,6 +142,121 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
         "batch_vs_naive_postgres",
         "unary_vs_naive_postgres",
     }
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_bench_progression_group_runs_both_sides_of_every_mode(servers: Servers) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.bench",
+            "--only",
+            "progression",
+            "--progression-duration",
+            "1",
+            "--rounds",
+            "1",
+            "--users",
+            "500",
+            "--unary-concurrency",
+            "16",
+            "--streams",
+            "4",
+            "--json",
+        ],
+        env=_env(servers),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert "results" not in report  # the core contenders did not run
+    prog = report["progression"]
+    assert set(prog["modes"]) == {"batch", "unary", "stream"}
+    for mode, m in prog["modes"].items():
+        assert m["with"]["events_per_s"] > 0 and m["without"]["events_per_s"] > 0, mode
+        assert m["ratio"] == round(m["with"]["events_per_s"] / m["without"]["events_per_s"], 3)
+        assert m["bound"] == (0.8 if mode == "batch" else 0.9)
+        assert m["pass"] is (m["ratio"] >= m["bound"])
+    assert prog["all_pass"] is all(m["pass"] for m in prog["modes"].values())
+    assert prog["self_check_ok"]
+    runs = prog["runs"]
+    assert [(r["mode"], r["side"]) for r in runs] == [
+        (mode, side) for mode in ("batch", "unary", "stream") for side in ("with", "without")
+    ]
+    for r in runs:
+        assert r["errors"] == {} and r["events"] > 0 and r["credits"] > 0, r
+        assert r["cpu_us_per_event"]["server"] > 0, r
+        # The traffic completes tasks on the full book, and no bonus exists without it.
+        if r["side"] == "with":
+            assert r["ledger"]["bonuses"].get("task.send-3-messages", 0) > 0, r["ledger"]
+        else:
+            assert r["ledger"]["bonus_rows"] == 0, r["ledger"]
+    redis = prog["redis_us_per_credit"]
+    if prog["machine"]["redis_stats"]:
+        assert redis["with"]["us_per_credit"] > 0 and redis["without"]["us_per_credit"] > 0
+        assert all(r["redis"]["evalsha_calls"] >= r["award_calls"] > 0 for r in runs)
+
+
+def test_bench_exit_code_checks_ratios_only_when_asked() -> None:
+    def report(ratio_ok: bool, ledger_ok: bool) -> dict[str, Any]:
+        return {"progression": {"all_pass": ratio_ok, "self_check_ok": ledger_ok}}
+
+    assert bench.exit_code(report(True, True), check=True) == 0
+    assert bench.exit_code(report(False, True), check=False) == 0  # a figure is a figure
+    assert bench.exit_code(report(False, True), check=True) == 3
+    assert bench.exit_code(report(False, False), check=True) == 1  # the ledger check wins
+
+
+def test_progression_summary_takes_medians_and_checks_each_bound() -> None:
+    def run(side: str, mode: str, rnd: int, rate: float, usec: int, credits: int) -> Any:
+        redis = {"evalsha_usec": usec, "ack_usec": 0, "us_per_credit": usec / credits}
+        return {"side": side, "mode": mode, "round": rnd, "events_per_s": rate,
+                "credits": credits, "redis": redis, "self_check_ok": True}  # fmt: skip
+
+    runs = [
+        *(run("with", "batch", i, r, 800, 10) for i, r in enumerate((80.0, 100.0, 1000.0))),
+        *(run("without", "batch", i, r, 500, 10) for i, r in enumerate((100.0, 125.0, 90.0))),
+        run("with", "unary", 0, 89.0, 100, 1),
+        run("without", "unary", 0, 100.0, 100, 1),
+    ]
+    summary = bench.summarize_progression(runs)
+    batch, unary = summary["modes"]["batch"], summary["modes"]["unary"]
+    assert (batch["with"]["events_per_s"], batch["without"]["events_per_s"]) == (100.0, 100.0)
+    assert batch["ratio"] == 1.0 and batch["pass"] is True
+    assert batch["round_ratios"] == [0.8, 0.8, 11.111]
+    assert unary["ratio"] == 0.89 and unary["pass"] is False  # under 0.9
+    assert "stream" not in summary["modes"] and summary["all_pass"] is False
+    redis = summary["redis_us_per_credit"]
+    assert redis["with"]["us_per_credit"] == round(2500 / 31, 2)
+    assert redis["with"]["credits"] == 31
+    assert redis["without"]["us_per_credit"] == round(1600 / 31, 2)
+
+
+def test_progression_traffic_spreads_groups_and_sends_what_tasks_count() -> None:
+    spec = TrafficSpec(tenants=["t"], users=50, mix=dict(PROGRESSION_MIX), groups_per_user=4)
+    events = Traffic(spec).batch(3000, 0)
+    groups: dict[str, set[str]] = {}
+    for e in events:
+        groups.setdefault(e.user_id, set()).add(e.group_id)
+        if e.action in ("feature.use", "feature.first_use"):
+            assert e.attributes["feature"], e
+        if e.action == "group.members":
+            assert 2 <= e.quantity <= 60
+    assert max(len(g) for g in groups.values()) == 4
+    assert {"feature.use", "vote.start", "group.members", "like", "login"} <= {
+        e.action for e in events
+    }
+    # The default traffic keeps one group per user.
+    plain = Traffic(TrafficSpec(tenants=["t"], users=50)).batch(3000, 0)
+    per_user: dict[str, set[str]] = {}
+    for e in plain:
+        per_user.setdefault(e.user_id, set()).add(e.group_id)
+    assert all(len(g) == 1 for g in per_user.values())
 
 
 @pytest.mark.slow
