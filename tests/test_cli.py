@@ -321,3 +321,85 @@ def test_children_do_not_share_the_terminal_signals(servers: Servers, tmp_path: 
         _cleanup_tenants(servers, [tenant])
     log = server.log.read_text()
     assert log.index("shutting down") < log.index("flusher stopped")
+
+
+@pytest.mark.subprocess
+def test_tokens_create_list_rotate_and_revoke(
+    servers: Servers, tmp_path: Path, clock: test_clock.TestClock
+) -> None:
+    """`pointsd tokens …` against the real PostgreSQL: a token printed once and
+    valid, list without secrets, rotate with a grace, revoke; bad input exits 2."""
+    import asyncio
+    from datetime import timedelta
+
+    from sqlalchemy import create_engine, text
+
+    from pointsd.service.auth import Authenticator, parse_token
+    from pointsd.service.clock import parse_instant
+    from pointsd.service.errors import Unauthenticated
+    from pointsd.storage.postgres import sqlalchemy_url
+    from pointsd.storage.postgres.db import create_engine as async_engine
+    from pointsd.storage.postgres.tokens import TokenStore
+
+    clock.set(parse_instant("2026-12-07T10:00:00+08:00"))
+    env = child_env(
+        servers.redis_url, servers.database_url, rules_file(tmp_path / "r.yaml", {}), tmp_path
+    )
+    name = f"cli-{new_tenant()}"
+    created = run_cli(
+        ["tokens", "create", "--name", name, "--roles", "ingest,read", "--tenants", "a,b",
+         "--expires-in", "30d"], env,
+    )  # fmt: skip
+    try:
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.strip()
+        token_id, secret = parse_token(token)
+        assert "shown only now" in created.stderr
+
+        listed = run_cli(["tokens", "list"], env)
+        line = next(x for x in listed.stdout.splitlines() if x.startswith(token_id))
+        assert f"{name}  roles=ingest,read  tenants=a,b  valid until 2027-01-06T02:00" in line
+        assert secret not in listed.stdout
+
+        rotated = run_cli(["tokens", "rotate", token_id, "--grace", "10m"], env)
+        assert rotated.returncode == 0, rotated.stderr
+        new_token = rotated.stdout.strip()
+        new_id = parse_token(new_token)[0]
+        assert f"replaces {token_id}, which stays valid until 2026-12-07T02:10" in rotated.stderr
+
+        async def check() -> None:
+            engine = async_engine(servers.database_url, pool_size=1)
+            try:
+                authenticator = Authenticator(TokenStore(engine), clock)
+                await authenticator.refresh()
+                for t in (token, new_token):
+                    caller = authenticator.authenticate([("authorization", f"Bearer {t}")])
+                    assert caller.name == name and caller.tenants == frozenset({"a", "b"})
+                clock.set(clock() + int(timedelta(minutes=11).total_seconds() * 1000))
+                with pytest.raises(Unauthenticated, match=f"token {token_id} expired"):
+                    authenticator.authenticate([("authorization", f"Bearer {token}")])
+            finally:
+                await engine.dispose()
+
+        asyncio.run(check())
+
+        revoked = run_cli(["tokens", "revoke", new_id], env)
+        assert revoked.returncode == 0 and f"revoked token {new_id}" in revoked.stdout
+        assert f"{new_id}  {name}" in run_cli(["tokens", "list"], env).stdout
+        assert "revoked 2026-12-07T02:" in run_cli(["tokens", "list"], env).stdout
+        missing = run_cli(["tokens", "revoke", "0000000000000000"], env)
+        assert missing.returncode == 1 and "no token 0000000000000000" in missing.stderr
+        again = run_cli(["tokens", "rotate", new_id], env)
+        assert again.returncode == 1 and "revoked" in again.stderr
+        for bad, says in [
+            (["--roles", "root"], "unknown role 'root'"),
+            (["--roles", "read", "--expires-in", "3y"], "unit of s, m, h, d"),
+            (["--roles", "read", "--tenants", ","], "at least one tenant"),
+        ]:
+            out = run_cli(["tokens", "create", "--name", name, *bad], env)
+            assert out.returncode == 2 and says in out.stderr, out.stderr
+    finally:
+        engine = create_engine(sqlalchemy_url(servers.database_url))
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM api_tokens WHERE name = :n"), {"n": name})
+        engine.dispose()

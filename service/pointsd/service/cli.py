@@ -9,6 +9,7 @@
     pointsd rules check [FILE]    validate a rule file
     pointsd health [--target H:P] exit 0 if a running server reports SERVING
     pointsd embedded status|stop  the embedded Redis and PostgreSQL of POINTS_DATA_DIR
+    pointsd tokens create|list|revoke|rotate   API tokens (not enforced yet: docs/security.md)
     pointsd --version
 
 Configuration comes from environment variables (docs/configuration.md).
@@ -29,6 +30,7 @@ import signal
 import sys
 import threading
 from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,90 @@ async def _migrate(settings: Settings) -> int:
         print(f"database at revision {revision}")
         return 0
     finally:
+        await stop_owned(embedded)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """'90s', '15m', '1h', '30d' (argparse type: a bad one exits 2 saying why)."""
+    unit = text[-1:]
+    if unit not in _DURATION_UNITS or not text[:-1].isdigit() or len(text) > 12:
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r}: a whole number and a unit of s, m, h, d, e.g. 30d"
+        )
+    return timedelta(seconds=int(text[:-1]) * _DURATION_UNITS[unit])
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _print_token_row(row: Any, now: datetime) -> None:
+    if row.revoked_at is not None:
+        state = f"revoked {row.revoked_at.isoformat()}"
+    elif row.expires_at is not None and row.expires_at <= now:
+        state = f"expired {row.expires_at.isoformat()}"
+    elif row.expires_at is not None:
+        state = f"valid until {row.expires_at.isoformat()}"
+    else:
+        state = "valid"
+    if row.replaced_by:
+        state += f", replaced by {row.replaced_by}"
+    tenants = "all" if row.tenants is None else ",".join(row.tenants)
+    print(f"{row.token_id}  {row.name}  roles={','.join(row.roles)}  tenants={tenants}  {state}")
+
+
+async def _tokens(settings: Settings, ns: argparse.Namespace) -> int:
+    """The token commands: straight to PostgreSQL (as migrate), no server needed.
+    A token is printed once, on stdout alone, so `$(pointsd tokens create …)` works."""
+    from pointsd.service import auth
+    from pointsd.service.app import resolve_urls, stop_owned
+    from pointsd.service.errors import ServiceError
+    from pointsd.storage.errors import RecordChanged, RecordMissing
+    from pointsd.storage.postgres.db import create_engine
+    from pointsd.storage.postgres.tokens import TokenStore
+
+    _, database_url, embedded = await resolve_urls(settings, redis=False)
+    engine = create_engine(database_url, pool_size=1, timeout_s=settings.db_timeout_s)
+    store = TokenStore(engine)
+    now = datetime.fromtimestamp(settings.clock()() / 1000, UTC)
+    try:
+        if ns.tokens_command == "create":
+            tenants = None if ns.tenants.strip() == "all" else _csv(ns.tenants)
+            expires = None if ns.expires_in is None else now + ns.expires_in
+            token, row = await auth.issue_token(
+                store,
+                name=ns.name,
+                roles=_csv(ns.roles),
+                tenants=tenants,
+                now=now,
+                expires_at=expires,
+            )
+            print(token)
+            print(f"created token {row.token_id}; the secret is shown only now", file=sys.stderr)
+        elif ns.tokens_command == "list":
+            for row in await store.list():
+                _print_token_row(row, now)
+        elif ns.tokens_command == "revoke":
+            row = await store.revoke(ns.token_id, now)
+            print(f"revoked token {row.token_id} ({row.name}); every server refuses it within 5 s")
+        elif ns.tokens_command == "rotate":
+            token, old, new = await auth.rotate_token(store, ns.token_id, now=now, grace=ns.grace)
+            print(token)
+            until = old.expires_at.isoformat() if old.expires_at else "?"
+            print(
+                f"token {new.token_id} replaces {old.token_id}, which stays valid until {until}",
+                file=sys.stderr,
+            )
+        return 0
+    except (ServiceError, RecordMissing, RecordChanged) as exc:
+        print(f"pointsd tokens {ns.tokens_command}: {exc}", file=sys.stderr)
+        # A bad argument is the operator's to fix (2); a missing or changed token, 1.
+        return ExitCode.CONFIG if isinstance(exc, ServiceError) else ExitCode.FAILED
+    finally:
+        await engine.dispose()
         await stop_owned(embedded)
 
 
@@ -317,6 +403,32 @@ def _build_parser() -> argparse.ArgumentParser:
     embedded_sub.add_parser(
         "stop", help="stop them (a SIGKILLed serve leaves them running); data is kept"
     )
+    tokens = sub.add_parser(
+        "tokens",
+        help="API tokens: create, list, revoke, rotate (not enforced yet)",
+        description="Manage API tokens in PostgreSQL (DATABASE_URL, or the embedded one). "
+        "The server does not check them yet: see docs/security.md.",
+    )
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = tokens_sub.add_parser("create", help="create a token and print it, once")
+    create.add_argument("--name", required=True, help="who holds it, e.g. im-gateway-eu")
+    create.add_argument(
+        "--roles", required=True, help="comma-separated: ingest, read, redeem, admin"
+    )
+    create.add_argument(
+        "--tenants", default="all", help="comma-separated tenant ids, or all (default)"
+    )
+    create.add_argument("--expires-in", type=_duration, help="e.g. 90d, 12h (default: never)")
+    tokens_sub.add_parser("list", help="every token with its caller and state (no secrets)")
+    revoke = tokens_sub.add_parser("revoke", help="end a token at once")
+    revoke.add_argument("token_id", help="the id shown by list (pt_<token_id>_…)")
+    rotate = tokens_sub.add_parser(
+        "rotate", help="print a new token for the same caller; the old one ends after --grace"
+    )
+    rotate.add_argument("token_id", help="the id shown by list")
+    rotate.add_argument(
+        "--grace", type=_duration, default=timedelta(hours=1), help="e.g. 30m (default 1h)"
+    )
     return parser
 
 
@@ -367,16 +479,18 @@ def _dispatch(parser: argparse.ArgumentParser, ns: argparse.Namespace, settings:
         return _run(_serve(settings))
     if ns.command == "flush":
         return _run(_flush(settings, ns.drain))
-    if ns.command == "migrate":
-        return _run(_migrate(settings))
+    # Commands that take nothing but the settings.
+    plain = {"migrate": _migrate, "winners": _winners}
+    if ns.command in plain:
+        return _run(plain[ns.command](settings))
     if ns.command == "reconcile":
         return _run(_reconcile(settings, ns.show))
-    if ns.command == "winners":
-        return _run(_winners(settings))
     if ns.command == "rebuild":
         return _run(_rebuild(settings, ns.tenants))
     if ns.command == "embedded":
         return _embedded(settings, ns.embedded_command)
+    if ns.command == "tokens":
+        return _run(_tokens(settings, ns))
     parser.error(f"unknown command {ns.command}")
 
 

@@ -17,8 +17,10 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "Overloaded",
+    "PermissionDenied",
     "ServiceError",
     "ShardBusy",
+    "Unauthenticated",
     "clip",
     "status_of",
 ]
@@ -65,6 +67,15 @@ class ShardBusy(ServiceError):
     """The state is being rebuilt: retry shortly."""
 
 
+class Unauthenticated(ServiceError):
+    """No usable credentials: missing, malformed, unknown, expired or revoked
+    token. The message says which, never the secret."""
+
+
+class PermissionDenied(ServiceError):
+    """A known caller without the role or the tenant the request needs."""
+
+
 # Order matters: the first matching class wins (subclasses before bases).
 _TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -74,6 +85,8 @@ _TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (Conflict, grpc.StatusCode.ABORTED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShardBusy, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
     (LedgerDataError, grpc.StatusCode.INTERNAL),
     (StorageError, grpc.StatusCode.INTERNAL),

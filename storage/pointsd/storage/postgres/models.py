@@ -21,10 +21,10 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "LedgerEntry", "Winner", "WinnerPeriod", "metadata"]
+__all__ = ["ApiToken", "Base", "LedgerEntry", "Winner", "WinnerPeriod", "metadata"]
 
 metadata = MetaData(
     naming_convention={
@@ -135,3 +135,33 @@ class Winner(Base):
     rank: Mapped[int] = mapped_column(Integer)
     member_id: Mapped[str] = mapped_column(Text)
     score: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiToken(Base):
+    """An API token (migration 0008): the caller it stands for and a hash of
+    its secret, never the secret; see INVARIANTS.md."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        CheckConstraint(
+            "cardinality(roles) > 0 AND "
+            "roles <@ ARRAY['ingest', 'read', 'redeem', 'admin']::text[]",
+            name="roles",
+        ),
+        CheckConstraint("tenants IS NULL OR cardinality(tenants) > 0", name="tenants"),
+        CheckConstraint("secret_hash LIKE 'scrypt$%'", name="hashed"),
+        Index("ix_api_tokens_updated_at", "updated_at"),
+    )
+
+    token_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    roles: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    tenants: Mapped[list[str] | None] = mapped_column(ARRAY(Text), nullable=True)
+    secret_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    replaced_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("clock_timestamp()")
+    )
