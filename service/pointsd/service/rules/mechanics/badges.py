@@ -20,7 +20,7 @@ from typing import Any
 
 from pointsd.service.rules.checker import Checker, one_line
 from pointsd.service.rules.mechanics.base import Mechanic
-from pointsd.service.rules.mechanics.levels import TAG_ID_RE
+from pointsd.service.rules.mechanics.levels import TAG_ID_RE, names
 from pointsd.service.rules.model import ActionRule, PartKey
 
 __all__ = ["BADGES", "Badge", "Badges"]
@@ -62,14 +62,7 @@ class Badges(Mechanic):
             if b is None:
                 continue
             c.unknown(b, _BADGE_KEYS, p)
-            name = b.get("name")
-            if not (one_line(name, 64) and name):
-                c.fail(f"{p}.name", "must be one line of 1-64 characters")
-                name = badge_id
-            name_en = b.get("name_en", name)
-            if not (one_line(name_en, 64) and name_en):
-                c.fail(f"{p}.name_en", "must be one line of 1-64 characters")
-                name_en = name
+            name, name_en = names(c, b, p)
             description = b.get("description", "")
             if not one_line(description):
                 c.fail(f"{p}.description", "must be one line of at most 200 characters")

@@ -37,7 +37,7 @@ from typing import Any
 
 from pointsd.service.domain import SEP, Period
 from pointsd.service.domain.steps import Bonus, Cross, Day, Freezes, Peak, Step, Threshold
-from pointsd.service.rules.checker import ACTION_RE, Checker
+from pointsd.service.rules.checker import Checker
 from pointsd.service.rules.mechanics.badges import BADGES
 from pointsd.service.rules.mechanics.base import (
     BonusInfo,
@@ -48,7 +48,14 @@ from pointsd.service.rules.mechanics.base import (
     Refs,
 )
 from pointsd.service.rules.mechanics.levels import names
-from pointsd.service.rules.mechanics.tasks import TASKS, Measure, TaskFeed, TaskRule, task_tag
+from pointsd.service.rules.mechanics.tasks import (
+    TASKS,
+    Measure,
+    TaskFeed,
+    TaskRule,
+    feeds_of,
+    task_tag,
+)
 from pointsd.service.rules.model import ActionRule, PartKey, TenantRules
 from pointsd.service.rules.periods import EVER_KEY
 
@@ -173,23 +180,6 @@ def _milestone_reason(rule: StreakRule, m: Milestone) -> str:
     return f"Streak: {m.days} working days in a row ({rule.title})"
 
 
-def _feeds(
-    c: Checker, raw: Any, actions: Mapping[str, ActionRule], path: str
-) -> tuple[TaskFeed, ...]:
-    if not isinstance(raw, list) or not raw:
-        c.fail(path, "must be a non-empty list of actions")
-        return ()
-    feeds = []
-    for i, action in enumerate(raw):
-        if not (isinstance(action, str) and ACTION_RE.match(action)):
-            c.fail(f"{path}[{i}]", "must be an action key")
-        elif action not in actions:
-            c.fail(f"{path}[{i}]", f"no action {action!r} in this rule set")
-        else:
-            feeds.append(TaskFeed(action, actions[action].credits[0].role))
-    return tuple(feeds)
-
-
 def _milestone(c: Checker, raw: Any, path: str, before: list[Milestone]) -> Milestone | None:
     m = c.mapping(raw, path)
     if m is None:
@@ -222,7 +212,7 @@ class Streaks(Mechanic):
             return None
         c.unknown(m, _KEYS, path)
         name, name_en = names(c, {"name": "连续活跃", "name_en": "Streak", **m}, path)
-        feeds = _feeds(c, m.get("actions", ["login"]), actions, f"{path}.actions")
+        feeds = feeds_of(c, m.get("actions", ["login"]), actions, f"{path}.actions")
         freezes_max = c.integer(m.get("freezes_max", 2), f"{path}.freezes_max", 0, 10)
         raw_ms = m.get("milestones", [])
         milestones: list[Milestone] = []
