@@ -33,6 +33,15 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPEND: _ClassVar[EntryKind]
     REFUND: _ClassVar[EntryKind]
     ADJUSTMENT: _ClassVar[EntryKind]
+    VOID: _ClassVar[EntryKind]
+
+class EntryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENTRY_STATE_UNSPECIFIED: _ClassVar[EntryState]
+    ENTRY_SETTLED: _ClassVar[EntryState]
+    ENTRY_HELD: _ClassVar[EntryState]
+    ENTRY_RELEASED: _ClassVar[EntryState]
+    ENTRY_VOIDED: _ClassVar[EntryState]
 
 class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +83,13 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WEEKLY: _ClassVar[TaskKind]
     MONTHLY: _ClassVar[TaskKind]
     GROWTH: _ClassVar[TaskKind]
+
+class FlagState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLAG_STATE_UNSPECIFIED: _ClassVar[FlagState]
+    FLAG_OPEN: _ClassVar[FlagState]
+    FLAG_RELEASED: _ClassVar[FlagState]
+    FLAG_VOIDED: _ClassVar[FlagState]
 OUTCOME_UNSPECIFIED: Outcome
 AWARDED: Outcome
 DUPLICATE: Outcome
@@ -89,6 +105,12 @@ AWARD: EntryKind
 SPEND: EntryKind
 REFUND: EntryKind
 ADJUSTMENT: EntryKind
+VOID: EntryKind
+ENTRY_STATE_UNSPECIFIED: EntryState
+ENTRY_SETTLED: EntryState
+ENTRY_HELD: EntryState
+ENTRY_RELEASED: EntryState
+ENTRY_VOIDED: EntryState
 PERIOD_UNSPECIFIED: Period
 DAY: Period
 WEEK: Period
@@ -115,6 +137,10 @@ DAILY: TaskKind
 WEEKLY: TaskKind
 MONTHLY: TaskKind
 GROWTH: TaskKind
+FLAG_STATE_UNSPECIFIED: FlagState
+FLAG_OPEN: FlagState
+FLAG_RELEASED: FlagState
+FLAG_VOIDED: FlagState
 
 class ActivityEvent(_message.Message):
     __slots__ = ("tenant_id", "event_id", "user_id", "action", "occurred_at", "target_user_id", "group_id", "department_id", "quantity", "attributes")
@@ -256,7 +282,7 @@ class GetBalanceRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class Balance(_message.Message):
-    __slots__ = ("tenant_id", "user_id", "available", "lifetime_earned", "spent", "earned_today", "day")
+    __slots__ = ("tenant_id", "user_id", "available", "lifetime_earned", "spent", "earned_today", "day", "held")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +290,7 @@ class Balance(_message.Message):
     SPENT_FIELD_NUMBER: _ClassVar[int]
     EARNED_TODAY_FIELD_NUMBER: _ClassVar[int]
     DAY_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     user_id: str
     available: int
@@ -271,7 +298,8 @@ class Balance(_message.Message):
     spent: int
     earned_today: int
     day: str
-    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., available: _Optional[int] = ..., lifetime_earned: _Optional[int] = ..., spent: _Optional[int] = ..., earned_today: _Optional[int] = ..., day: _Optional[str] = ...) -> None: ...
+    held: int
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., available: _Optional[int] = ..., lifetime_earned: _Optional[int] = ..., spent: _Optional[int] = ..., earned_today: _Optional[int] = ..., day: _Optional[str] = ..., held: _Optional[int] = ...) -> None: ...
 
 class ListLedgerRequest(_message.Message):
     __slots__ = ("tenant_id", "user_id", "page_size", "page_token")
@@ -286,7 +314,7 @@ class ListLedgerRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
-    __slots__ = ("entry_id", "kind", "action", "points", "balance_after", "event_id", "role", "counterpart_user_id", "group_id", "department_id", "occurred_at", "recorded_at", "reason", "quantity", "attributes")
+    __slots__ = ("entry_id", "kind", "action", "points", "balance_after", "event_id", "role", "counterpart_user_id", "group_id", "department_id", "occurred_at", "recorded_at", "reason", "quantity", "attributes", "state")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +337,7 @@ class LedgerEntry(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     kind: EntryKind
     action: str
@@ -324,7 +353,8 @@ class LedgerEntry(_message.Message):
     reason: str
     quantity: int
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, entry_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., action: _Optional[str] = ..., points: _Optional[int] = ..., balance_after: _Optional[int] = ..., event_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., counterpart_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    state: EntryState
+    def __init__(self, entry_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., action: _Optional[str] = ..., points: _Optional[int] = ..., balance_after: _Optional[int] = ..., event_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., counterpart_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[EntryState, str]] = ...) -> None: ...
 
 class ListLedgerResponse(_message.Message):
     __slots__ = ("entries", "next_page_token")
@@ -829,3 +859,197 @@ class ListThanksResponse(_message.Message):
     cards: _containers.RepeatedCompositeFieldContainer[ThanksCard]
     next_page_token: str
     def __init__(self, cards: _Optional[_Iterable[_Union[ThanksCard, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("token_id", "name", "roles", "tenants", "all_tenants", "created_at", "expires_at", "revoked_at", "replaced_by", "state")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    ALL_TENANTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_BY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    name: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    all_tenants: bool
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    replaced_by: str
+    state: str
+    def __init__(self, token_id: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., tenants: _Optional[_Iterable[str]] = ..., all_tenants: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replaced_by: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("name", "roles", "tenants", "all_tenants", "expires_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    ALL_TENANTS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    all_tenants: bool
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., tenants: _Optional[_Iterable[str]] = ..., all_tenants: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "info")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    info: TokenInfo
+    def __init__(self, token: _Optional[str] = ..., info: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ("include_inactive",)
+    INCLUDE_INACTIVE_FIELD_NUMBER: _ClassVar[int]
+    include_inactive: bool
+    def __init__(self, include_inactive: _Optional[bool] = ...) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RotateTokenRequest(_message.Message):
+    __slots__ = ("token_id", "grace_s")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    grace_s: int
+    def __init__(self, token_id: _Optional[str] = ..., grace_s: _Optional[int] = ...) -> None: ...
+
+class RotateTokenResponse(_message.Message):
+    __slots__ = ("token", "old", "new")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OLD_FIELD_NUMBER: _ClassVar[int]
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    old: TokenInfo
+    new: TokenInfo
+    def __init__(self, token: _Optional[str] = ..., old: _Optional[_Union[TokenInfo, _Mapping]] = ..., new: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("token_id",)
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    def __init__(self, token_id: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("caller", "tenant_id", "rpc", "since", "until", "page_size", "page_token")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    tenant_id: str
+    rpc: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, caller: _Optional[str] = ..., tenant_id: _Optional[str] = ..., rpc: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("audit_id", "occurred_at", "caller", "credential", "rpc", "tenant_id", "request_json", "outcome", "message")
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    audit_id: int
+    occurred_at: _timestamp_pb2.Timestamp
+    caller: str
+    credential: str
+    rpc: str
+    tenant_id: str
+    request_json: str
+    outcome: str
+    message: str
+    def __init__(self, audit_id: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller: _Optional[str] = ..., credential: _Optional[str] = ..., rpc: _Optional[str] = ..., tenant_id: _Optional[str] = ..., request_json: _Optional[str] = ..., outcome: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("records", "next_page_token")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListFlagsRequest(_message.Message):
+    __slots__ = ("tenant_id", "state", "user_id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    state: FlagState
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[FlagState, str]] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class Flag(_message.Message):
+    __slots__ = ("flag_id", "tenant_id", "user_id", "signal", "evidence", "counterparts", "period_key", "state", "raised_at", "held_points", "held_entries", "resolved_at", "resolved_by", "resolution_reason")
+    FLAG_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERPARTS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RAISED_AT_FIELD_NUMBER: _ClassVar[int]
+    HELD_POINTS_FIELD_NUMBER: _ClassVar[int]
+    HELD_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_BY_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_REASON_FIELD_NUMBER: _ClassVar[int]
+    flag_id: str
+    tenant_id: str
+    user_id: str
+    signal: str
+    evidence: str
+    counterparts: _containers.RepeatedScalarFieldContainer[str]
+    period_key: str
+    state: FlagState
+    raised_at: _timestamp_pb2.Timestamp
+    held_points: int
+    held_entries: int
+    resolved_at: _timestamp_pb2.Timestamp
+    resolved_by: str
+    resolution_reason: str
+    def __init__(self, flag_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., signal: _Optional[str] = ..., evidence: _Optional[str] = ..., counterparts: _Optional[_Iterable[str]] = ..., period_key: _Optional[str] = ..., state: _Optional[_Union[FlagState, str]] = ..., raised_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., held_points: _Optional[int] = ..., held_entries: _Optional[int] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_by: _Optional[str] = ..., resolution_reason: _Optional[str] = ...) -> None: ...
+
+class ListFlagsResponse(_message.Message):
+    __slots__ = ("flags", "next_page_token")
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedCompositeFieldContainer[Flag]
+    next_page_token: str
+    def __init__(self, flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ResolveFlagRequest(_message.Message):
+    __slots__ = ("tenant_id", "flag_id", "reason")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    FLAG_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    flag_id: str
+    reason: str
+    def __init__(self, tenant_id: _Optional[str] = ..., flag_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

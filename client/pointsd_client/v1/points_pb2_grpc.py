@@ -692,6 +692,46 @@ class AdminServiceStub:
                 request_serializer=points_dot_v1_dot_points__pb2.AdjustPointsRequest.SerializeToString,
                 response_deserializer=points_dot_v1_dot_points__pb2.AdjustPointsResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/points.v1.AdminService/CreateToken',
+                request_serializer=points_dot_v1_dot_points__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/points.v1.AdminService/ListTokens',
+                request_serializer=points_dot_v1_dot_points__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RotateToken = channel.unary_unary(
+                '/points.v1.AdminService/RotateToken',
+                request_serializer=points_dot_v1_dot_points__pb2.RotateTokenRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.RotateTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/points.v1.AdminService/RevokeToken',
+                request_serializer=points_dot_v1_dot_points__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.TokenInfo.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/points.v1.AdminService/ListAudit',
+                request_serializer=points_dot_v1_dot_points__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.ListFlags = channel.unary_unary(
+                '/points.v1.AdminService/ListFlags',
+                request_serializer=points_dot_v1_dot_points__pb2.ListFlagsRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListFlagsResponse.FromString,
+                _registered_method=True)
+        self.ReleaseFlag = channel.unary_unary(
+                '/points.v1.AdminService/ReleaseFlag',
+                request_serializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Flag.FromString,
+                _registered_method=True)
+        self.VoidFlag = channel.unary_unary(
+                '/points.v1.AdminService/VoidFlag',
+                request_serializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Flag.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -750,6 +790,65 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """API tokens (docs/security.md). The new token is in the response once and
+        never again. A caller limited to some tenants can only create, see,
+        rotate and revoke tokens within its own tenants.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateToken(self, request, context):
+        """A new token for the same caller; the old one stays valid for grace_s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Every process refuses the token within 5 s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit trail of admin actions, newest first. Rows cannot be changed
+        or deleted through any RPC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFlags(self, request, context):
+        """Users flagged by the farming signals (reciprocity, rings, rate), with
+        their evidence; their awards are held until a flag is resolved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseFlag(self, request, context):
+        """Pay the held entries of a flag, exactly once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidFlag(self, request, context):
+        """Cancel the held entries of a flag with compensating ledger entries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -787,6 +886,46 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.AdjustPoints,
                     request_deserializer=points_dot_v1_dot_points__pb2.AdjustPointsRequest.FromString,
                     response_serializer=points_dot_v1_dot_points__pb2.AdjustPointsResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=points_dot_v1_dot_points__pb2.CreateTokenRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListTokensRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RotateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateToken,
+                    request_deserializer=points_dot_v1_dot_points__pb2.RotateTokenRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.RotateTokenResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=points_dot_v1_dot_points__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.TokenInfo.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListAuditRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlags,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListFlagsRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListFlagsResponse.SerializeToString,
+            ),
+            'ReleaseFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFlag,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Flag.SerializeToString,
+            ),
+            'VoidFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidFlag,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Flag.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -979,6 +1118,222 @@ class AdminService:
             '/points.v1.AdminService/AdjustPoints',
             points_dot_v1_dot_points__pb2.AdjustPointsRequest.SerializeToString,
             points_dot_v1_dot_points__pb2.AdjustPointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/CreateToken',
+            points_dot_v1_dot_points__pb2.CreateTokenRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/ListTokens',
+            points_dot_v1_dot_points__pb2.ListTokensRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/RotateToken',
+            points_dot_v1_dot_points__pb2.RotateTokenRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.RotateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/RevokeToken',
+            points_dot_v1_dot_points__pb2.RevokeTokenRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.TokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/ListAudit',
+            points_dot_v1_dot_points__pb2.ListAuditRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/ListFlags',
+            points_dot_v1_dot_points__pb2.ListFlagsRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListFlagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/ReleaseFlag',
+            points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Flag.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/VoidFlag',
+            points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Flag.FromString,
             options,
             channel_credentials,
             insecure,

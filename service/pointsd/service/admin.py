@@ -5,6 +5,8 @@ statuses through service/pointsd/service/rpc.py like every handler's."""
 from __future__ import annotations
 
 from pointsd.service import catalog, queries
+from pointsd.service.admin_flags import FlagAdmin
+from pointsd.service.admin_tokens import TokenAdmin
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.app import App
@@ -24,7 +26,7 @@ from pointsd.service.validation import (
 __all__ = ["AdminServicer"]
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):
+class AdminServicer(TokenAdmin, FlagAdmin, pb_grpc.AdminServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 

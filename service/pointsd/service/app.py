@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pointsd.service.clock import Clock, system_clock
 from pointsd.service.config import Settings
@@ -77,6 +77,7 @@ class App:
     # Every "now" of the service (see service/pointsd/service/clock.py).
     clock: Clock
     embedded: list[EmbeddedRedis | EmbeddedPostgres] = field(default_factory=list)
+    tls: Any = None  # ServerTls of the server, set by start_server
 
     @classmethod
     async def open(

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -39,12 +40,15 @@ from pointsd.storage.errors import StorageUnavailable
 from pointsd.storage.postgres.tokens import ApiToken, TokenStore
 
 __all__ = [
+    "AUTH_OFF",
+    "CALLER",
     "ROLES",
     "ROLE_OF",
     "Authenticator",
     "Caller",
     "authorize",
     "check_grant",
+    "current_caller",
     "hash_secret",
     "issue_token",
     "new_token",
@@ -143,15 +147,30 @@ def verify_secret(secret: str, stored: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who a token stands for. `tenants` None: every tenant."""
+    """Who a token (or a client certificate) stands for. `tenants` None:
+    every tenant. `credential` names what was presented: "token <id>",
+    "cert <subject>", or "auth off"."""
 
     name: str
     roles: frozenset[str]
     tenants: frozenset[str] | None
+    credential: str = ""
 
     def may(self, role: str, tenant_id: str) -> bool:
         """A role grants nothing outside the caller's tenants."""
         return role in self.roles and (self.tenants is None or tenant_id in self.tenants)
+
+
+# With POINTS_AUTH=off every call runs as this caller (and the audit trail says so).
+AUTH_OFF = Caller("anonymous", frozenset(ROLES), None, "auth off")
+
+# The caller of the RPC being served: set by the RPC layer (service/rpc.py)
+# once the call is authorised, read by the audit trail.
+CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=AUTH_OFF)
+
+
+def current_caller() -> Caller:
+    return CALLER.get()
 
 
 def check_grant(
@@ -423,7 +442,10 @@ class Authenticator:
                 self._verified.clear()  # rare; the next calls verify again
             self._verified[key] = _Verified(token_id, row.secret_hash)
         return Caller(
-            row.name, frozenset(row.roles), None if row.tenants is None else frozenset(row.tenants)
+            row.name,
+            frozenset(row.roles),
+            None if row.tenants is None else frozenset(row.tenants),
+            f"token {token_id}",
         )
 
 

@@ -82,6 +82,22 @@ class Settings:
     redis_timeout_s: float = 5.0
     db_pool_size: int = 5
     db_timeout_s: float = 5.0
+    # Authentication and authorisation of every call (docs/security.md):
+    # "on" (the default) or "off" (development only: logged loudly).
+    auth: str = "on"
+    # How often each process re-reads the token table (changes are seen
+    # within this plus a PostgreSQL round trip; the bound promised is 5 s).
+    auth_refresh_s: float = 2.0
+    # Server TLS: certificate chain and private key (PEM); both or neither.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Mutual TLS: CA bundle client certificates must chain to.
+    tls_client_ca_file: str = ""
+    # With a client CA: "optional" (a certificate stands for a caller, else a
+    # bearer token) or "require" (no connection without a valid certificate).
+    tls_client_auth: str = "optional"
+    # YAML mapping client certificate subjects to callers (roles, tenants).
+    tls_client_callers_file: str = ""
     # Prometheus metrics on this port; 0 = off.
     metrics_port: int = 0
     log_level: str = "INFO"
@@ -149,9 +165,34 @@ class Settings:
                 "POINTS_EVENT_FUTURE_SKEW_S and POINTS_OUTBOX_ENTRIES_MAX must be >= 0"
             )
         self._check_clock_start()
+        self._check_security()
         if self.flusher not in ("process", "inline", "off"):
             raise ConfigError(
                 f"POINTS_FLUSHER: must be process, inline or off, got {self.flusher!r}"
+            )
+
+    def _check_security(self) -> None:
+        if self.auth not in ("on", "off"):
+            raise ConfigError(f"POINTS_AUTH: must be on or off, got {self.auth!r}")
+        if not 0 < self.auth_refresh_s <= 4:
+            raise ConfigError(
+                f"POINTS_AUTH_REFRESH_S must be > 0 and <= 4 (changes must reach every "
+                f"process within 5 s), got {self.auth_refresh_s}"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("set POINTS_TLS_CERT_FILE and POINTS_TLS_KEY_FILE together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(
+                "POINTS_TLS_CLIENT_CA_FILE needs server TLS: set POINTS_TLS_CERT_FILE "
+                "and POINTS_TLS_KEY_FILE"
+            )
+        if self.tls_client_auth not in ("optional", "require"):
+            raise ConfigError(
+                f"POINTS_TLS_CLIENT_AUTH: must be optional or require, got {self.tls_client_auth!r}"
+            )
+        if self.tls_client_callers_file and not self.tls_client_ca_file:
+            raise ConfigError(
+                "POINTS_TLS_CLIENT_CALLERS_FILE needs POINTS_TLS_CLIENT_CA_FILE (mutual TLS)"
             )
 
     def _check_positive(self) -> None:

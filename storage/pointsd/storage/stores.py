@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pointsd.storage.keys import Topology
 from pointsd.storage.postgres import Ledger, create_engine
 from pointsd.storage.postgres.catalog import CatalogStore
+from pointsd.storage.postgres.tokens import TokenStore
 from pointsd.storage.postgres.winners import HallOfFame
 from pointsd.storage.redis import AwardStore, BalanceStore, Outbox, RedisClient, connect_redis
 from pointsd.storage.redis.boards import BoardStore
@@ -28,6 +29,7 @@ class Stores:
     boards: BoardStore
     catalog: CatalogStore
     hall_of_fame: HallOfFame
+    tokens: TokenStore
     redis: RedisClient
     db: AsyncEngine
 
@@ -85,6 +87,7 @@ class Stores:
             ledger=Ledger(db),
             boards=boards,
             hall_of_fame=HallOfFame(db),
+            tokens=TokenStore(db),
             redis=redis,
             db=db,
         )
