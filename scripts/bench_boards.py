@@ -37,6 +37,7 @@ from pointsd.storage.postgres import migrate
 from scripts.bench import cleanup_tenants
 from scripts.loadtest import resolve_servers
 from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
+from scripts.tokens import aio_channel
 
 __all__ = ["main"]
 
@@ -62,13 +63,19 @@ def populate(redis_url: str, tenants: dict[str, int], members: int, seed: int) -
 
 
 async def measure(
-    target: str, tenant: str, query: str, members: int, concurrency: int, duration_s: float
+    target: str,
+    token: str,
+    tenant: str,
+    query: str,
+    members: int,
+    concurrency: int,
+    duration_s: float,
 ) -> dict[str, Any]:
     from hdrh.histogram import HdrHistogram
 
     hist = HdrHistogram(1, 60_000_000, 3)
     channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        aio_channel(target, token, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(4)
     ]
     stubs = [pb_grpc.PointsServiceStub(c) for c in channels]
@@ -147,7 +154,15 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         for query in ("top100", "rank10"):
             for name, tenant in ((f"{query}_sharded", sharded), (f"{query}_unsharded", flat)):
                 report["results"][name] = asyncio.run(
-                    measure(server.target, tenant, query, ns.members, ns.concurrency, ns.duration)
+                    measure(
+                        server.target,
+                        server.token,
+                        tenant,
+                        query,
+                        ns.members,
+                        ns.concurrency,
+                        ns.duration,
+                    )
                 )
     finally:
         server.terminate()

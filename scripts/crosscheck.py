@@ -99,6 +99,7 @@ def run_loadgen(ns: argparse.Namespace, target: str, server_pid: int) -> dict[st
             duration_s=ns.duration,
             events_max=ns.events,
             channels=ns.channels,
+            token=ns.token,
         )
     )
     client_cpu = time.process_time() - cpu0
@@ -129,6 +130,7 @@ def _k6_command(k6: str, ns: argparse.Namespace, target: str, summary: Path) -> 
         "USERS": str(ns.users),
         "RUN_ID": f"xk{secrets.token_hex(3)}",
         "SUMMARY": str(summary),
+        "TOKEN": ns.token,
     }
     cmd = [k6, "run", "--quiet", "--no-color", "--no-usage-report"]
     for key, value in env.items():
@@ -211,6 +213,7 @@ def run(ns: argparse.Namespace, k6: str) -> dict[str, Any]:
     try:
         extra = {"POINTS_WORKERS": str(ns.workers)}
         with spawned_server([_TENANT], ns.shards, data_dir, extra) as (server, _):
+            ns.token = server.token  # both tools send the same token
             loadgen = _with_load(run_loadgen, ns, server.target, server.pid)
             k6_run = _with_load(functools.partial(run_k6, k6), ns, server.target, server.pid)
     finally:

@@ -38,6 +38,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+from scripts.tokens import aio_channel
 
 __all__ = [
     "DEFAULT_MIX",
@@ -561,19 +562,23 @@ async def run_load(
     progress_interval_s: float = 5.0,
     timeout_s: float = 30.0,
     inflight_max: int = 0,
+    token: str = "",
 ) -> RunResult:
     """Drive `target` (host:port) with `spec` traffic; bounded by `duration_s`
-    and `events_max`. `rate` > 0 means open-loop at that many events/s, with
-    at most `inflight_max` calls out (0: 64 per caller). `progress` is "off",
-    "live" (a terminal) or "plain" (a line every `progress_interval_s`)."""
+    and `events_max`. `token`: sent as `authorization: Bearer` with every
+    call (a token with the ingest role; empty for POINTS_AUTH=off). `rate` > 0
+    means open-loop at that many events/s, with at most `inflight_max` calls
+    out (0: 64 per caller). `progress` is "off", "live" (a terminal) or
+    "plain" (a line every `progress_interval_s`)."""
     traffic = Traffic(spec)
     shape = _Shape(mode, concurrency, batch, rate, inflight_max or 64 * concurrency, timeout_s)
     stats = Stats(answer_memory=4 * (Traffic.REDELIVERY_WINDOW + shape.events_in_flight()))
     budget = _Budget(events_max, duration_s)
     # A local subchannel pool per channel: otherwise channels to one target
     # share one TCP connection, and SO_REUSEPORT workers could not split it.
+    options = [("grpc.use_local_subchannel_pool", 1)]
     chans = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        aio_channel(target, token, options) if token else grpc.aio.insecure_channel(target, options)
         for _ in range(max(1, channels))
     ]
     stubs = itertools.cycle([pb_grpc.PointsServiceStub(c) for c in chans])

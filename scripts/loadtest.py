@@ -289,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--target", default="127.0.0.1:50051", help="host:port of a running server")
+    p.add_argument(
+        "--token",
+        default="",
+        help="API token with the ingest role for --target (default: POINTS_TOKEN, else "
+        "<data dir>/admin.token)",
+    )
     where.add_argument("--spawn", action="store_true", help="start a server for the run")
     p.add_argument(
         "--tenants",
@@ -361,7 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _drive(ns: argparse.Namespace, target: str, spec: TrafficSpec) -> RunResult:
+def _target_token(ns: argparse.Namespace) -> str:
+    """--token, else POINTS_TOKEN, else the admin token `pointsd serve`
+    wrote into the data folder on its first start (empty: none found, for a
+    server with POINTS_AUTH=off)."""
+    if ns.token:
+        return str(ns.token)
+    if os.environ.get("POINTS_TOKEN"):
+        return os.environ["POINTS_TOKEN"]
+    written = Path(ns.data_dir) / "admin.token"
+    return written.read_text().strip() if written.is_file() else ""
+
+
+async def _drive(ns: argparse.Namespace, target: str, spec: TrafficSpec, token: str) -> RunResult:
     return await run_load(
         target,
         spec,
@@ -376,6 +394,7 @@ async def _drive(ns: argparse.Namespace, target: str, spec: TrafficSpec) -> RunR
         progress_interval_s=ns.progress_interval,
         timeout_s=ns.timeout,
         inflight_max=ns.inflight_max,
+        token=token,
     )
 
 
@@ -434,7 +453,7 @@ def _run_spawned(
     extra = {"POINTS_WORKERS": str(ns.workers)}
     with spawned_server(tenants, ns.shards, ns.data_dir, extra) as (server, database_url):
         with RssSampler(server.pid) as rss:
-            result = asyncio.run(_drive(ns, server.target, spec))
+            result = asyncio.run(_drive(ns, server.target, spec, server.token))
         summary = result.summary()
         summary["server_memory"] = rss.summary()
         if not ns.no_check:
@@ -447,10 +466,10 @@ def _run_against_target(
 ) -> tuple[RunResult, dict[str, Any]]:
     if ns.server_pid:
         with RssSampler(ns.server_pid) as rss:
-            result = asyncio.run(_drive(ns, ns.target, spec))
+            result = asyncio.run(_drive(ns, ns.target, spec, _target_token(ns)))
     else:
         rss = None
-        result = asyncio.run(_drive(ns, ns.target, spec))
+        result = asyncio.run(_drive(ns, ns.target, spec, _target_token(ns)))
     summary = result.summary()
     if rss is not None:
         summary["server_memory"] = rss.summary()

@@ -17,6 +17,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pointsd.service.rules import load_rule_file
+from pointsd.storage.postgres import migrate
+from scripts.tokens import aio_channel, channel, service_token
 
 __all__ = [
     "ROOT",
@@ -110,7 +112,27 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def token(self) -> str:
+        """A token of every role and tenant in the child's database: made
+        before the child starts (so its first token snapshot has it), or,
+        on the embedded PostgreSQL, the admin token its first start wrote."""
+        if self.env.get("DATABASE_URL"):
+            return service_token(self.env["DATABASE_URL"])
+        data_dir = ROOT / self.env.get("POINTS_DATA_DIR", ".pointsd")  # the child runs in ROOT
+        return (data_dir / "admin.token").read_text().strip()
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the child whose calls carry `token`."""
+        return channel(self.target, self.token)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        return aio_channel(self.target, self.token)
+
     def start(self, timeout_s: float = 60) -> None:
+        if self.env.get("DATABASE_URL") and self.env.get("POINTS_AUTH", "on") == "on":
+            migrate.upgrade(self.env["DATABASE_URL"])  # the token table must exist
+            _ = self.token
         self._close_log()
         self._log_fh = open(self.log, "ab")  # noqa: SIM115 - closed on exit
         self.proc = subprocess.Popen(

@@ -18,9 +18,26 @@ from zoneinfo import ZoneInfo
 
 from pointsd.service.clock import StartedClock, parse_instant
 
-__all__ = ["INSTANTS", "Instant", "TestClock", "current", "instant_named", "now_ms", "use"]
+__all__ = [
+    "INSTANTS",
+    "Instant",
+    "TestClock",
+    "current",
+    "instant_named",
+    "now_ms",
+    "system_now",
+    "use",
+]
 
 DEFAULT_ZONE = "Asia/Shanghai"
+
+
+def system_now() -> datetime:
+    """The machine's real time, for what code outside the service checks
+    against it (OpenSSL and certificate validity); never for the service."""
+    from datetime import UTC
+
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from pointsd.service.rules.loader import without_progression
 from pointsd.service.server import Running, start_server
 from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from pointsd.storage.postgres import migrate, sqlalchemy_url
+from scripts.tokens import aio_channel, service_token
 from tests import clock as test_clock
 from tests.clock import INSTANTS, NOW, Instant, TestClock, instant_named
 
@@ -189,6 +190,8 @@ class Api:
     stub: pb_grpc.PointsServiceStub
     tenant: str
     tenants: list[str] = field(default_factory=list)
+    # The all-roles, all-tenants token `channel` sends (scripts/tokens.py).
+    token: str = ""
 
     @property
     def target(self) -> str:
@@ -226,13 +229,18 @@ async def make_api(servers: Servers, tmp_path: Path) -> AsyncIterator[ApiFactory
             book = rule_book(
                 tenants or [new_tenant()], actions=actions, boards=boards, progression=progression
             )
+        # Every call of the test carries a token of every role and tenant
+        # (auth is on, as in production); tests of refusals open their own.
+        token = service_token(servers.database_url, "tests")
         app = await App.open(
             settings_for(servers, tmp_path, **overrides), rules=book, clock=test_clock.current()
         )
         running = await start_server(app, "127.0.0.1:0")
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        channel = aio_channel(f"127.0.0.1:{running.port}", token)
         names = sorted(book.tenants)
-        api = Api(app, running, channel, pb_grpc.PointsServiceStub(channel), names[0], names)
+        api = Api(
+            app, running, channel, pb_grpc.PointsServiceStub(channel), names[0], names, token=token
+        )
         started.append(api)
         return api
 

@@ -30,6 +30,9 @@ def _bad_text(message: Any) -> bytes:
     return b""
 
 
+_NO_STRINGS = {"ListTokensRequest"}
+
+
 def _unary_methods() -> list[tuple[str, str, str, bytes]]:
     """(service, method, request type, a string field of it holding invalid UTF-8)."""
     out = []
@@ -37,7 +40,8 @@ def _unary_methods() -> list[tuple[str, str, str, bytes]]:
         for m in pb.DESCRIPTOR.services_by_name[service].methods:
             if not (m.client_streaming or m.server_streaming):
                 bad = _bad_text(m.input_type)
-                assert bad, m.name
+                # Only a request without any string field has no bad text.
+                assert bad or m.input_type.name in _NO_STRINGS, m.name
                 out.append((service, m.name, m.input_type.full_name, bad))
     return out
 
@@ -59,6 +63,8 @@ async def test_undecodable_requests_are_invalid_argument_on_every_unary_method(
         # The single byte 0x00 (there is no field 0), or a string field
         # whose bytes are not UTF-8.
         payload = b"\x00" if kind == "zero-byte" else bad_text
+        if not payload:
+            continue
         for _ in range(3):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await _raw(api, service, method)(payload)

@@ -19,6 +19,7 @@ from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.clock import child_clock_env
 from scripts.procs import ROOT, ServerProcess, free_port, run_cli
+from scripts.tokens import channel
 from tests import clock as test_clock
 from tests.conftest import Servers, _cleanup_tenants, new_tenant, server_data_dir
 from tests.helpers import child_env, ev, ledger_count, rules_file
@@ -127,7 +128,7 @@ def test_migrate_reconcile_and_rebuild_commands(servers: Servers, tmp_path: Path
     server = ServerProcess(env, free_port(), tmp_path / "log")
     server.start()
     try:
-        with grpc.insecure_channel(server.target) as ch:
+        with server.channel() as ch:
             stub = pb_grpc.PointsServiceStub(ch)
             for i in range(5):
                 stub.RecordActivity(ev(tenant, f"u{i}", "file"))
@@ -164,7 +165,7 @@ def test_sigterm_drains_the_outbox_and_health_and_reflection_work(
     server = ServerProcess(env, free_port(), tmp_path / "log")
     server.start()
     try:
-        with grpc.insecure_channel(server.target) as ch:
+        with server.channel() as ch:
             stub = pb_grpc.PointsServiceStub(ch)
             stub.RecordActivities(
                 pb.RecordActivitiesRequest(events=[ev(tenant, f"u{i}", "reply") for i in range(50)])
@@ -208,10 +209,19 @@ def test_serve_with_no_urls_starts_embedded_servers_and_keeps_data(tmp_path: Pat
     )
     server = ServerProcess(env, free_port(), tmp_path / "log")
     event = ev("demo", "newcomer", "login", event_id="first-login")
+    tokens = []
     for attempt in range(2):
         server.start(timeout_s=120)
+        # Auth is on: the first start made an admin token, readable by its owner only.
+        token_file = data / "admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        tokens.append(server.token)
         try:
-            with grpc.insecure_channel(server.target) as ch:
+            with grpc.insecure_channel(server.target) as bare:
+                with pytest.raises(grpc.RpcError) as refused:
+                    pb_grpc.PointsServiceStub(bare).RecordActivity(event)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with server.channel() as ch:
                 stub = pb_grpc.PointsServiceStub(ch)
                 r = stub.RecordActivity(event)
                 assert r.outcome == (pb.AWARDED if attempt == 0 else pb.DUPLICATE)
@@ -225,6 +235,8 @@ def test_serve_with_no_urls_starts_embedded_servers_and_keeps_data(tmp_path: Pat
             sync_redis.Redis(unix_socket_path=str(sock)).ping()
     log = server.log.read_text()
     assert "started embedded redis" in log and "started embedded postgres" in log
+    # Made once, printed once: the second start kept it and said nothing.
+    assert tokens[0] == tokens[1] and log.count(tokens[0]) == 1
     shutil.rmtree(data, ignore_errors=True)
 
 
@@ -242,8 +254,8 @@ def test_workers_share_the_port_and_stop_together(servers: Servers, tmp_path: Pa
         assert len(workers) == 3  # two servers and the flusher
         # Separate connections land on either worker; all see one state.
         for i in range(8):
-            with grpc.insecure_channel(
-                server.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            with channel(
+                server.target, server.token, options=[("grpc.use_local_subchannel_pool", 1)]
             ) as ch:
                 r = pb_grpc.PointsServiceStub(ch).RecordActivity(ev(tenant, "u1", "file"))
                 assert r.outcome == (pb.AWARDED if i < 5 else pb.CAPPED)
@@ -311,7 +323,7 @@ def test_children_do_not_share_the_terminal_signals(servers: Servers, tmp_path: 
     try:
         (child,) = psutil.Process(server.pid).children()
         assert os.getpgid(child.pid) != os.getpgid(server.pid)
-        with grpc.insecure_channel(server.target) as ch:
+        with server.channel() as ch:
             stub = pb_grpc.PointsServiceStub(ch)
             assert stub.RecordActivity(ev(tenant, "u1", "file")).outcome == pb.AWARDED
         os.killpg(os.getpgid(server.pid), signal.SIGINT)

@@ -39,6 +39,7 @@ from pointsd_client import (
 )
 from pointsd_client.v1 import points_pb2_grpc as client_pb_grpc
 from scripts.procs import ROOT
+from scripts.tokens import aio_channel
 from tests.conftest import Api
 from tests.proxy import TcpProxy
 
@@ -73,6 +74,9 @@ class Seen:
 @dataclass
 class FaultProxy:
     upstream: str
+    # Sent upstream with every call: the service's token (the client under
+    # test talks to the proxy, which stands in for an authorised gateway).
+    token: str
     seen: list[Seen] = field(default_factory=list)
     # Per method, the faults of its next calls in order (None: no fault).
     plans: dict[str, list[Fault | None]] = field(default_factory=dict)
@@ -82,7 +86,7 @@ class FaultProxy:
     port: int = 0
 
     async def start(self) -> str:
-        self._channel = grpc.aio.insecure_channel(self.upstream)
+        self._channel = aio_channel(self.upstream, self.token)
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers([_Forward(self)])
         self.port = self._server.add_insecure_port("127.0.0.1:0")
@@ -194,7 +198,7 @@ class _Forward(grpc.GenericRpcHandler):
 
 @pytest.fixture
 async def proxy(api: Api) -> AsyncIterator[FaultProxy]:
-    p = FaultProxy(api.target)
+    p = FaultProxy(api.target, api.token)
     await p.start()
     yield p
     await p.stop()
@@ -476,7 +480,11 @@ async def test_a_service_that_goes_away_and_comes_back(api: Api) -> None:
     options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100),
                ("grpc.min_reconnect_backoff_ms", 50)]  # fmt: skip
     async with PointsClient(
-        f"127.0.0.1:{tcp.port}", tenant_id=api.tenant, retry=patient, options=options
+        f"127.0.0.1:{tcp.port}",
+        tenant_id=api.tenant,
+        retry=patient,
+        options=options,
+        token=api.token,
     ) as c:
         assert (await c.record(event_id="m-6", user_id="ann", action="file")).outcome == pb.AWARDED
         await tcp.cut()
@@ -711,7 +719,7 @@ def _docs_example() -> types.ModuleType:
 async def test_the_documented_example_runs(
     api: Api, points: PointsClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await _docs_example().main(api.target, api.tenant)
+    await _docs_example().main(api.target, api.tenant, api.token)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "AWARDED 2 2"
     assert printed[1:4] == [f"like-{n} AWARDED" for n in range(3)]
@@ -723,7 +731,7 @@ async def test_the_documented_example_runs(
 
 async def test_progress_and_thanks_through_both_clients(api: Api) -> None:
     target = f"127.0.0.1:{api.running.port}"
-    async with PointsClient(target, tenant_id=api.tenant) as points:
+    async with PointsClient(target, tenant_id=api.tenant, token=api.token) as points:
         await points.record(event_id="p-1", user_id="ann", action="thanks_card",
                             target_user_id="bo", attributes={"message": "thanks!"})  # fmt: skip
         progress = await points.get_progress("ann")
@@ -735,7 +743,7 @@ async def test_progress_and_thanks_through_both_clients(api: Api) -> None:
         ]
 
     def blocking() -> tuple[pb.Progress, pb.ListThanksResponse]:
-        with SyncPointsClient(target, tenant_id=api.tenant) as c:
+        with SyncPointsClient(target, tenant_id=api.tenant, token=api.token) as c:
             return c.get_progress("bo"), c.list_thanks(
                 pb.ListThanksRequest(tenant_id=api.tenant, user_id="bo")
             )

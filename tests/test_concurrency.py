@@ -10,12 +10,13 @@ import grpc
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
+from scripts.tokens import aio_channel
 from tests.conftest import Api, ApiFactory, wait_for
 from tests.helpers import ev, ledger_count, ledger_sum
 
 
 def stubs(api: Api, n: int) -> tuple[list[grpc.aio.Channel], list[pb_grpc.PointsServiceStub]]:
-    channels = [grpc.aio.insecure_channel(api.target) for _ in range(n)]
+    channels = [aio_channel(api.target, api.token) for _ in range(n)]
     return channels, [pb_grpc.PointsServiceStub(c) for c in channels]
 
 

@@ -45,6 +45,7 @@ FLOAT_FIELDS = [
     "winners_interval_s",
     "redeem_recovery_interval_s",
     "redeem_recovery_after_s",
+    "auth_refresh_s",
 ]
 BOOL_FIELDS = ["migrate_on_start", "reuse_port", "redis_cluster"]
 
@@ -83,7 +84,9 @@ def test_the_field_lists_of_this_test_cover_every_field() -> None:
     # Guards the tables above: a new field must be classified here.
     covered = set(INT_FIELDS) | set(FLOAT_FIELDS) | set(BOOL_FIELDS)
     others = {"listen", "redis_url", "database_url", "data_dir", "rules_file", "redis_prefix"}
-    others.update({"log_level", "log_format", "flusher", "clock_start"})
+    others.update({"log_level", "log_format", "flusher", "clock_start", "auth"})
+    others.update({"tls_cert_file", "tls_key_file", "tls_client_ca_file", "tls_client_auth"})
+    others.add("tls_client_callers_file")
     assert covered | others == set(FIELDS)
     assert set(POSITIVE) <= set(INT_FIELDS)
 
@@ -136,6 +139,8 @@ _STRING_SAMPLES: dict[str, tuple[str, Any]] = {
     "listen": ("0.0.0.0:6000", "0.0.0.0:6000"),
     "data_dir": ("/var/lib/pointsd", Path("/var/lib/pointsd")),
     "flusher": ("inline", "inline"),
+    "auth": ("off", "off"),
+    "tls_client_auth": ("require", "require"),
     "log_level": ("debug", "debug"),
     "log_format": ("json", "json"),
     "clock_start": ("2027-01-01T12:00:00+08:00", "2027-01-01T12:00:00+08:00"),
@@ -167,7 +172,19 @@ def test_every_redis_scheme_is_accepted(url: str) -> None:
     assert Settings.from_env({"REDIS_URL": url}).redis_url == url
 
 
-@pytest.mark.parametrize("field", FIELDS)
+# Read together: each needs the ones before it (tests/test_tls.py has the refusals).
+TLS_FILES = ["tls_cert_file", "tls_key_file", "tls_client_ca_file", "tls_client_callers_file"]
+
+
+def test_the_tls_files_are_read_from_their_variables() -> None:
+    settings = Settings.from_env(
+        {env_var(f): f"/etc/pointsd/{f}.pem" for f in TLS_FILES}
+        | {"POINTS_TLS_CLIENT_AUTH": "require"}
+    )
+    assert [getattr(settings, f) for f in TLS_FILES] == [f"/etc/pointsd/{f}.pem" for f in TLS_FILES]
+
+
+@pytest.mark.parametrize("field", [f for f in FIELDS if f not in TLS_FILES])
 def test_every_field_is_read_from_its_variable(field: str) -> None:
     raw, expected = sample(field)
     assert getattr(Settings(), field) != expected

@@ -91,8 +91,12 @@ def test_every_guarantee_is_cited_by_a_test_and_only_those() -> None:
 # --------------------------------------------------------------------------
 # grpcurl sessions
 
+# Every call but health's carries the token (README's TOKEN=...): the
+# headers are matched, so a call with a header is never skipped.
+_TOKEN_HEADER = '-H "authorization: Bearer $TOKEN"'
 _CALL = re.compile(
-    r"grpcurl -plaintext(?: -d '(?P<body>[^']*)')?\s*\\?\s*127\.0\.0\.1:50051 "
+    r"grpcurl -plaintext(?P<headers>(?:\s+-H (?:\"[^\"]*\"|'[^']*'))*)"
+    r"(?:\s+-d '(?P<body>[^']*)')?\s+127\.0\.0\.1:50051 "
     r"(?P<service>[\w.]+)/(?P<method>\w+)"
     r"(?P<expected>(?:\n#[^\n]*)*)"
 )
@@ -100,7 +104,7 @@ _CALL = re.compile(
 
 def _sessions(text: str) -> list[list[re.Match[str]]]:
     """The grpcurl calls of each ```bash block that has any."""
-    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    blocks = [b.replace("\\\n", " ") for b in re.findall(r"```bash\n(.*?)```", text, re.S)]
     return [calls for b in blocks if (calls := list(_CALL.finditer(b)))]
 
 
@@ -157,6 +161,18 @@ async def _run(channel: grpc.aio.Channel, call: re.Match[str], tenant: str) -> N
         # grpcurl prints the proto field names (snake_case), as the docs show.
         got = json_format.MessageToDict(response, preserving_proto_field_name=True)
         assert _contains(got, want), (method, got, want)
+
+
+def test_every_documented_call_is_read_and_carries_the_token() -> None:
+    pages = {"README.md": (ROOT / "README.md").read_text(), **DOCS}
+    for name, text in pages.items():
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            calls = list(_CALL.finditer(block.replace("\\\n", " ")))
+            local = block.count("grpcurl -plaintext")
+            assert len(calls) == local, f"{name}: a grpcurl call the test cannot read"
+            for call in calls:
+                health = call["service"] == "grpc.health.v1.Health"
+                assert (_TOKEN_HEADER in call["headers"]) != health, (name, call[0][:120])
 
 
 # README's first session and the leaderboards' run with the real grpcurl

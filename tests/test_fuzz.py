@@ -14,6 +14,7 @@ for CI). Real in-process gRPC server, real Redis and PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.clock import parse_instant
+from scripts.tokens import bearer
 from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory
 from tests.helpers import ledger_count, tenant_keys
@@ -92,9 +94,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 
 def metadata(api: Api) -> tuple[tuple[str, str], ...]:
-    """What every fuzzed call sends as metadata: nothing today; the
-    authentication step puts its token here."""
-    return ()
+    """What every fuzzed call sends as metadata: a token of every role and
+    tenant, so that the requests reach the handlers."""
+    return bearer(api.token)
 
 
 def methods() -> list[MethodDescriptor]:
@@ -212,12 +214,15 @@ def _fill(msg: Message, values: dict[str, Any]) -> Message:
 
 
 @pytest.fixture
-async def fuzz_api(make_api: ApiFactory, tenant: str, clock: TestClock) -> Api:
+async def fuzz_api(make_api: ApiFactory, tenant: str, clock: TestClock) -> AsyncIterator[Api]:
     """The default rules at a fixed instant, with an item and a funded user,
     so Redeem and friends can also succeed; no flusher, so nothing moves the
-    state between two snapshots but the call itself."""
+    state between two snapshots but the call itself. A plain channel: the
+    token goes as each call's own metadata, as a client sends it."""
     clock.set(parse_instant(NOW))
-    api = await make_api([tenant], flusher="off")
+    made = await make_api([tenant], flusher="off")
+    plain = grpc.aio.insecure_channel(made.target)
+    api = dataclasses.replace(made, channel=plain)
     admin = _callable(api, "AdminService", "CreateItem")
     await admin(pb.CreateItemRequest(item=pb.Item(
         tenant_id=tenant, item_id="mug", name="Mug", kind=pb.PHYSICAL, cost=5, stock=3,
@@ -227,7 +232,8 @@ async def fuzz_api(make_api: ApiFactory, tenant: str, clock: TestClock) -> Api:
     await adjust(pb.AdjustPointsRequest(
         tenant_id=tenant, user_id="ann", points=100, reason="seed", idempotency_key="seed",
     ), metadata=metadata(api))  # fmt: skip
-    return api
+    yield api
+    await plain.close()
 
 
 def _builder(api: Api) -> Builder:

@@ -102,7 +102,7 @@ async def test_sigkill_during_load_loses_nothing_and_doubles_nothing(
 
     async def worker() -> None:
         nonlocal failures
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with server.aio_channel() as channel:
             stub = pb_grpc.PointsServiceStub(channel)
             while not queue.empty():
                 i = queue.get_nowait()

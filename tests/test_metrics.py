@@ -532,7 +532,7 @@ def test_serve_and_its_flusher_child_each_export_their_role(
     server = ServerProcess(env, free_port(), tmp_path / "log")
     server.start()
     try:
-        with grpc.insecure_channel(server.target) as ch:
+        with server.channel() as ch:
             pb_grpc.PointsServiceStub(ch).RecordActivity(ev(tenant, "u1", "login"), timeout=10)
         flusher = _wait_for_rows(base + 1)
         served = _families(_scrape(base))

@@ -3,7 +3,9 @@ binary against a real `pointsd serve` child process, then the sessions of
 docs/leaderboards.md (which continues README's) and docs/rewards.md.
 
 Each ```bash block holds only `grpcurl` commands (backslash continuations
-allowed), `sleep N` lines and `#` comments. A command's answer is the
+allowed), `sleep N` lines, `#` comments and README's one
+`TOKEN=$(cat .pointsd/admin.token)`: `$TOKEN` in a command is the child's
+token of every role and tenant. A command's answer is the
 comment right after it that starts with `{`: the JSON grpcurl prints,
 written on one line (text after the closing brace is prose). Before the
 commands run, the tenant `"demo"` becomes a fresh tenant and
@@ -61,6 +63,10 @@ class Step:
     wait_s: float = 0.0
 
 
+# Where README's session reads the token of the first start.
+TOKEN_LINE = "TOKEN=$(cat .pointsd/admin.token)"
+
+
 def bash_block(path: str, heading: str = "") -> str:
     """The first ```bash block of a page (after `heading`, when given)."""
     text = (ROOT / path).read_text()
@@ -82,6 +88,9 @@ def steps(block: str) -> list[Step]:
             comment = text[1:].strip()
             if previous_was_command and comment.startswith("{"):
                 found[-1].answer = _json_prefix(comment)
+            previous_was_command = False
+            continue
+        if text == TOKEN_LINE:
             previous_was_command = False
             continue
         argv = shlex.split(text)
@@ -164,11 +173,11 @@ def grpcurl() -> str:
 class Session:
     """Runs doc steps against one server, for one tenant."""
 
-    def __init__(self, target: str, tenant: str) -> None:
-        self.target, self.tenant = target, tenant
+    def __init__(self, target: str, tenant: str, token: str) -> None:
+        self.target, self.tenant, self.token = target, tenant, token
 
     def _local(self, text: str) -> str:
-        return text.replace('"demo"', json.dumps(self.tenant))
+        return text.replace('"demo"', json.dumps(self.tenant)).replace("$TOKEN", self.token)
 
     def command(self, step: Step) -> list[str]:
         assert DOC_TARGET in step.argv, f"{step.argv}: name {DOC_TARGET}"
@@ -222,7 +231,10 @@ def server(
 
 
 def test_the_block_format_is_read_as_documented() -> None:
-    block = 'grpcurl -plaintext -d \'{"a":1}\' \\\n  h:1 s/M\n# {"x":…,…} prose\nsleep 2\n'
+    block = (
+        TOKEN_LINE
+        + '\ngrpcurl -plaintext -d \'{"a":1}\' \\\n  h:1 s/M\n# {"x":…,…} prose\nsleep 2\n'
+    )
     block += "# prose\ngrpcurl -plaintext h:1 s/N\n"
     parsed = steps(block)
     assert [(s.argv[-1], s.answer, s.wait_s) for s in parsed] == [
@@ -266,7 +278,18 @@ def test_the_documented_sessions_answer_as_shown_through_grpcurl(
     # read comes after a wait.
     assert len(readme) == block.count("grpcurl ") and all(s.answer for s in readme)
     assert [s.wait_s > 0 for s in readme] == [s.argv[-1].endswith("/ListLedger") for s in readme]
+    assert block.startswith(TOKEN_LINE + "\n")
+    # Every call but health's sends the token, and is refused without it.
+    for step in [*readme, *boards, *rewards]:
+        has_token = "authorization: Bearer $TOKEN" in step.argv
+        assert has_token != step.argv[-1].startswith("grpc.health."), step.argv
     for step in [*readme, *boards]:
-        Session(proc.target, first).run(step)
+        Session(proc.target, first, proc.token).run(step)
     for step in rewards:
-        Session(proc.target, shopper).run(step)
+        Session(proc.target, shopper, proc.token).run(step)
+    bare = [a for a in readme[0].argv if a not in ("-H", "authorization: Bearer $TOKEN")]
+    refused = subprocess.run(
+        Session(proc.target, first, "").command(Step(bare)), capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stderr

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.ops import rebuild, reconcile
+from scripts.tokens import aio_channel
 from tests.clock import TestClock
 from tests.conftest import Api, ApiFactory, LoseRedisData, new_tenant
 from tests.helpers import ev
@@ -209,7 +210,7 @@ async def test_redeem_spends_points_records_it_and_reaches_the_ledger(api: Api, 
 async def test_500_concurrent_redemptions_of_stock_10(api: Api, sql) -> None:
     await create_item(api, "ticket", 30, 10)
     await asyncio.gather(*(grant(api, f"u{i}", 100) for i in range(500)))
-    channels = [grpc.aio.insecure_channel(api.target) for _ in range(8)]
+    channels = [aio_channel(api.target, api.token) for _ in range(8)]
     stubs = [pb_grpc.PointsServiceStub(c) for c in channels]
 
     async def attempt(i: int) -> str:

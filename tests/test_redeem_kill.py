@@ -27,9 +27,9 @@ REQUESTS = 300
 STOCK = 150
 
 
-async def _seed(target: str, tenant: str) -> None:
+async def _seed(server: ServerProcess, tenant: str) -> None:
     """The voucher item, and enough points for every user to redeem it."""
-    async with grpc.aio.insecure_channel(target) as ch:
+    async with server.aio_channel() as ch:
         admin = pb_grpc.AdminServiceStub(ch)
         item = pb.Item(
             tenant_id=tenant,
@@ -54,10 +54,10 @@ async def _seed(target: str, tenant: str) -> None:
 
 
 async def _redeem_again(
-    target: str, tenant: str, requests: list[tuple[str, str]], todo: list[int]
+    server: ServerProcess, tenant: str, requests: list[tuple[str, str]], todo: list[int]
 ) -> None:
     """Send the redemptions `todo` again, with their request ids."""
-    async with grpc.aio.insecure_channel(target) as ch:
+    async with server.aio_channel() as ch:
         stub = pb_grpc.PointsServiceStub(ch)
         for i in todo:
             user, request_id = requests[i]
@@ -137,7 +137,7 @@ async def test_sigkill_during_a_redemption_storm(servers: Servers, tmp_path: Pat
     requests = [(f"u{i % USERS}", uuid.uuid4().hex) for i in range(REQUESTS)]
     answered: dict[str, int] = {}
     try:
-        await _seed(server.target, tenant)
+        await _seed(server, tenant)
 
         queue = list(range(REQUESTS))
         random.Random(3).shuffle(queue)
@@ -145,7 +145,7 @@ async def test_sigkill_during_a_redemption_storm(servers: Servers, tmp_path: Pat
         lost: list[int] = []
 
         async def worker() -> None:
-            async with grpc.aio.insecure_channel(server.target) as ch:
+            async with server.aio_channel() as ch:
                 stub = pb_grpc.PointsServiceStub(ch)
                 while queue and not killed.is_set():
                     i = queue.pop()
@@ -175,7 +175,7 @@ async def test_sigkill_during_a_redemption_storm(servers: Servers, tmp_path: Pat
         await asyncio.to_thread(server.start)
         # Like a client, retry half of what got no answer (same request ids);
         # the recovery sweep must finish the other half on its own.
-        await _redeem_again(server.target, tenant, requests, lost[::2] + queue)
+        await _redeem_again(server, tenant, requests, lost[::2] + queue)
         await _wait_for_recovery(sql, tenant)
     finally:
         server.terminate()

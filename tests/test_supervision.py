@@ -89,7 +89,7 @@ def test_killed_embedded_servers_come_back_and_nothing_is_lost(tmp_path: Path) -
     server = _start(tmp_path, data, tenant)
     redis, postgres = EmbeddedRedis(data), EmbeddedPostgres(data)
     try:
-        with grpc.insecure_channel(server.target) as ch:
+        with server.channel() as ch:
             stub = pb_grpc.PointsServiceStub(ch)
             first = [ev(tenant, f"u{i}", "file") for i in range(5)]
             assert [_record(stub, e).outcome for e in first] == [pb.AWARDED] * 5
@@ -136,7 +136,7 @@ def test_sigterm_with_redis_down_does_not_wait_out_the_grace(tmp_path: Path) -> 
     try:
         # The flusher child runs its loop (it is not still starting).
         _until("flusher running", lambda: "pointsd.flusher: flusher" in server.log.read_text())
-        with grpc.insecure_channel(server.target) as ch:
+        with server.channel() as ch:
             assert _record(pb_grpc.PointsServiceStub(ch), ev(tenant, "u1", "file")).outcome == (
                 pb.AWARDED
             )

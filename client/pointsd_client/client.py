@@ -96,6 +96,7 @@ class _Common:
         timeout_s: float | None,
         retry: RetryPolicy,
         metadata: Sequence[tuple[str, str]],
+        token: str,
         batch_events_max: int,
         request_bytes_max: int,
     ) -> None:
@@ -106,7 +107,8 @@ class _Common:
         self.tenant_id = tenant_id
         self.timeout_s = timeout_s
         self.retry = retry
-        self.metadata = tuple(metadata)
+        # The API token goes as `authorization: Bearer` with every call.
+        self.metadata = tuple(metadata) + ((("authorization", f"Bearer {token}"),) if token else ())
         self.batch_events_max = batch_events_max
         self.request_bytes_max = request_bytes_max
         self._rpcs: dict[str, Any] = {}
@@ -164,7 +166,8 @@ class PointsClient(_Common):
     `timeout_s` is each attempt's gRPC deadline, which the server sees too
     (None: none); a call's own `timeout_s=` overrides it. `retry` is the
     policy of the calls that are safe to repeat (a call's `retry=` overrides
-    it). `metadata` goes with every call."""
+    it). `token` (an API token, docs/security.md) and `metadata` go with
+    every call."""
 
     def __init__(
         self,
@@ -177,11 +180,12 @@ class PointsClient(_Common):
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy = DEFAULT_RETRY,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str = "",
         batch_events_max: int = BATCH_EVENTS_MAX,
         request_bytes_max: int = REQUEST_BYTES_MAX,
     ) -> None:
         super().__init__(
-            tenant_id=tenant_id, timeout_s=timeout_s, retry=retry, metadata=metadata,
+            tenant_id=tenant_id, timeout_s=timeout_s, retry=retry, metadata=metadata, token=token,
             batch_events_max=batch_events_max, request_bytes_max=request_bytes_max,
         )  # fmt: skip
         self._owns_channel = isinstance(target, str)
@@ -399,11 +403,12 @@ class SyncPointsClient(_Common):
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy = DEFAULT_RETRY,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str = "",
         batch_events_max: int = BATCH_EVENTS_MAX,
         request_bytes_max: int = REQUEST_BYTES_MAX,
     ) -> None:
         super().__init__(
-            tenant_id=tenant_id, timeout_s=timeout_s, retry=retry, metadata=metadata,
+            tenant_id=tenant_id, timeout_s=timeout_s, retry=retry, metadata=metadata, token=token,
             batch_events_max=batch_events_max, request_bytes_max=request_bytes_max,
         )  # fmt: skip
         self._owns_channel = isinstance(target, str)

@@ -15,6 +15,8 @@ const TENANT = __ENV.TENANT || 'demo';
 const RUN_ID = __ENV.RUN_ID || 'k6';
 const USERS = parseInt(__ENV.USERS || '20000', 10);
 const TIMEOUT = __ENV.TIMEOUT || '30s';
+// An API token with the ingest role (empty: a server with POINTS_AUTH=off).
+const TOKEN = __ENV.TOKEN || '';
 
 if (!/^127\.0\.0\.1:\d+$/.test(TARGET)) {
   throw new Error(`TARGET must be 127.0.0.1:PORT, not ${TARGET}`);
@@ -71,9 +73,11 @@ export default function () {
     group_id: `${RUN_ID}-g${user % 97}`,
     department_id: `d${user % 13}`,
   };
-  const res = client.invoke('points.v1.PointsService/RecordActivity', event, {
-    timeout: TIMEOUT,
-  });
+  const params = { timeout: TIMEOUT };
+  if (TOKEN) {
+    params.metadata = { authorization: `Bearer ${TOKEN}` };
+  }
+  const res = client.invoke('points.v1.PointsService/RecordActivity', event, params);
   if (res && res.status === grpc.StatusOK) {
     answered.add(1);
   } else {

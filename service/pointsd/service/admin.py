@@ -1,11 +1,11 @@
 """points.v1.AdminService handlers (operators: the catalog, redemptions,
 refunds, manual adjustments): validate, call, convert. Errors map to
-statuses through service/pointsd/service/rpc.py like every handler's."""
+statuses through service/pointsd/service/rpc.py like every handler's; every
+handler that acts is `@audit.audited` (service/pointsd/service/audit.py)."""
 
 from __future__ import annotations
 
-from pointsd.service import catalog, queries
-from pointsd.service.admin_flags import FlagAdmin
+from pointsd.service import audit, catalog, queries
 from pointsd.service.admin_tokens import TokenAdmin
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
@@ -26,16 +26,18 @@ from pointsd.service.validation import (
 __all__ = ["AdminServicer"]
 
 
-class AdminServicer(TokenAdmin, FlagAdmin, pb_grpc.AdminServiceServicer):
+class AdminServicer(TokenAdmin, pb_grpc.AdminServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
     @unary
+    @audit.audited
     async def CreateItem(self, request: pb.CreateItemRequest, context: Ctx) -> pb.Item:
         item = item_from_pb(request.item, self.app.engine)
         return item_to_pb(await catalog.create_item(self.app, item))
 
     @unary
+    @audit.audited
     async def UpdateItem(self, request: pb.UpdateItemRequest, context: Ctx) -> pb.Item:
         item = item_from_pb(request.item, self.app.engine)
         expected = (
@@ -46,6 +48,7 @@ class AdminServicer(TokenAdmin, FlagAdmin, pb_grpc.AdminServiceServicer):
         return item_to_pb(await catalog.update_item(self.app, item, expected))
 
     @unary
+    @audit.audited
     async def DisableItem(self, request: pb.DisableItemRequest, context: Ctx) -> pb.Item:
         check_tenant(self.app.engine, request.tenant_id)
         check_id("item_id", request.item_id)
@@ -75,6 +78,7 @@ class AdminServicer(TokenAdmin, FlagAdmin, pb_grpc.AdminServiceServicer):
         )
 
     @unary
+    @audit.audited
     async def RefundRedemption(
         self, request: pb.RefundRedemptionRequest, context: Ctx
     ) -> pb.Redemption:
@@ -87,6 +91,7 @@ class AdminServicer(TokenAdmin, FlagAdmin, pb_grpc.AdminServiceServicer):
         return redemption_to_pb(r)
 
     @unary
+    @audit.audited
     async def AdjustPoints(
         self, request: pb.AdjustPointsRequest, context: Ctx
     ) -> pb.AdjustPointsResponse:

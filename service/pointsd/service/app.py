@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pointsd.service.auth import Authenticator, Gate
 from pointsd.service.clock import Clock, system_clock
 from pointsd.service.config import Settings
 from pointsd.service.ingest import Ingestor
@@ -72,6 +73,8 @@ class App:
     redemptions: Redemptions
     flusher: Flusher
     tokens: PageTokens
+    # Who may call what (service/pointsd/service/auth.py); started by start_server.
+    gate: Gate
     redis_url: str
     database_url: str
     # Every "now" of the service (see service/pointsd/service/clock.py).
@@ -182,6 +185,11 @@ class App:
             ),
             flusher=flusher,
             tokens=tokens,
+            gate=Gate(
+                Authenticator(stores.tokens, clock, refresh_s=settings.auth_refresh_s)
+                if settings.auth == "on"
+                else None
+            ),
             redis_url=redis_url,
             database_url=database_url,
             clock=clock,
@@ -197,6 +205,7 @@ class App:
         return list(self.stores.topology.all_shards())
 
     async def close(self, *, stop_embedded: bool = True) -> None:
+        await self.gate.close()
         await self.stores.close()
         if stop_embedded:
             await stop_owned(self.embedded)

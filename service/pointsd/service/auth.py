@@ -1,7 +1,8 @@
-"""API tokens, roles and tenant scopes (issue 12): the building blocks.
+"""API tokens, roles and tenant scopes: who may call what, for which tenants.
 
-NOT ENFORCED YET: nothing here is wired into the server; the next step calls
-`Authenticator.authenticate` and `authorize` from the RPC layer.
+`Gate.admit` runs before every handler (service/pointsd/service/rpc.py):
+the caller from a client certificate or the bearer token, then its role for
+the method and its scope for every tenant the request names.
 
 A token is `pt_<token_id>_<secret>`: the token id is public (it names the
 token in `pointsd tokens list` and in logs), the secret is 32 random bytes
@@ -26,7 +27,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,7 @@ from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.clock import Clock
 from pointsd.service.errors import InvalidArgument, PermissionDenied, Unauthenticated, clip
 from pointsd.storage.errors import StorageUnavailable
+from pointsd.storage.postgres.audit import AuditRow
 from pointsd.storage.postgres.tokens import ApiToken, TokenStore
 
 __all__ = [
@@ -44,8 +46,10 @@ __all__ = [
     "CALLER",
     "ROLES",
     "ROLE_OF",
+    "SCOPED_BY_HANDLER",
     "Authenticator",
     "Caller",
+    "Gate",
     "authorize",
     "check_grant",
     "current_caller",
@@ -230,6 +234,14 @@ def _role_table() -> dict[str, str]:
 # PointsService method has an entry.
 ROLE_OF: Mapping[str, str] = _role_table()
 
+# Methods whose request names no tenant the gate can check: their handlers
+# check the caller's scope against what they act on (the token's tenants,
+# service/pointsd/service/api_tokens.py).
+SCOPED_BY_HANDLER = frozenset(
+    f"/points.v1.AdminService/{m}"
+    for m in ("CreateToken", "ListTokens", "RotateToken", "RevokeToken")
+)
+
 
 # Per message type: does it carry tenant_id, item.tenant_id, events[]?
 _SHAPES: dict[str, tuple[bool, bool, bool]] = {}
@@ -296,8 +308,10 @@ async def issue_token(
     tenants: Iterable[str] | None,
     now: datetime,
     expires_at: datetime | None = None,
+    audit: AuditRow | None = None,
 ) -> tuple[str, ApiToken]:
-    """A new token, checked and stored hashed: (the token, shown once; its row)."""
+    """A new token, checked and stored hashed: (the token, shown once; its
+    row). `audit`: the call's audit row, written in the same transaction."""
     name, chosen, scope = check_grant(name, roles, tenants)
     if expires_at is not None and expires_at <= now:
         raise InvalidArgument("a token's expiry must lie in the future")
@@ -310,20 +324,27 @@ async def issue_token(
         secret_hash=hash_secret(secret),
         now=now,
         expires_at=expires_at,
+        audit=audit,
     )
     return token, row
 
 
 async def rotate_token(
-    store: TokenStore, token_id: str, *, now: datetime, grace: timedelta
+    store: TokenStore,
+    token_id: str,
+    *,
+    now: datetime,
+    grace: timedelta,
+    audit: AuditRow | None = None,
 ) -> tuple[str, ApiToken, ApiToken]:
     """(the new token, shown once; the old row, valid until now + grace; the new row)."""
     if grace < timedelta(0):
         raise InvalidArgument("the grace period cannot be negative")
     token, new_id, secret = new_token()
     old, new = await store.rotate(
-        token_id, new_token_id=new_id, new_secret_hash=hash_secret(secret), now=now, grace=grace
-    )
+        token_id, new_token_id=new_id, new_secret_hash=hash_secret(secret), now=now, grace=grace,
+        audit=audit,
+    )  # fmt: skip
     return token, old, new
 
 
@@ -454,3 +475,66 @@ def _authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | 
         if key.lower() == "authorization":
             return value if isinstance(value, str) else value.decode("latin-1")
     return None
+
+
+# -- the gate every RPC passes ------------------------------------------------
+
+# A client certificate's caller, or None (then the bearer token decides).
+CertCallers = Callable[[Any], "Caller | None"]
+
+
+class Gate:
+    """Admits a call or refuses it before its handler runs: UNAUTHENTICATED
+    without a usable credential, PERMISSION_DENIED without the role or the
+    tenants. With `authenticator` None (POINTS_AUTH=off) every call is
+    admitted as AUTH_OFF."""
+
+    def __init__(
+        self, authenticator: Authenticator | None, certificates: CertCallers | None = None
+    ) -> None:
+        self.authenticator = authenticator
+        self.certificates = certificates
+
+    @property
+    def enabled(self) -> bool:
+        return self.authenticator is not None
+
+    async def start(self) -> None:
+        if self.authenticator is not None:
+            await self.authenticator.start()
+
+    async def close(self) -> None:
+        if self.authenticator is not None:
+            await self.authenticator.close()
+
+    def caller(self, context: Any) -> Caller:
+        """Who is calling (the call's context: metadata, TLS peer)."""
+        if self.authenticator is None:
+            return AUTH_OFF
+        if self.certificates is not None:
+            by_cert = self.certificates(context)
+            if by_cert is not None:
+                return by_cert
+        return self.authenticator.authenticate(context.invocation_metadata())
+
+    def check(self, caller: Caller, method: str, request: Message | None) -> None:
+        """The caller's role for `method` and scope for every tenant of
+        `request` (None: the role alone, as for a stream's start)."""
+        if self.authenticator is None:
+            return
+        if caller.tenants is None or request is None:
+            authorize(caller, method, ())
+        else:
+            authorize(caller, method, tenants_of(request))
+
+    def check_events(self, caller: Caller, context: Any, method: str, events: Any) -> Caller:
+        """For a stream's batch: the credential again (a token revoked
+        mid-stream ends it) and the tenant of every event."""
+        if self.authenticator is None:
+            return caller
+        caller = self.caller(context)
+        if caller.tenants is None:
+            authorize(caller, method, ())
+        else:
+            authorize(caller, method, {e.tenant_id for e in events} - {""})
+        return caller

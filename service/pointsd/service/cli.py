@@ -9,7 +9,7 @@
     pointsd rules check [FILE]    validate a rule file
     pointsd health [--target H:P] exit 0 if a running server reports SERVING
     pointsd embedded status|stop  the embedded Redis and PostgreSQL of POINTS_DATA_DIR
-    pointsd tokens create|list|revoke|rotate   API tokens (not enforced yet: docs/security.md)
+    pointsd tokens create|list|revoke|rotate   API tokens (docs/security.md)
     pointsd --version
 
 Configuration comes from environment variables (docs/configuration.md).
@@ -163,40 +163,59 @@ def _print_token_row(row: Any, now: datetime) -> None:
 
 async def _tokens(settings: Settings, ns: argparse.Namespace) -> int:
     """The token commands: straight to PostgreSQL (as migrate), no server needed.
-    A token is printed once, on stdout alone, so `$(pointsd tokens create …)` works."""
-    from pointsd.service import auth
+    A token is printed once, on stdout alone, so `$(pointsd tokens create …)` works.
+    Changes are audited as the RPCs are (caller "cli", credential the OS user)."""
+    import getpass
+
+    from pointsd.service import audit
+    from pointsd.service.api.points.v1 import points_pb2 as pb
+    from pointsd.service.api_tokens import TokenCommands
     from pointsd.service.app import resolve_urls, stop_owned
-    from pointsd.service.errors import ServiceError
+    from pointsd.service.auth import CALLER, ROLES, Caller
+    from pointsd.service.errors import FailedPrecondition, NotFound, ServiceError
     from pointsd.storage.errors import RecordChanged, RecordMissing
+    from pointsd.storage.postgres.audit import AuditStore
     from pointsd.storage.postgres.db import create_engine
     from pointsd.storage.postgres.tokens import TokenStore
 
     _, database_url, embedded = await resolve_urls(settings, redis=False)
     engine = create_engine(database_url, pool_size=1, timeout_s=settings.db_timeout_s)
-    store = TokenStore(engine)
-    now = datetime.fromtimestamp(settings.clock()() / 1000, UTC)
+    store, trail = TokenStore(engine), AuditStore(engine)
+    commands = TokenCommands(store)
+    now_ms = settings.clock()()
+    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    # Whoever can run this can reach the database: every role and tenant.
+    CALLER.set(Caller("cli", frozenset(ROLES), None, f"os user {getpass.getuser()}"))
     try:
         if ns.tokens_command == "create":
             tenants = None if ns.tenants.strip() == "all" else _csv(ns.tenants)
             expires = None if ns.expires_in is None else now + ns.expires_in
-            token, row = await auth.issue_token(
-                store,
-                name=ns.name,
-                roles=_csv(ns.roles),
-                tenants=tenants,
-                now=now,
-                expires_at=expires,
-            )
+            request = pb.CreateTokenRequest(
+                name=ns.name, roles=_csv(ns.roles), tenants=tenants or (),
+                all_tenants=tenants is None,
+            )  # fmt: skip
+            if expires is not None:
+                request.expires_at.FromDatetime(expires)
+            async with audit.calling(trail, now_ms, "CreateToken", request):
+                token, row = await commands.create(
+                    name=ns.name, roles=_csv(ns.roles), tenants=tenants, expires_at=expires,
+                    now=now,
+                )  # fmt: skip
             print(token)
             print(f"created token {row.token_id}; the secret is shown only now", file=sys.stderr)
         elif ns.tokens_command == "list":
             for row in await store.list():
                 _print_token_row(row, now)
         elif ns.tokens_command == "revoke":
-            row = await store.revoke(ns.token_id, now)
+            request_revoke = pb.RevokeTokenRequest(token_id=ns.token_id)
+            async with audit.calling(trail, now_ms, "RevokeToken", request_revoke):
+                row = await commands.revoke(ns.token_id, now=now)
             print(f"revoked token {row.token_id} ({row.name}); every server refuses it within 5 s")
         elif ns.tokens_command == "rotate":
-            token, old, new = await auth.rotate_token(store, ns.token_id, now=now, grace=ns.grace)
+            grace_s = int(ns.grace.total_seconds())
+            request_rotate = pb.RotateTokenRequest(token_id=ns.token_id, grace_s=grace_s)
+            async with audit.calling(trail, now_ms, "RotateToken", request_rotate):
+                token, old, new = await commands.rotate(ns.token_id, grace=ns.grace, now=now)
             print(token)
             until = old.expires_at.isoformat() if old.expires_at else "?"
             print(
@@ -207,7 +226,8 @@ async def _tokens(settings: Settings, ns: argparse.Namespace) -> int:
     except (ServiceError, RecordMissing, RecordChanged) as exc:
         print(f"pointsd tokens {ns.tokens_command}: {exc}", file=sys.stderr)
         # A bad argument is the operator's to fix (2); a missing or changed token, 1.
-        return ExitCode.CONFIG if isinstance(exc, ServiceError) else ExitCode.FAILED
+        state = (NotFound, FailedPrecondition, RecordMissing, RecordChanged)
+        return ExitCode.FAILED if isinstance(exc, state) else ExitCode.CONFIG
     finally:
         await engine.dispose()
         await stop_owned(embedded)
@@ -405,7 +425,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tokens = sub.add_parser(
         "tokens",
-        help="API tokens: create, list, revoke, rotate (not enforced yet)",
+        help="API tokens: create, list, revoke, rotate",
         description="Manage API tokens in PostgreSQL (DATABASE_URL, or the embedded one). "
         "The server does not check them yet: see docs/security.md.",
     )

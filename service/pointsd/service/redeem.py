@@ -30,6 +30,12 @@ limit (step 1 is serialized per item).
 Refunds walk `completed -> refunding -> refunded` the same way: the points
 come back through balance.lua keyed by the redemption (once), the stock in the
 transaction that closes the record.
+
+Audit (service/pointsd/service/audit.py): a refund's audit row is written in
+the transaction of `completed -> refunding`, the step that commits to it, as
+STARTED, and settled when the call ends. An adjustment changes only Redis, so
+its row is written as STARTED before the balance change: no adjustment
+without its row (docs/security.md#audit-trail).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from pointsd.service import audit
 from pointsd.service.clock import Clock
 from pointsd.service.domain import Period, StoreCode, key_part
 from pointsd.service.errors import (
@@ -261,7 +268,9 @@ class Redemptions:
 
     async def refund(self, tenant_id: str, redemption_id: str, reason: str) -> Redemption:
         try:
-            r = await self.stores.catalog.start_refund(tenant_id, redemption_id, reason)
+            r = await self.stores.catalog.start_refund(
+                tenant_id, redemption_id, reason, audit.effect_row(started=True)
+            )
         except RecordMissing:
             raise NotFound(f"redemption_id: no redemption {redemption_id!r}") from None
         if r.status in ("pending", "failed"):
@@ -286,6 +295,8 @@ class Redemptions:
         # two users cannot be told apart atomically; each gets its own entry.
         key = f"adj:{key_part(user_id)}:{key_part(idempotency_key)}"
         now_ms = self.clock_ms()
+        # Before the change: if the row cannot be written, nothing happens.
+        await audit.started()
         result = await self.stores.balances.change(
             BalanceChange(
                 tenant_id=tenant_id, user_id=user_id, entry_key=key, kind=KIND_ADJUST,

@@ -24,6 +24,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from pointsd.service.auth import CALLER
 from pointsd.service.errors import MESSAGE_CHARS_MAX, InvalidArgument, clip, status_of
 from pointsd.service.logs import REQUEST_ID, REQUEST_ID_KEY, request_id_of
 from pointsd.service.metrics import RpcMeter, count_store_error
@@ -158,8 +159,13 @@ def _undecodable(context_name: str, request: Undecodable, last: list[float]) -> 
     )
 
 
+def _full_name(method: Callable[..., Any]) -> str:
+    return f"/points.v1.{_service_of(method)}/{method.__name__}"
+
+
 def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     name = method.__name__
+    full = _full_name(method)
     meter = RpcMeter(_service_of(method), name)
     logged = [-_UNDECODABLE_LOG_S]
 
@@ -169,8 +175,14 @@ def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         token = _begin(context)
         code = grpc.StatusCode.UNKNOWN
         try:
+            # Who first: an unauthenticated caller learns nothing, not even
+            # whether its bytes decode. Nothing runs before the check.
+            gate = self.app.gate
+            caller = gate.caller(context)
             if isinstance(request, Undecodable):
                 raise _undecodable(name, request, logged)
+            gate.check(caller, full, cast(Message, request))
+            CALLER.set(caller)
             response = await method(self, request, context)
             code = _code_of(context, _OK)
             return response
@@ -196,8 +208,12 @@ def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 def stream(method: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
     """For handlers that return a stream; they map their own errors (the
-    stream may have sent results already) with `abort`."""
-    meter = RpcMeter(_service_of(method), method.__name__)
+    stream may have sent results already) with `abort`. The caller's role is
+    checked here; the handler checks the tenants of each batch (and the
+    credential again) with `Gate.check_events`."""
+    name = method.__name__
+    full = _full_name(method)
+    meter = RpcMeter(_service_of(method), name)
 
     @functools.wraps(method)
     async def wrapper(self: Any, requests: AsyncIterator[Req], context: Ctx) -> AsyncIterator[Resp]:
@@ -205,6 +221,13 @@ def stream(method: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
         token = _begin(context)
         code = grpc.StatusCode.UNKNOWN
         try:
+            try:
+                gate = self.app.gate
+                caller = gate.caller(context)
+                gate.check(caller, full, None)
+            except Exception as exc:
+                await abort(context, name, exc)
+            CALLER.set(caller)
             # Closed with the call: a cancelled stream ends its inner generator now.
             inner = cast(AsyncGenerator[Resp, None], method(self, requests, context))
             async with contextlib.aclosing(inner) as results:

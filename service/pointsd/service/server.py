@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pointsd.service import first_token
 from pointsd.service.admin import AdminServicer
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.app import App, resolve_urls, stop_owned
@@ -32,6 +33,7 @@ from pointsd.service.rpc import add_service
 from pointsd.service.servicer import PointsServicer
 from pointsd.service.startup import diagnose_listen, probe_listen
 from pointsd.service.supervisor import Child, ChildFailed
+from pointsd.service.tls import ServerTls
 from pointsd.storage.embedded import supervise
 from pointsd.storage.postgres import migrate
 
@@ -144,12 +146,19 @@ async def start_server(
     if not settings.reuse_port and not address.startswith("unix:"):
         # Probed first: gRPC would log its own multi-line error before failing.
         probe_listen(address, "POINTS_LISTEN")
+    # Bad certificate files: a ConfigError (one line, exit code 2) before the port opens.
+    tls = ServerTls.from_settings(settings)
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError:  # grpcio >= 1.64 raises where older ones returned 0
         port = 0
     if port == 0:
         raise diagnose_listen(address, "POINTS_LISTEN")
+    _use_tls(app, tls)
+    await _start_gate(app)
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -177,6 +186,49 @@ async def start_server(
         app, server, health_servicer, port, stop_flusher, health_task, flusher_task, children,
         recovery_task,
     )  # fmt: skip
+
+
+def _use_tls(app: App, tls: ServerTls | None) -> None:
+    """Record the TLS state on `app` (SIGHUP reloads `app.tls`) and let
+    mapped client certificates stand for callers."""
+    app.tls = tls
+    if tls is None:
+        return
+    log.info("%s", tls.describe())
+    if app.settings.tls_client_callers_file:
+        app.gate.certificates = lambda ctx: tls.caller_of(ctx.auth_context())
+
+
+def _reload_on_sighup(tls: ServerTls | None, workers: Sequence[Child] = ()) -> None:
+    """SIGHUP reloads the certificates for new connections: this process's
+    (`tls`), and each worker's, which runs in a session of its own and gets
+    the signal forwarded. Without TLS, SIGHUP keeps its default action."""
+    if tls is None and not workers:
+        return
+
+    def reload() -> None:
+        if tls is not None:
+            tls.reload()
+        for worker in workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signal.SIGHUP)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
+async def _start_gate(app: App) -> None:
+    """Load the tokens before the port opens (a failed load is retried in
+    the background: calls get UNAVAILABLE meanwhile, never a wrong answer)."""
+    if not app.gate.enabled:
+        log.warning(
+            "POINTS_AUTH=off: EVERY CALLER MAY CALL EVERY RPC FOR EVERY TENANT, no token is "
+            "checked. For development only; never expose this port."
+        )
+        return
+    await app.gate.start()
+    if not app.gate.authenticator or not app.gate.authenticator.loaded:
+        log.warning("the API tokens could not be loaded yet: calls get UNAVAILABLE until they are")
 
 
 async def _gather(*coros: Coroutine[Any, Any, None]) -> None:
@@ -213,7 +265,9 @@ def metrics_port_for(settings: Settings, offset: int) -> str:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the TLS certificates."""
+    # Bad certificate files stop the start before any store or worker starts.
+    ServerTls.from_settings(settings)
     if settings.workers > 1:
         await serve_workers(settings)
         return
@@ -221,10 +275,17 @@ async def serve(settings: Settings) -> None:
     start_metrics(settings, roles_of(settings.flusher))
     app = await App.open(settings)
     try:
+        if first_token.wanted(settings):
+            made = await first_token.ensure_admin_token(
+                settings, app.stores.tokens, app.stores.audit, app.clock()
+            )
+            if made is not None:
+                first_token.announce(made, first_token.token_file(settings))
         running = await start_server(app, flusher_child=True)
     except BaseException:
         await app.close()
         raise
+    _reload_on_sighup(app.tls)  # before "serving on": tests send SIGHUP once they read it
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "pointsd serving on %s:%d (redis %s, postgres %s, %d tenants)",
@@ -264,6 +325,8 @@ async def serve_workers(settings: Settings) -> None:
     redis_url, database_url, embedded = await resolve_urls(settings)
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate.upgrade, database_url)
+    if first_token.wanted(settings):
+        await first_token.first_start(settings, database_url, settings.clock()())
     env = child_env(settings, redis_url, database_url, settings.clock())
     workers = _worker_children(settings, env)
     stopping = asyncio.Event()
@@ -271,6 +334,7 @@ async def serve_workers(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    _reload_on_sighup(None, workers if settings.tls_cert_file else ())
     flusher = _start_flusher_child(settings, env, flusher_stopping)
     supervised = asyncio.Event()
     supervising = asyncio.create_task(supervise(embedded, supervised))

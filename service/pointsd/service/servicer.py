@@ -18,6 +18,7 @@ from pointsd.service import queries
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
 from pointsd.service.app import App
+from pointsd.service.auth import current_caller
 from pointsd.service.boards import resolve_board
 from pointsd.service.convert import (
     board_entry_to_pb,
@@ -53,6 +54,7 @@ BOARD_OFFSET_MAX = 10_000
 BOARD_LIMIT_MAX = 1000
 NEIGHBOURS_MAX = 50
 WINNER_PAGE_MAX = 100
+_STREAM = "/points.v1.PointsService/StreamActivities"
 
 
 class PointsServicer(pb_grpc.PointsServiceServicer):
@@ -196,6 +198,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             maxsize=self.app.settings.stream_inflight_max
         )
         batch_max = self.app.settings.batch_events_max
+        gate, caller = self.app.gate, current_caller()
         read_task = asyncio.create_task(reader(request_iterator, inbox))
         try:
             ended = False
@@ -210,6 +213,9 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
                         ended = True
                         break
                     batch.append(msg)
+                # Before anything of the batch is applied: a foreign event or
+                # a token revoked mid-stream ends the stream here.
+                caller = gate.check_events(caller, context, _STREAM, batch)
                 for result in await self._record_many(batch):
                     yield result
             await read_task  # re-raise a failure of the request stream

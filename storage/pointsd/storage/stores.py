@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pointsd.storage.keys import Topology
 from pointsd.storage.postgres import Ledger, create_engine
+from pointsd.storage.postgres.audit import AuditStore
 from pointsd.storage.postgres.catalog import CatalogStore
 from pointsd.storage.postgres.tokens import TokenStore
 from pointsd.storage.postgres.winners import HallOfFame
@@ -30,6 +31,7 @@ class Stores:
     catalog: CatalogStore
     hall_of_fame: HallOfFame
     tokens: TokenStore
+    audit: AuditStore
     redis: RedisClient
     db: AsyncEngine
 
@@ -88,6 +90,7 @@ class Stores:
             boards=boards,
             hall_of_fame=HallOfFame(db),
             tokens=TokenStore(db),
+            audit=AuditStore(db),
             redis=redis,
             db=db,
         )

@@ -8,6 +8,10 @@ user's balance lives there); `complete` or `fail` (which returns the stock)
 closes the record. A refund walks `completed -> refunding -> refunded`, the
 stock coming back in the same transaction as the final status. See
 service/pointsd/service/redeem.py for the whole saga and its recovery.
+
+Admin changes (items, the start of a refund) take the call's audit row
+(`audit`, postgres/audit.py) and write it in their own transaction: the
+change and its record commit together or not at all.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pointsd.storage.errors import RecordChanged, RecordExists, RecordMissing
+from pointsd.storage.postgres.audit import AuditRow, record
 from pointsd.storage.postgres.db import pg_errors
 
 __all__ = ["CatalogStore", "Item", "Redemption"]
@@ -117,7 +122,7 @@ class CatalogStore:
 
     # -- items -------------------------------------------------------------
 
-    async def create_item(self, item: Item) -> Item:
+    async def create_item(self, item: Item, audit: AuditRow | None = None) -> Item:
         async def work(conn: AsyncConnection) -> Item:
             row = (
                 await conn.execute(
@@ -132,12 +137,16 @@ class CatalogStore:
             ).first()
             if row is None:
                 raise RecordExists(f"item {item.item_id!r} already exists")
+            if audit is not None:
+                await record(conn, audit)
             return _item(row)
 
         result: Item = await self._run(work)
         return result
 
-    async def update_item(self, item: Item, expected_updated_at: datetime | None = None) -> Item:
+    async def update_item(
+        self, item: Item, expected_updated_at: datetime | None = None, audit: AuditRow | None = None
+    ) -> Item:
         """Replace an item's definition. With `expected_updated_at` (the value
         the caller read), only if nobody changed it since: an absolute stock
         written from a stale read would undo redemptions made meanwhile."""
@@ -168,12 +177,16 @@ class CatalogStore:
                 if exists:
                     raise RecordChanged(f"item {item.item_id!r} changed since it was read")
                 raise RecordMissing(f"no item {item.item_id!r}")
+            if audit is not None:
+                await record(conn, audit)
             return _item(row)
 
         result: Item = await self._run(work)
         return result
 
-    async def set_enabled(self, tenant_id: str, item_id: str, enabled: bool) -> Item:
+    async def set_enabled(
+        self, tenant_id: str, item_id: str, enabled: bool, audit: AuditRow | None = None
+    ) -> Item:
         async def work(conn: AsyncConnection) -> Item:
             row = (
                 await conn.execute(
@@ -187,6 +200,8 @@ class CatalogStore:
             ).first()
             if row is None:
                 raise RecordMissing(f"no item {item_id!r}")
+            if audit is not None:
+                await record(conn, audit)
             return _item(row)
 
         result: Item = await self._run(work)
@@ -364,15 +379,38 @@ class CatalogStore:
         """pending -> failed, the stock given back in the same transaction."""
         return await self._move(r, "pending", "failed", reason=reason, restock=True)
 
-    async def start_refund(self, tenant_id: str, redemption_id: str, reason: str) -> Redemption:
-        """completed -> refunding; a refunding or refunded record is returned
-        as is. Raises RecordMissing for an unknown id."""
-        found = await self.get(tenant_id, redemption_id)
-        if found is None:
-            raise RecordMissing(f"no redemption {redemption_id!r}")
-        if found.status != "completed":
+    async def start_refund(
+        self, tenant_id: str, redemption_id: str, reason: str, audit: AuditRow | None = None
+    ) -> Redemption:
+        """completed -> refunding; a record in any other state is returned as
+        is. `audit` is written in the same transaction whatever the state (the
+        service settles its outcome). Raises RecordMissing for an unknown id."""
+
+        async def work(conn: AsyncConnection) -> Redemption:
+            found = await _by_id(conn, tenant_id, redemption_id)
+            if found is None:
+                raise RecordMissing(f"no redemption {redemption_id!r}")
+            if found.status == "completed":
+                # Exactly one caller moves it; the others read what it is now.
+                row = (
+                    await conn.execute(
+                        text(
+                            "UPDATE redemptions SET status = 'refunding', updated_at = now(), "
+                            "refund_reason = :reason WHERE redemption_id = :id "
+                            f"AND status = 'completed' RETURNING {_REDEMPTION_COLUMNS}"
+                        ),
+                        {"id": redemption_id, "reason": reason},
+                    )
+                ).first()
+                moved = _redemption(row) if row else await _by_id(conn, tenant_id, redemption_id)
+                assert moved is not None
+                found = moved
+            if audit is not None:
+                await record(conn, audit)
             return found
-        return await self._move(found, "completed", "refunding", refund_reason=reason)
+
+        result: Redemption = await self._run(work)
+        return result
 
     async def finish_refund(self, r: Redemption) -> Redemption:
         """refunding -> refunded, the stock given back in the same transaction."""

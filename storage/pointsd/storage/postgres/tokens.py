@@ -8,6 +8,9 @@ process's cache (`snapshot`, `changed_since`) sees each change as a row
 whose updated_at moved. updated_at is PostgreSQL's clock_timestamp(), one
 clock for every process; created_at, expires_at and revoked_at come from the
 caller's service clock, which is what expiry is checked against.
+
+create, revoke and rotate take the call's audit row (`audit`,
+postgres/audit.py) and write it in their transaction.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pointsd.storage.errors import RecordChanged, RecordExists, RecordMissing
+from pointsd.storage.postgres.audit import AuditRow, record
 from pointsd.storage.postgres.db import pg_errors
 
 __all__ = ["ApiToken", "TokenStore"]
@@ -82,9 +86,13 @@ class TokenStore:
         secret_hash: str,
         now: datetime,
         expires_at: datetime | None,
+        audit: AuditRow | None = None,
     ) -> ApiToken:
         async def work(conn: AsyncConnection) -> ApiToken:
-            return await _insert(conn, token_id, name, roles, tenants, secret_hash, now, expires_at)
+            made = await _insert(conn, token_id, name, roles, tenants, secret_hash, now, expires_at)
+            if audit is not None:
+                await record(conn, audit)
+            return made
 
         result: ApiToken = await self._run(work)
         return result
@@ -109,7 +117,7 @@ class TokenStore:
         rows, _ = await self.snapshot()
         return rows
 
-    async def revoke(self, token_id: str, now: datetime) -> ApiToken:
+    async def revoke(self, token_id: str, now: datetime, audit: AuditRow | None = None) -> ApiToken:
         """Revoked at `now`; revoking a revoked token changes nothing."""
 
         async def work(conn: AsyncConnection) -> ApiToken | None:
@@ -123,7 +131,11 @@ class TokenStore:
                     {"id": token_id, "now": now},
                 )
             ).first()
-            return None if row is None else _token(row)
+            if row is None:
+                return None
+            if audit is not None:
+                await record(conn, audit)
+            return _token(row)
 
         found: ApiToken | None = await self._run(work)
         if found is None:
@@ -138,6 +150,7 @@ class TokenStore:
         new_secret_hash: str,
         now: datetime,
         grace: timedelta,
+        audit: AuditRow | None = None,
     ) -> tuple[ApiToken, ApiToken]:
         """(old, new): a new token with the old one's name, roles and tenants
         and the same lifetime; the old one stays valid until now + grace (or
@@ -184,6 +197,8 @@ class TokenStore:
                     {"id": token_id, "until": until, "new": new_token_id},
                 )
             ).one()
+            if audit is not None:
+                await record(conn, audit)
             return _token(updated), new
 
         result: tuple[ApiToken, ApiToken] = await self._run(work)

@@ -33,15 +33,6 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPEND: _ClassVar[EntryKind]
     REFUND: _ClassVar[EntryKind]
     ADJUSTMENT: _ClassVar[EntryKind]
-    VOID: _ClassVar[EntryKind]
-
-class EntryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    ENTRY_STATE_UNSPECIFIED: _ClassVar[EntryState]
-    ENTRY_SETTLED: _ClassVar[EntryState]
-    ENTRY_HELD: _ClassVar[EntryState]
-    ENTRY_RELEASED: _ClassVar[EntryState]
-    ENTRY_VOIDED: _ClassVar[EntryState]
 
 class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -83,13 +74,6 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WEEKLY: _ClassVar[TaskKind]
     MONTHLY: _ClassVar[TaskKind]
     GROWTH: _ClassVar[TaskKind]
-
-class FlagState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    FLAG_STATE_UNSPECIFIED: _ClassVar[FlagState]
-    FLAG_OPEN: _ClassVar[FlagState]
-    FLAG_RELEASED: _ClassVar[FlagState]
-    FLAG_VOIDED: _ClassVar[FlagState]
 OUTCOME_UNSPECIFIED: Outcome
 AWARDED: Outcome
 DUPLICATE: Outcome
@@ -105,12 +89,6 @@ AWARD: EntryKind
 SPEND: EntryKind
 REFUND: EntryKind
 ADJUSTMENT: EntryKind
-VOID: EntryKind
-ENTRY_STATE_UNSPECIFIED: EntryState
-ENTRY_SETTLED: EntryState
-ENTRY_HELD: EntryState
-ENTRY_RELEASED: EntryState
-ENTRY_VOIDED: EntryState
 PERIOD_UNSPECIFIED: Period
 DAY: Period
 WEEK: Period
@@ -137,10 +115,6 @@ DAILY: TaskKind
 WEEKLY: TaskKind
 MONTHLY: TaskKind
 GROWTH: TaskKind
-FLAG_STATE_UNSPECIFIED: FlagState
-FLAG_OPEN: FlagState
-FLAG_RELEASED: FlagState
-FLAG_VOIDED: FlagState
 
 class ActivityEvent(_message.Message):
     __slots__ = ("tenant_id", "event_id", "user_id", "action", "occurred_at", "target_user_id", "group_id", "department_id", "quantity", "attributes")
@@ -282,7 +256,7 @@ class GetBalanceRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class Balance(_message.Message):
-    __slots__ = ("tenant_id", "user_id", "available", "lifetime_earned", "spent", "earned_today", "day", "held")
+    __slots__ = ("tenant_id", "user_id", "available", "lifetime_earned", "spent", "earned_today", "day")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -290,7 +264,6 @@ class Balance(_message.Message):
     SPENT_FIELD_NUMBER: _ClassVar[int]
     EARNED_TODAY_FIELD_NUMBER: _ClassVar[int]
     DAY_FIELD_NUMBER: _ClassVar[int]
-    HELD_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     user_id: str
     available: int
@@ -298,8 +271,7 @@ class Balance(_message.Message):
     spent: int
     earned_today: int
     day: str
-    held: int
-    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., available: _Optional[int] = ..., lifetime_earned: _Optional[int] = ..., spent: _Optional[int] = ..., earned_today: _Optional[int] = ..., day: _Optional[str] = ..., held: _Optional[int] = ...) -> None: ...
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., available: _Optional[int] = ..., lifetime_earned: _Optional[int] = ..., spent: _Optional[int] = ..., earned_today: _Optional[int] = ..., day: _Optional[str] = ...) -> None: ...
 
 class ListLedgerRequest(_message.Message):
     __slots__ = ("tenant_id", "user_id", "page_size", "page_token")
@@ -314,7 +286,7 @@ class ListLedgerRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
-    __slots__ = ("entry_id", "kind", "action", "points", "balance_after", "event_id", "role", "counterpart_user_id", "group_id", "department_id", "occurred_at", "recorded_at", "reason", "quantity", "attributes", "state")
+    __slots__ = ("entry_id", "kind", "action", "points", "balance_after", "event_id", "role", "counterpart_user_id", "group_id", "department_id", "occurred_at", "recorded_at", "reason", "quantity", "attributes")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -337,7 +309,6 @@ class LedgerEntry(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     kind: EntryKind
     action: str
@@ -353,8 +324,7 @@ class LedgerEntry(_message.Message):
     reason: str
     quantity: int
     attributes: _containers.ScalarMap[str, str]
-    state: EntryState
-    def __init__(self, entry_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., action: _Optional[str] = ..., points: _Optional[int] = ..., balance_after: _Optional[int] = ..., event_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., counterpart_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[EntryState, str]] = ...) -> None: ...
+    def __init__(self, entry_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., action: _Optional[str] = ..., points: _Optional[int] = ..., balance_after: _Optional[int] = ..., event_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., counterpart_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListLedgerResponse(_message.Message):
     __slots__ = ("entries", "next_page_token")
@@ -989,67 +959,3 @@ class ListAuditResponse(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
     next_page_token: str
     def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
-
-class ListFlagsRequest(_message.Message):
-    __slots__ = ("tenant_id", "state", "user_id", "page_size", "page_token")
-    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
-    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    tenant_id: str
-    state: FlagState
-    user_id: str
-    page_size: int
-    page_token: str
-    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[FlagState, str]] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
-
-class Flag(_message.Message):
-    __slots__ = ("flag_id", "tenant_id", "user_id", "signal", "evidence", "counterparts", "period_key", "state", "raised_at", "held_points", "held_entries", "resolved_at", "resolved_by", "resolution_reason")
-    FLAG_ID_FIELD_NUMBER: _ClassVar[int]
-    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
-    SIGNAL_FIELD_NUMBER: _ClassVar[int]
-    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
-    COUNTERPARTS_FIELD_NUMBER: _ClassVar[int]
-    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    RAISED_AT_FIELD_NUMBER: _ClassVar[int]
-    HELD_POINTS_FIELD_NUMBER: _ClassVar[int]
-    HELD_ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    RESOLVED_AT_FIELD_NUMBER: _ClassVar[int]
-    RESOLVED_BY_FIELD_NUMBER: _ClassVar[int]
-    RESOLUTION_REASON_FIELD_NUMBER: _ClassVar[int]
-    flag_id: str
-    tenant_id: str
-    user_id: str
-    signal: str
-    evidence: str
-    counterparts: _containers.RepeatedScalarFieldContainer[str]
-    period_key: str
-    state: FlagState
-    raised_at: _timestamp_pb2.Timestamp
-    held_points: int
-    held_entries: int
-    resolved_at: _timestamp_pb2.Timestamp
-    resolved_by: str
-    resolution_reason: str
-    def __init__(self, flag_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., signal: _Optional[str] = ..., evidence: _Optional[str] = ..., counterparts: _Optional[_Iterable[str]] = ..., period_key: _Optional[str] = ..., state: _Optional[_Union[FlagState, str]] = ..., raised_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., held_points: _Optional[int] = ..., held_entries: _Optional[int] = ..., resolved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolved_by: _Optional[str] = ..., resolution_reason: _Optional[str] = ...) -> None: ...
-
-class ListFlagsResponse(_message.Message):
-    __slots__ = ("flags", "next_page_token")
-    FLAGS_FIELD_NUMBER: _ClassVar[int]
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    flags: _containers.RepeatedCompositeFieldContainer[Flag]
-    next_page_token: str
-    def __init__(self, flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
-
-class ResolveFlagRequest(_message.Message):
-    __slots__ = ("tenant_id", "flag_id", "reason")
-    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
-    FLAG_ID_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    tenant_id: str
-    flag_id: str
-    reason: str
-    def __init__(self, tenant_id: _Optional[str] = ..., flag_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

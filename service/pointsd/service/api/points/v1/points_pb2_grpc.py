@@ -717,21 +717,6 @@ class AdminServiceStub:
                 request_serializer=points_dot_v1_dot_points__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=points_dot_v1_dot_points__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
-        self.ListFlags = channel.unary_unary(
-                '/points.v1.AdminService/ListFlags',
-                request_serializer=points_dot_v1_dot_points__pb2.ListFlagsRequest.SerializeToString,
-                response_deserializer=points_dot_v1_dot_points__pb2.ListFlagsResponse.FromString,
-                _registered_method=True)
-        self.ReleaseFlag = channel.unary_unary(
-                '/points.v1.AdminService/ReleaseFlag',
-                request_serializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
-                response_deserializer=points_dot_v1_dot_points__pb2.Flag.FromString,
-                _registered_method=True)
-        self.VoidFlag = channel.unary_unary(
-                '/points.v1.AdminService/VoidFlag',
-                request_serializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
-                response_deserializer=points_dot_v1_dot_points__pb2.Flag.FromString,
-                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -827,28 +812,6 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListFlags(self, request, context):
-        """Users flagged by the farming signals (reciprocity, rings, rate), with
-        their evidence; their awards are held until a flag is resolved.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ReleaseFlag(self, request, context):
-        """Pay the held entries of a flag, exactly once.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def VoidFlag(self, request, context):
-        """Cancel the held entries of a flag with compensating ledger entries.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -911,21 +874,6 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=points_dot_v1_dot_points__pb2.ListAuditRequest.FromString,
                     response_serializer=points_dot_v1_dot_points__pb2.ListAuditResponse.SerializeToString,
-            ),
-            'ListFlags': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListFlags,
-                    request_deserializer=points_dot_v1_dot_points__pb2.ListFlagsRequest.FromString,
-                    response_serializer=points_dot_v1_dot_points__pb2.ListFlagsResponse.SerializeToString,
-            ),
-            'ReleaseFlag': grpc.unary_unary_rpc_method_handler(
-                    servicer.ReleaseFlag,
-                    request_deserializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.FromString,
-                    response_serializer=points_dot_v1_dot_points__pb2.Flag.SerializeToString,
-            ),
-            'VoidFlag': grpc.unary_unary_rpc_method_handler(
-                    servicer.VoidFlag,
-                    request_deserializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.FromString,
-                    response_serializer=points_dot_v1_dot_points__pb2.Flag.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1253,87 +1201,6 @@ class AdminService:
             '/points.v1.AdminService/ListAudit',
             points_dot_v1_dot_points__pb2.ListAuditRequest.SerializeToString,
             points_dot_v1_dot_points__pb2.ListAuditResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListFlags(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/points.v1.AdminService/ListFlags',
-            points_dot_v1_dot_points__pb2.ListFlagsRequest.SerializeToString,
-            points_dot_v1_dot_points__pb2.ListFlagsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ReleaseFlag(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/points.v1.AdminService/ReleaseFlag',
-            points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
-            points_dot_v1_dot_points__pb2.Flag.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def VoidFlag(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/points.v1.AdminService/VoidFlag',
-            points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
-            points_dot_v1_dot_points__pb2.Flag.FromString,
             options,
             channel_credentials,
             insecure,
