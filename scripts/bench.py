@@ -3,6 +3,7 @@
     python -m scripts.bench                 # human table
     python -m scripts.bench --json          # one JSON document
     python -m scripts.bench --duration 30 --workers 2
+    python -m scripts.bench --only auth --json   # auth on beside auth off
 
 Servers: REDIS_URL / DATABASE_URL when set, else embedded ones in a temporary
 folder. Contenders, each run for --duration seconds (and at most --events):
@@ -32,13 +33,31 @@ per credit (`cmdstat_evalsha` usec / award.lua operations sent; loopback
 Redis only) and the CPU per event of every process measured. `--check` exits
 3 when a ratio is under its bound. docs/benchmarks.md explains the figures.
 
+The auth group (`--auth` adds it, `--only auth` runs it alone; about 4
+minutes with the defaults): two `pointsd serve` processes up together, the
+same rules and settings but POINTS_AUTH=on and POINTS_AUTH=off, each side on
+tenants of its own. Batch, unary and stream runs alternate between them for
+--rounds rounds (--auth-duration seconds each, each side's order flipped
+every round); both sides get the same client and the same bearer header (an
+ingest token of the auth-on side's tenants, made with `pointsd tokens
+create`, so every batch's tenants are checked; the auth-off side ignores
+it). Per mode: each side's median events/s, p50/p99 latency and server CPU
+per event, the ratio on/off against its bound (0.9: PASS or FAIL) and each
+round's own ratio. `--check` exits 3 when a ratio is under its bound.
+`--auth-control` runs the same with auth off on both sides: the spread two
+identical servers show here, against which to read the real ratios.
+
+The calls of every group carry a bearer token (auth is on by default): one
+of every role and tenant, written to the server's database before it starts
+(scripts/tokens.py), unless said otherwise above.
+
 Every contender's events come from the same seeded generator; figures and
 ratios are printed together, and so are the errors of any contender, each
 kind with what it means (`scripts.loadgen.ERROR_KINDS`). Needs the load tools
 (`./scripts/install dev`): without them it says so in one line and exits 2.
 
 Exit status: 0 fine; 1 a ledger self-check failed; 3 (only with --check) a
-progression ratio under its bound; 2 bad arguments or no dev install.
+progression or auth ratio under its bound; 2 bad arguments or no dev install.
 """
 
 from __future__ import annotations
@@ -86,7 +105,7 @@ from scripts.loadgen import (
 )
 from scripts.loadtest import RssSampler, resolve_servers, wait_for_ledger
 from scripts.naive import run_naive
-from scripts.procs import ServerProcess, free_port, pointsd_env, write_rules
+from scripts.procs import ServerProcess, free_port, pointsd_env, run_cli, write_rules
 
 __all__ = ["main"]
 
@@ -248,9 +267,15 @@ def run_core(
         server.start()
         echo.start()
 
+        # The echo server ignores the token; sending it there too keeps the
+        # client's work the same on both sides.
+        token = server.token
+
         def load(name: str, target: str, spec: TrafficSpec, **kw: Any) -> Any:
             res = asyncio.run(
-                run_load(target, spec, duration_s=ns.duration, events_max=ns.events, **kw)
+                run_load(
+                    target, spec, duration_s=ns.duration, events_max=ns.events, token=token, **kw
+                )
             )
             s = res.summary()
             results[name] = {
@@ -525,6 +550,7 @@ class _Group:
     stats: CommandStats | None
     stamp: str
     server_pid: int
+    token: str
 
     def load(self, side: str, mode: str, seed: int, run_id: str, duration_s: float) -> RunResult:
         ns = self.ns
@@ -549,6 +575,7 @@ class _Group:
                 mode=mode,
                 duration_s=duration_s,
                 events_max=ns.events,
+                token=self.token,
                 **shape,
             )
         )
@@ -739,6 +766,7 @@ def run_progression(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str])
             ns, server.target, database_url, sides,
             # A stamp of its own in every user id: no run meets another's rows.
             [metrics + i for i in range(ns.workers)], stats, uuid.uuid4().hex[:8], server.pid,
+            server.token,
         )  # fmt: skip
         # Unmeasured: the first calls of each side warm its caches and pools.
         for side in PROGRESSION_SIDES:
@@ -791,6 +819,235 @@ def run_progression(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str])
     return out
 
 
+# --- the auth group ---------------------------------------------------------
+
+# Each side is one `pointsd serve` with the same rules and settings but
+# POINTS_AUTH; the bound of on / off per mode (issue 12).
+AUTH_SIDES = ("on", "off")
+AUTH_BOUNDS = {"batch": 0.9, "unary": 0.9, "stream": 0.9}
+
+
+def _ingest_token(env: dict[str, str], tenants: list[str]) -> tuple[str, str]:
+    """(token, token_id) of an ingest token limited to `tenants`, made with
+    `pointsd tokens create` before the servers start (their first snapshot
+    has it): what an IM gateway holds, so every batch's tenants are checked."""
+    done = run_cli(
+        ["tokens", "create", "--name", f"bench-ingest-{uuid.uuid4().hex[:6]}",
+         "--roles", "ingest", "--tenants", ",".join(tenants)],
+        env,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"pointsd tokens create failed: {done.stderr[-2000:]}")
+    token = done.stdout.strip()
+    return token, token.split("_")[1]
+
+
+@dataclass
+class _AuthGroup:
+    """What every run of the auth group shares."""
+
+    ns: argparse.Namespace
+    servers: dict[str, ServerProcess]
+    tenants: dict[str, list[str]]
+    database_url: str
+    token: str
+    stamp: str
+
+    def spec(self, side: str, seed: int, run_id: str) -> TrafficSpec:
+        return TrafficSpec(
+            tenants=self.tenants[side],
+            users=self.ns.users,
+            mix=dict(DEFAULT_MIX),
+            dup_rate=0.02,
+            seed=seed,
+            run_id=run_id,
+        )
+
+    def load(self, side: str, mode: str, spec: TrafficSpec, duration_s: float) -> RunResult:
+        ns = self.ns
+        shape: dict[str, Any] = {
+            "batch": {"concurrency": ns.batch_concurrency, "batch": ns.batch},
+            "unary": {"concurrency": ns.unary_concurrency},
+            "stream": {"concurrency": ns.streams, "batch": ns.stream_window},
+        }[mode]
+        # Both sides get the token through the same client code, so the
+        # client's work is the same and the difference is the server's (with
+        # POINTS_AUTH=off the header is ignored).
+        return asyncio.run(
+            run_load(
+                self.servers[side].target,
+                spec,
+                mode=mode,
+                duration_s=duration_s,
+                events_max=ns.events,
+                token=self.token,
+                **shape,
+            )
+        )
+
+    def run(self, side: str, mode: str, rnd: int) -> dict[str, Any]:
+        """One measured run: events/s, latency, the CPU per event of this
+        process (the client) and the server's, and the ledger self-check once
+        the flusher drained it (no run's flushing spills into the next)."""
+        import psutil
+
+        run_id = f"a{self.stamp}{rnd}{mode[0]}{side}"
+        # The same seed on both sides of a round: the same kind of events.
+        seed = 2000 + 10 * rnd + list(AUTH_BOUNDS).index(mode)
+        pid = self.servers[side].pid
+
+        def cpu() -> dict[str, float]:
+            times = psutil.Process().cpu_times()
+            return {"client": times.user + times.system, **service_cpu_s(pid)}
+
+        before = cpu()
+        res = self.load(side, mode, self.spec(side, seed, run_id), self.ns.auth_duration)
+        after = cpu()
+        s = res.summary()
+        events = max(1, s["events"])
+        cpu_us = {k: round((after[k] - before[k]) * 1e6 / events, 1) for k in after}
+        cpu_us["total"] = round(sum(cpu_us.values()), 1)
+        check = wait_for_ledger(
+            self.database_url, self.tenants[side], run_id, res.stats.awarded_points, 120,
+            res.stats.in_doubt,
+        )  # fmt: skip
+        return {
+            "side": side,
+            "mode": mode,
+            "round": rnd,
+            "run_id": run_id,
+            "events_per_s": s["events_per_s"],
+            "events": s["events"],
+            "latency_ms": {k: s["latency_ms"][k] for k in ("p50", "p99")},
+            "errors": s["errors"],
+            "cpu_us_per_event": cpu_us,
+            "self_check_ok": check["ok"],
+        }
+
+
+def summarize_auth(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per mode: each side's median events/s, p50 latency and CPU per event,
+    the ratio on/off against its bound, and each round's own ratio."""
+    modes: dict[str, Any] = {}
+    for mode, bound in AUTH_BOUNDS.items():
+        mine = [r for r in runs if r["mode"] == mode]
+        if not mine:
+            continue
+        entry: dict[str, Any] = {"bound": bound}
+        for side in AUTH_SIDES:
+            rows = [r for r in mine if r["side"] == side]
+            entry[side] = {
+                "events_per_s": _median([r["events_per_s"] for r in rows]),
+                "runs_events_per_s": [r["events_per_s"] for r in rows],
+                "p50_ms": _median([r["latency_ms"]["p50"] for r in rows]),
+                "p99_ms": _median([r["latency_ms"]["p99"] for r in rows]),
+                "server_cpu_us_per_event": _median([r["cpu_us_per_event"]["server"] for r in rows]),
+                "cpu_us_per_event": _median([r["cpu_us_per_event"]["total"] for r in rows]),
+            }
+        entry["ratio"] = _ratio(entry["on"]["events_per_s"] or 0, entry["off"]["events_per_s"] or 0)
+        # What the CPU per event predicts where the machine is the limit.
+        entry["server_cpu_ratio"] = _ratio(
+            entry["off"]["server_cpu_us_per_event"] or 0,
+            entry["on"]["server_cpu_us_per_event"] or 0,
+        )
+        by_round: dict[int, dict[str, float]] = {}
+        for r in mine:
+            by_round.setdefault(r["round"], {})[r["side"]] = r["events_per_s"]
+        entry["round_ratios"] = [
+            _ratio(pair["on"], pair["off"])
+            for _, pair in sorted(by_round.items())
+            if len(pair) == 2
+        ]
+        entry["pass"] = entry["ratio"] is not None and entry["ratio"] >= bound
+        modes[mode] = entry
+    return {
+        "modes": modes,
+        "all_pass": bool(modes) and all(m["pass"] for m in modes.values()),
+        "self_check_ok": all(r["self_check_ok"] for r in runs),
+    }
+
+
+def run_auth(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dict[str, Any]:
+    """The same service with POINTS_AUTH=on beside POINTS_AUTH=off: two
+    server processes up together, runs alternating between them, each
+    side's order flipped every round."""
+    redis_url, database_url = servers
+    tenants = {side: [f"auth{side}-{i}" for i in range(ns.tenants)] for side in AUTH_SIDES}
+    rules = write_rules(
+        tmp / "auth.yaml", {t: {"shards": ns.shards} for ts in tenants.values() for t in ts}
+    )
+    base = pointsd_env(redis_url, database_url, rules, tmp / "data", POINTS_WORKERS=str(ns.workers))
+    token, token_id = _ingest_token(base, tenants["on"])
+    # --auth-control: both sides with auth off, the same in every other way:
+    # how far apart two identical servers measure here (the noise floor).
+    procs = {
+        side: ServerProcess(
+            {**base, "POINTS_AUTH": "off" if ns.auth_control else side},
+            free_port(),
+            tmp / f"auth-{side}.log",
+        )
+        for side in AUTH_SIDES
+    }
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    try:
+        for proc in procs.values():
+            proc.start()
+        group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6])
+        # Unmeasured: the first calls warm each side's caches and pools (and
+        # the auth-on side checks the token with scrypt, once).
+        for side in AUTH_SIDES:
+            warm = group.spec(side, 1, f"aw{group.stamp}{side}")
+            group.load(side, "batch", warm, min(2.0, ns.auth_duration))
+        for rnd in range(ns.rounds):
+            order = list(AUTH_SIDES)
+            if rnd % 2:
+                order.reverse()
+            for mode in ns.auth_modes:
+                for side in order:
+                    runs.append(group.run(side, mode, rnd))
+    finally:
+        for proc in procs.values():
+            if proc.proc is not None:
+                proc.terminate()
+        run_cli(["tokens", "revoke", token_id], base)
+        cleanup_tenants(redis_url, [t for ts in tenants.values() for t in ts])
+    on = (
+        "POINTS_AUTH=off as well (--auth-control: an A/A run)"
+        if ns.auth_control
+        else "POINTS_AUTH=on: every call's bearer token checked (an ingest token of the "
+        "side's tenants: role and every event's tenant)"
+    )
+    return {
+        "compared": {
+            "on": on,
+            "off": "POINTS_AUTH=off: no check; the same client sends the same header",
+        },
+        "control": bool(ns.auth_control),
+        "settings": {
+            "duration_s": ns.auth_duration,
+            "rounds": ns.rounds,
+            "modes": ns.auth_modes,
+            "tenants_per_side": ns.tenants,
+            "users": ns.users,
+            "batch": ns.batch,
+            "batch_concurrency": ns.batch_concurrency,
+            "unary_concurrency": ns.unary_concurrency,
+            "streams": ns.streams,
+            "stream_window": ns.stream_window,
+            "workers": ns.workers,
+        },
+        "machine": {
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "wall_s": round(time.monotonic() - started, 1),
+        **summarize_auth(runs),
+        "runs": runs,
+    }
+
+
 def run(ns: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="pointsd-bench-"))
     redis_url, database_url, embedded = resolve_servers(tmp / "data")
@@ -811,6 +1068,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             run_core(ns, report, tmp, (redis_url, database_url))
         if "progression" in ns.groups:
             report["progression"] = run_progression(ns, tmp, (redis_url, database_url))
+        if "auth" in ns.groups:
+            report["auth"] = run_auth(ns, tmp, (redis_url, database_url))
     finally:
         for s in embedded:
             if s.owned:
@@ -905,24 +1164,59 @@ def _print_progression(prog: dict[str, Any]) -> None:
             print(f"{run['run_id']} ({run['side']}, {run['mode']}): ledger self-check FAILED")
 
 
+def _print_auth(auth: dict[str, Any]) -> None:
+    settings = auth["settings"]
+    what = "off vs off (control)" if auth.get("control") else "on vs off"
+    print(
+        f"auth: POINTS_AUTH={what}, medians of {settings['rounds']} alternated rounds of "
+        f"{settings['duration_s']:g} s"
+    )
+    print(
+        f"{'mode':<7} {'on ev/s':>10} {'off ev/s':>10} {'ratio':>6} {'bound':>6}       "
+        f"{'p50 ms on/off':>14} {'server CPU µs/ev on/off':>24}"
+    )
+    for mode, m in auth["modes"].items():
+        ratio = f"{m['ratio']:.3f}" if m["ratio"] is not None else "-"
+        on, off = m["on"], m["off"]
+        print(
+            f"{mode:<7} {on['events_per_s'] or 0:>10,.0f} {off['events_per_s'] or 0:>10,.0f} "
+            f"{ratio:>6} {m['bound']:>6.2f} {'PASS' if m['pass'] else 'FAIL':<5} "
+            f"{_us(on['p50_ms'])} / {_us(off['p50_ms']):<6} "
+            f"{_us(on['server_cpu_us_per_event']):>12} / {_us(off['server_cpu_us_per_event'])}"
+        )
+    for mode, m in auth["modes"].items():
+        print(f"{mode} on/off by round: {m['round_ratios']}")
+    for run in auth["runs"]:
+        for kind, n in run["errors"].items():
+            print(f"{run['run_id']} ({run['side']}, {run['mode']}): {kind} {n:,} events: "
+                  f"{explain_error(kind)}")  # fmt: skip
+        if not run["self_check_ok"]:
+            print(f"{run['run_id']} ({run['side']}, {run['mode']}): ledger self-check FAILED")
+
+
 def _print_table(report: dict[str, Any]) -> None:
-    if "results" in report:
-        _print_core(report)
-    if "progression" in report:
-        if "results" in report:
-            print()
-        _print_progression(report["progression"])
+    printed = False
+    for key, show in (
+        ("results", lambda: _print_core(report)),
+        ("progression", lambda: _print_progression(report["progression"])),
+        ("auth", lambda: _print_auth(report["auth"])),
+    ):
+        if key in report:
+            if printed:
+                print()
+            show()
+            printed = True
 
 
 def exit_code(report: dict[str, Any], check: bool) -> int:
     """1 when a ledger self-check failed; 3 when `check` and a progression
-    ratio is under its bound; else 0."""
+    or auth ratio is under its bound; else 0."""
     if "results" in report and not report["results"]["batch_service"].get("self_check_ok"):
         return 1
-    prog = report.get("progression")
-    if prog is not None and not prog["self_check_ok"]:
+    bounded = [report[k] for k in ("progression", "auth") if k in report]
+    if any(not group["self_check_ok"] for group in bounded):
         return 1
-    if check and prog is not None and not prog["all_pass"]:
+    if check and any(not group["all_pass"] for group in bounded):
         return 3
     return 0
 
@@ -946,8 +1240,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--progression", action="store_true", help="also run the progression group (~5 min)"
     )
+    p.add_argument("--auth", action="store_true", help="also run the auth on/off group (~4 min)")
     p.add_argument(
-        "--only", choices=("core", "progression"), help="run only this group of contenders"
+        "--only", choices=("core", "progression", "auth"), help="run only this group of contenders"
     )
     p.add_argument("--rounds", type=int, default=4, help="progression: rounds (each side per mode)")
     p.add_argument(
@@ -958,8 +1253,21 @@ def main(argv: list[str] | None = None) -> int:
         default="batch,unary,stream",
         help="progression: comma-separated modes (batch, unary, stream)",
     )
+    p.add_argument("--auth-duration", type=float, default=8.0, help="auth: seconds per run")
     p.add_argument(
-        "--check", action="store_true", help="exit 3 when a progression ratio is under its bound"
+        "--auth-control",
+        action="store_true",
+        help="auth: both sides with auth off (an A/A run: the noise floor of the ratios)",
+    )
+    p.add_argument(
+        "--auth-modes",
+        default="batch,unary,stream",
+        help="auth: comma-separated modes (batch, unary, stream)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 3 when a progression or auth ratio is under its bound",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     ns = p.parse_args(argv)
@@ -969,10 +1277,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(
             f"--progression-modes: choose from batch, unary, stream, got {ns.progression_modes!r}"
         )
-    if ns.rounds < 1 or ns.progression_duration <= 0:
-        p.error("--rounds must be >= 1 and --progression-duration > 0")
+    auth_modes = [m.strip() for m in ns.auth_modes.split(",") if m.strip()]
+    if sorted(set(auth_modes) - set(AUTH_BOUNDS)) or not auth_modes:
+        p.error(f"--auth-modes: choose from batch, unary, stream, got {ns.auth_modes!r}")
+    if ns.rounds < 1 or ns.progression_duration <= 0 or ns.auth_duration <= 0:
+        p.error("--rounds must be >= 1, --progression-duration and --auth-duration > 0")
     ns.progression_modes = modes
-    ns.groups = [ns.only] if ns.only else ["core", *(["progression"] if ns.progression else [])]
+    ns.auth_modes = auth_modes
+    extra = [g for g, on in (("progression", ns.progression), ("auth", ns.auth)) if on]
+    ns.groups = [ns.only] if ns.only else ["core", *extra]
     report = run(ns)
     if ns.json:
         print(json.dumps(report, indent=2))

@@ -146,6 +146,32 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
 
 @pytest.mark.slow
 @pytest.mark.subprocess
+def test_bench_auth_group_runs_auth_on_beside_off(servers: Servers) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--only", "auth", "--auth-duration", "1",
+         "--rounds", "1", "--users", "500", "--unary-concurrency", "16", "--streams", "4",
+         "--json"],
+        env=_env(servers), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    auth = report["auth"]
+    assert "results" not in report and "progression" not in report
+    assert set(auth["modes"]) == {"batch", "unary", "stream"}
+    for mode, m in auth["modes"].items():
+        assert m["on"]["events_per_s"] > 0 and m["off"]["events_per_s"] > 0, mode
+        assert m["ratio"] == round(m["on"]["events_per_s"] / m["off"]["events_per_s"], 3)
+        assert m["bound"] == 0.9 and m["pass"] is (m["ratio"] >= 0.9)
+    # Every run's events reached the ledger of its side: the auth-on side
+    # admitted the token's calls, and refused nothing.
+    assert auth["self_check_ok"]
+    assert {(r["mode"], r["side"]) for r in auth["runs"]} == {
+        (mode, side) for mode in ("batch", "unary", "stream") for side in ("on", "off")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_bench_progression_group_runs_both_sides_of_every_mode(servers: Servers) -> None:
     done = subprocess.run(
         [

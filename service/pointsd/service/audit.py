@@ -11,7 +11,8 @@ the effect, so that no effect can exist without its row:
 - an effect in Redis (AdjustPoints): `started()` writes the row with the
   outcome STARTED before the effect, and the end of the call settles it;
 - a refusal before any effect: one row with the status code name and its
-  message, written after the refusal.
+  message, written after the refusal; except PERMISSION_DENIED and
+  UNAUTHENTICATED, which leave no trace in any store.
 
 `audited` (a handler decorator, under `@unary`) and `calling` (the CLI's
 token commands) open the call and settle its row at the end, whatever
@@ -40,7 +41,14 @@ from google.protobuf.message import Message
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.auth import Caller, current_caller, tenants_of
-from pointsd.service.errors import MESSAGE_CHARS_MAX, InvalidArgument, clip, status_of
+from pointsd.service.errors import (
+    MESSAGE_CHARS_MAX,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    clip,
+    status_of,
+)
 from pointsd.storage.postgres.audit import STARTED, AuditEntry, AuditFilter, AuditRow, AuditStore
 
 if TYPE_CHECKING:
@@ -247,6 +255,10 @@ async def calling(
         task = asyncio.create_task(_settle(call, "CANCELLED", "the call was cancelled"))
         _PENDING.add(task)
         task.add_done_callback(_PENDING.discard)
+        raise
+    except (PermissionDenied, Unauthenticated):
+        # A caller without the right leaves no trace, wherever it is found
+        # out (the gate, or a token command's scope check); nothing happened.
         raise
     except Exception as exc:
         await _settle(call, *outcome_of(exc))
