@@ -601,3 +601,10 @@ async def test_a_tenant_scoped_admin_stays_within_its_tenants(
         c=f"token {scoped.info.token_id}",
     )
     assert [tuple(r) for r in rows] == [("CreateToken", mine, "OK")]
+
+
+def test_a_nul_in_a_request_still_makes_a_row_postgresql_accepts(sql: Any) -> None:
+    """jsonb refuses \\u0000: the request text carries U+FFFD in its place."""
+    got = audit.request_json(pb.AdjustPointsRequest(tenant_id="t", reason="a\x00b"))
+    assert json.loads(got)["reason"] == "a\ufffdb"
+    assert sql("SELECT CAST(:j AS jsonb) ->> 'reason'", j=got) == [("a\ufffdb",)]

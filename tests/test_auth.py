@@ -543,3 +543,66 @@ def test_migration_0008_adds_the_token_table_as_the_model_says(servers: Servers)
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
         admin.dispose()
+
+
+async def test_wrong_secrets_cost_one_scrypt_each_and_at_most_a_few_a_second(
+    store: TokenStore, names: Callable[[], str], clock: TestClock
+) -> None:
+    """scrypt runs on the event loop: a repeated wrong secret is not checked
+    again, and past WRONG_SECRETS_PER_S new wrong ones a second the rest
+    are refused unchecked (a valid token verified before still passes)."""
+    from pointsd.service.auth import WRONG_SECRETS_PER_S
+
+    token, row = await issue_token(store, name=names(), roles=["read"], tenants=None,
+                                   now=now_of(clock))  # fmt: skip
+    authenticator = Authenticator(store, clock)
+    await authenticator.refresh()
+    authenticator.authenticate(bearer(token))
+    assert authenticator.verifications == 1
+    wrongs = [f"pt_{row.token_id}_{new_token()[2]}" for _ in range(WRONG_SECRETS_PER_S + 3)]
+    for _ in range(3):
+        with pytest.raises(Unauthenticated, match="wrong secret"):
+            authenticator.authenticate(bearer(wrongs[0]))
+    assert authenticator.verifications == 2
+    for wrong in wrongs[1:WRONG_SECRETS_PER_S]:
+        with pytest.raises(Unauthenticated, match="wrong secret"):
+            authenticator.authenticate(bearer(wrong))
+    assert authenticator.verifications == 1 + WRONG_SECRETS_PER_S
+    with pytest.raises(Unauthenticated, match="too many wrong token secrets"):
+        authenticator.authenticate(bearer(wrongs[-1]))
+    assert authenticator.verifications == 1 + WRONG_SECRETS_PER_S
+    assert authenticator.authenticate(bearer(token)).name == row.name
+
+
+async def test_the_refresh_loop_outlives_any_error(
+    store: TokenStore, clock: TestClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh that fails with anything (a renamed table, a bug) is
+    logged and retried: the loop never ends, or revokes would go unseen."""
+    from pointsd.storage.errors import StorageError
+
+    authenticator = Authenticator(store, clock, refresh_s=0.01)
+    calls = 0
+    real = store.snapshot
+
+    async def failing() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StorageError('relation "api_tokens" does not exist', "postgresql")
+        if calls == 2:
+            raise RuntimeError("a bug")
+        return await real()
+
+    monkeypatch.setattr(store, "snapshot", failing)
+    authenticator.full_every = 1
+    await authenticator.start()
+    try:
+        for _ in range(200):
+            if calls >= 3 and authenticator.loaded:
+                break
+            await asyncio.sleep(0.01)
+        assert calls >= 3 and authenticator.loaded
+        assert authenticator.refresh_failures >= 2
+    finally:
+        await authenticator.close()

@@ -65,6 +65,8 @@ PROPAGATION_S = 5.0
 TENANT_TABLES = (
     "audit_log",
     "catalog_items",
+    "farming_findings",
+    "farming_flags",
     "ledger_entries",
     "redemptions",
     "winner_periods",

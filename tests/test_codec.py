@@ -93,11 +93,14 @@ def _op(**fields: Any) -> CreditOp:
 
 
 def _encoded(
-    mode: str, restored: tuple[int, int, StoreCode] | None = None, **fields: Any
+    mode: str,
+    restored: tuple[int, int, StoreCode] | None = None,
+    held_by: int | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     encoder = CallEncoder(KeySchema().shard("t", 0), mode, 1_798_000_000, 0)
     op = _op(**fields)
-    encoder.add(op if restored is None else RestoreOp(op, *restored))
+    encoder.add(op if restored is None else RestoreOp(op, *restored, held_by=held_by))
     keys, args = encoder.call()
     assert args[:4] == [WIRE_VERSION, mode, 1_798_000_000, 0]
     steps, programs, ops = (orjson.loads(cast(bytes, a)) for a in args[4:7])
@@ -110,10 +113,10 @@ def _read(pattern: str) -> set[str]:
 
 def test_the_script_reads_every_operation_field_the_codec_writes_and_no_other() -> None:
     applied = _encoded(APPLY, counterpart="bob", department="rd", group="g1", joined_ms=5)
-    restored = _encoded(RESTORE, (3, 9, StoreCode.CAPPED))
+    restored = _encoded(RESTORE, (3, 9, StoreCode.CAPPED), held_by=7)
     written = set(applied["ops"][0]) | set(restored["ops"][0])
     assert written == {"u", "d", "x", "f", "p", "q", "t", "P", "k", "cp", "dep", "grp", "join",
-                       "e", "r"}  # fmt: skip
+                       "e", "r", "h"}  # fmt: skip
     # Member names a Distinct step may read are operation fields too.
     read = _read(r"\bop\.(\w+)") | {m.value for m in Member}
     assert written == read
@@ -173,12 +176,15 @@ def test_result_codes_exist_once() -> None:
 
 
 def test_results_carry_their_bonuses() -> None:
-    reply = [1, 5, 60, 0, 0, 2, b"streak-5", 10, b"level-2", 0, 2, 5, 60, 0, 1, 0, 3, 0, 9, 1, 0, 0]
+    reply = [1, 5, 60, 0, 0, 0, 2, b"streak-5", 10, b"level-2", 0, 2, 5, 60, 0, 1, 1, 0,
+             3, 0, 9, 1, 0, 0, 0]  # fmt: skip
     first, dup, capped = decode_results(reply)
-    assert (first.code, first.points, first.balance, first.bonuses) == (
-        StoreCode.AWARDED, 5, 60, (("streak-5", 10), ("level-2", 0)),
+    assert (first.code, first.points, first.balance, first.bonuses, first.held) == (
+        StoreCode.AWARDED, 5, 60, (("streak-5", 10), ("level-2", 0)), False,
     )  # fmt: skip
-    assert (dup.code, dup.original, dup.bonuses) == (StoreCode.DUPLICATE, StoreCode.AWARDED, ())
+    assert (dup.code, dup.original, dup.bonuses, dup.held) == (
+        StoreCode.DUPLICATE, StoreCode.AWARDED, (), True,
+    )  # fmt: skip
     assert (capped.code, capped.limit_index, capped.original) == (StoreCode.CAPPED, 1, None)
 
 

@@ -43,6 +43,7 @@ FLOAT_FIELDS = [
     "redis_timeout_s",
     "db_timeout_s",
     "winners_interval_s",
+    "farming_interval_s",
     "redeem_recovery_interval_s",
     "redeem_recovery_after_s",
     "auth_refresh_s",
@@ -421,6 +422,9 @@ def test_settings_are_frozen() -> None:
         ("POINTS_SHUTDOWN_GRACE_S", "0"),
         ("POINTS_SHUTDOWN_GRACE_S", "nan"),
         ("POINTS_WINNERS_INTERVAL_S", "0"),
+        ("POINTS_FARMING_INTERVAL_S", "0.5"),
+        ("POINTS_FARMING_INTERVAL_S", "3601"),
+        ("POINTS_FARMING_INTERVAL_S", "nan"),
         ("POINTS_REDEEM_RECOVERY_INTERVAL_S", "-5"),
         ("POINTS_DB_TIMEOUT_S", "0"),
         ("POINTS_LOG_LEVEL", "verbose"),
@@ -437,7 +441,13 @@ def test_settings_that_would_misbehave_are_refused_by_name(variable: str, raw: s
 
 @pytest.mark.parametrize(
     ("variable", "raw"),
-    [("POINTS_LOG_LEVEL", "warn"), ("POINTS_LOG_LEVEL", "fatal"), ("POINTS_LISTEN", "unix:/tmp/p")],
+    [
+        ("POINTS_LOG_LEVEL", "warn"),
+        ("POINTS_LOG_LEVEL", "fatal"),
+        ("POINTS_LISTEN", "unix:/tmp/p"),
+        ("POINTS_FARMING_INTERVAL_S", "1"),
+        ("POINTS_FARMING_INTERVAL_S", "3600"),
+    ],
 )
 def test_settings_python_and_grpc_accept_stay_accepted(variable: str, raw: str) -> None:
     Settings.from_env({variable: raw})

@@ -34,6 +34,18 @@ def _serving(target: str) -> bool:
     return resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie until its parent reaps it: gone all the same.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 def _until(what: str, check: object, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -142,11 +154,10 @@ def test_sigterm_with_redis_down_does_not_wait_out_the_grace(tmp_path: Path) -> 
             )
         pid = redis.process_pid()
         assert pid is not None
-        (redis.dir / "redis.sock").unlink(missing_ok=True)
-        # A file where the restart wants its folder: the restart fails.
+        # A file where the restart wants its folder, before the kill: the
+        # supervisor restarts Redis at once, and that restart must fail (a
+        # folder broken after the kill would race it).
         aof = redis.dir
-        os.kill(pid, signal.SIGKILL)
-        _until("redis gone", lambda: redis.process_pid() is None)
         for child in aof.iterdir():
             if child.is_dir():
                 for f in child.iterdir():
@@ -156,6 +167,8 @@ def test_sigterm_with_redis_down_does_not_wait_out_the_grace(tmp_path: Path) -> 
                 child.unlink()
         aof.rmdir()
         aof.write_text("not a folder")
+        os.kill(pid, signal.SIGKILL)
+        _until("redis gone", lambda: not _alive(pid))
         _until("NOT_SERVING", lambda: not _serving(server.target), 30)
         assert server.proc is not None
         started = time.monotonic()

@@ -33,6 +33,8 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPEND: _ClassVar[EntryKind]
     REFUND: _ClassVar[EntryKind]
     ADJUSTMENT: _ClassVar[EntryKind]
+    RELEASE: _ClassVar[EntryKind]
+    VOID: _ClassVar[EntryKind]
 
 class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +76,13 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WEEKLY: _ClassVar[TaskKind]
     MONTHLY: _ClassVar[TaskKind]
     GROWTH: _ClassVar[TaskKind]
+
+class FlagState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLAG_STATE_UNSPECIFIED: _ClassVar[FlagState]
+    FLAG_OPEN: _ClassVar[FlagState]
+    FLAG_RELEASED: _ClassVar[FlagState]
+    FLAG_VOIDED: _ClassVar[FlagState]
 OUTCOME_UNSPECIFIED: Outcome
 AWARDED: Outcome
 DUPLICATE: Outcome
@@ -89,6 +98,8 @@ AWARD: EntryKind
 SPEND: EntryKind
 REFUND: EntryKind
 ADJUSTMENT: EntryKind
+RELEASE: EntryKind
+VOID: EntryKind
 PERIOD_UNSPECIFIED: Period
 DAY: Period
 WEEK: Period
@@ -115,6 +126,10 @@ DAILY: TaskKind
 WEEKLY: TaskKind
 MONTHLY: TaskKind
 GROWTH: TaskKind
+FLAG_STATE_UNSPECIFIED: FlagState
+FLAG_OPEN: FlagState
+FLAG_RELEASED: FlagState
+FLAG_VOIDED: FlagState
 
 class ActivityEvent(_message.Message):
     __slots__ = ("tenant_id", "event_id", "user_id", "action", "occurred_at", "target_user_id", "group_id", "department_id", "quantity", "attributes")
@@ -148,20 +163,22 @@ class ActivityEvent(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., action: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Credit(_message.Message):
-    __slots__ = ("user_id", "role", "outcome", "points", "balance", "reason")
+    __slots__ = ("user_id", "role", "outcome", "points", "balance", "reason", "held")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     role: Role
     outcome: Outcome
     points: int
     balance: int
     reason: str
-    def __init__(self, user_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    held: bool
+    def __init__(self, user_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., points: _Optional[int] = ..., balance: _Optional[int] = ..., reason: _Optional[str] = ..., held: _Optional[bool] = ...) -> None: ...
 
 class ActivityResult(_message.Message):
     __slots__ = ("event_id", "outcome", "points", "balance", "reason", "original_outcome", "credits", "field", "bonuses", "level_ups")
@@ -256,7 +273,7 @@ class GetBalanceRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class Balance(_message.Message):
-    __slots__ = ("tenant_id", "user_id", "available", "lifetime_earned", "spent", "earned_today", "day")
+    __slots__ = ("tenant_id", "user_id", "available", "lifetime_earned", "spent", "earned_today", "day", "held")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +281,7 @@ class Balance(_message.Message):
     SPENT_FIELD_NUMBER: _ClassVar[int]
     EARNED_TODAY_FIELD_NUMBER: _ClassVar[int]
     DAY_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     user_id: str
     available: int
@@ -271,7 +289,8 @@ class Balance(_message.Message):
     spent: int
     earned_today: int
     day: str
-    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., available: _Optional[int] = ..., lifetime_earned: _Optional[int] = ..., spent: _Optional[int] = ..., earned_today: _Optional[int] = ..., day: _Optional[str] = ...) -> None: ...
+    held: int
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., available: _Optional[int] = ..., lifetime_earned: _Optional[int] = ..., spent: _Optional[int] = ..., earned_today: _Optional[int] = ..., day: _Optional[str] = ..., held: _Optional[int] = ...) -> None: ...
 
 class ListLedgerRequest(_message.Message):
     __slots__ = ("tenant_id", "user_id", "page_size", "page_token")
@@ -286,7 +305,7 @@ class ListLedgerRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
-    __slots__ = ("entry_id", "kind", "action", "points", "balance_after", "event_id", "role", "counterpart_user_id", "group_id", "department_id", "occurred_at", "recorded_at", "reason", "quantity", "attributes")
+    __slots__ = ("entry_id", "kind", "action", "points", "balance_after", "event_id", "role", "counterpart_user_id", "group_id", "department_id", "occurred_at", "recorded_at", "reason", "quantity", "attributes", "held", "flag_id")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +328,8 @@ class LedgerEntry(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    FLAG_ID_FIELD_NUMBER: _ClassVar[int]
     entry_id: str
     kind: EntryKind
     action: str
@@ -324,7 +345,9 @@ class LedgerEntry(_message.Message):
     reason: str
     quantity: int
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, entry_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., action: _Optional[str] = ..., points: _Optional[int] = ..., balance_after: _Optional[int] = ..., event_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., counterpart_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    held: bool
+    flag_id: int
+    def __init__(self, entry_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., action: _Optional[str] = ..., points: _Optional[int] = ..., balance_after: _Optional[int] = ..., event_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., counterpart_user_id: _Optional[str] = ..., group_id: _Optional[str] = ..., department_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., quantity: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., held: _Optional[bool] = ..., flag_id: _Optional[int] = ...) -> None: ...
 
 class ListLedgerResponse(_message.Message):
     __slots__ = ("entries", "next_page_token")
@@ -959,3 +982,75 @@ class ListAuditResponse(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
     next_page_token: str
     def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class FlagFinding(_message.Message):
+    __slots__ = ("signal", "period_key", "counterparts", "evidence", "found_at")
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_KEY_FIELD_NUMBER: _ClassVar[int]
+    COUNTERPARTS_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FOUND_AT_FIELD_NUMBER: _ClassVar[int]
+    signal: str
+    period_key: str
+    counterparts: _containers.RepeatedScalarFieldContainer[str]
+    evidence: str
+    found_at: _timestamp_pb2.Timestamp
+    def __init__(self, signal: _Optional[str] = ..., period_key: _Optional[str] = ..., counterparts: _Optional[_Iterable[str]] = ..., evidence: _Optional[str] = ..., found_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Flag(_message.Message):
+    __slots__ = ("flag_id", "tenant_id", "user_id", "state", "opened_at", "findings", "held_points", "settled", "decided_at", "decided_by", "note")
+    FLAG_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    HELD_POINTS_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    flag_id: int
+    tenant_id: str
+    user_id: str
+    state: FlagState
+    opened_at: _timestamp_pb2.Timestamp
+    findings: _containers.RepeatedCompositeFieldContainer[FlagFinding]
+    held_points: int
+    settled: bool
+    decided_at: _timestamp_pb2.Timestamp
+    decided_by: str
+    note: str
+    def __init__(self, flag_id: _Optional[int] = ..., tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., state: _Optional[_Union[FlagState, str]] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[FlagFinding, _Mapping]]] = ..., held_points: _Optional[int] = ..., settled: _Optional[bool] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ListFlagsRequest(_message.Message):
+    __slots__ = ("tenant_id", "state", "user_id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    state: FlagState
+    user_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[FlagState, str]] = ..., user_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFlagsResponse(_message.Message):
+    __slots__ = ("flags", "next_page_token")
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedCompositeFieldContainer[Flag]
+    next_page_token: str
+    def __init__(self, flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ResolveFlagRequest(_message.Message):
+    __slots__ = ("tenant_id", "flag_id", "note")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    FLAG_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    flag_id: int
+    note: str
+    def __init__(self, tenant_id: _Optional[str] = ..., flag_id: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...

@@ -1,11 +1,13 @@
 """points.v1.AdminService handlers (operators: the catalog, redemptions,
-refunds, manual adjustments): validate, call, convert. Errors map to
+refunds, manual adjustments; tokens and the audit trail in admin_tokens.py,
+farming flags in admin_flags.py): validate, call, convert. Errors map to
 statuses through service/pointsd/service/rpc.py like every handler's; every
 handler that acts is `@audit.audited` (service/pointsd/service/audit.py)."""
 
 from __future__ import annotations
 
 from pointsd.service import audit, catalog, queries
+from pointsd.service.admin_flags import FlagAdmin
 from pointsd.service.admin_tokens import TokenAdmin
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.api.points.v1 import points_pb2_grpc as pb_grpc
@@ -26,7 +28,7 @@ from pointsd.service.validation import (
 __all__ = ["AdminServicer"]
 
 
-class AdminServicer(TokenAdmin, pb_grpc.AdminServiceServicer):
+class AdminServicer(TokenAdmin, FlagAdmin, pb_grpc.AdminServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 

@@ -31,6 +31,7 @@ from pointsd.storage.redis.secrets import shared_secret
 from pointsd.storage.stores import Stores
 
 if TYPE_CHECKING:
+    from pointsd.service.farming import FarmingPass
     from pointsd.service.winners import WinnersRecorder
 
 __all__ = ["App", "resolve_urls", "stop_owned"]
@@ -200,6 +201,11 @@ class App:
         from pointsd.service.winners import WinnersRecorder
 
         return WinnersRecorder(self, self.settings.winners_delay, self.settings.winners_interval_s)
+
+    def farming_pass(self) -> FarmingPass:
+        from pointsd.service.farming import FarmingPass
+
+        return FarmingPass(self, self.settings.farming_interval_s)
 
     def shards(self) -> list[Shard]:
         return list(self.stores.topology.all_shards())

@@ -150,6 +150,9 @@ def request_json(request: Message) -> str:
     raw = _as_dict(request)
     for chars, items in _PASSES:
         text = json.dumps(_bounded(raw, chars, items), ensure_ascii=False, separators=(",", ":"))
+        # PostgreSQL's jsonb refuses \u0000: a NUL in a request (refused or
+        # not) must not cost the call its audit row.
+        text = text.replace("\\u0000", "\\ufffd")
         if len(text.encode()) <= REQUEST_BYTES_MAX:
             return text
     return json.dumps({"_truncated": True, "_message": request.DESCRIPTOR.name})

@@ -27,6 +27,8 @@ import hmac
 import logging
 import re
 import secrets
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,7 +39,7 @@ from google.protobuf.message import Message
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.clock import Clock
 from pointsd.service.errors import InvalidArgument, PermissionDenied, Unauthenticated, clip
-from pointsd.storage.errors import StorageUnavailable
+from pointsd.storage.errors import StorageError, StorageUnavailable
 from pointsd.storage.postgres.audit import AuditRow
 from pointsd.storage.postgres.tokens import ApiToken, TokenStore
 
@@ -351,6 +353,10 @@ async def rotate_token(
 # -- the authenticator --------------------------------------------------------
 
 _CACHE_MAX = 10_000
+# Wrong secrets checked with scrypt per second and process (each ~30 ms of
+# the event loop), and how many are remembered so a repeat costs nothing.
+WRONG_SECRETS_PER_S = 5
+_WRONG_KEPT = 10_000
 _BEARER = "bearer "
 
 
@@ -397,6 +403,10 @@ class Authenticator:
         self._cursor: datetime | None = None
         self._refreshes = 0
         self._verified: dict[bytes, _Verified] = {}
+        # Wrong secrets seen (sha256 of the presented token -> the row it
+        # failed against) and when the last ones were checked.
+        self._wrong: dict[bytes, tuple[str, str]] = {}
+        self._wrong_at: deque[float] = deque()
         self._task: asyncio.Task[None] | None = None
         self.loaded = False
         self.verifications = 0  # scrypt runs, for tests and metrics
@@ -405,7 +415,7 @@ class Authenticator:
     async def start(self) -> None:
         """Load once (a failure is logged; calls get UNAVAILABLE until a
         load succeeds), then refresh in the background."""
-        with contextlib.suppress(StorageUnavailable):
+        with contextlib.suppress(StorageError):
             await self.refresh()
         self._task = asyncio.create_task(self._loop(), name="auth-refresh")
 
@@ -417,10 +427,17 @@ class Authenticator:
             self._task = None
 
     async def _loop(self) -> None:
+        # Nothing may end this loop but close(): a process that stopped
+        # refreshing would admit a revoked token for ever.
         while True:
             await asyncio.sleep(self.refresh_s)
-            with contextlib.suppress(StorageUnavailable):
+            try:
                 await self.refresh()
+            except StorageError:
+                pass  # logged by refresh
+            except Exception:
+                self.refresh_failures += 1
+                log.exception("token refresh failed unexpectedly, keeping the last snapshot")
 
     async def refresh(self) -> None:
         """One refresh: the rows changed since the last one (a full snapshot
@@ -435,7 +452,7 @@ class Authenticator:
                 rows, as_of = await self.store.changed_since(since)
                 tokens = dict(self._tokens)
                 tokens.update({t.token_id: t for t in rows})
-        except StorageUnavailable as exc:
+        except StorageError as exc:
             self.refresh_failures += 1
             log.warning("token refresh failed, keeping the last snapshot: %s", clip(str(exc), 200))
             raise
@@ -469,10 +486,32 @@ class Authenticator:
         if row.expires_at is not None and now >= row.expires_at:
             raise Unauthenticated(f"token {token_id} expired at {row.expires_at.isoformat()}")
         if seen is None or seen.token_id != token_id or seen.secret_hash != row.secret_hash:
-            self.verifications += 1
-            if not verify_secret(secret, row.secret_hash):
-                raise Unauthenticated(f"wrong secret for token {token_id}")
+            self._verify(key, token_id, secret, row)
         return self._remember(key, token_id, row)
+
+    def _verify(self, key: bytes, token_id: str, secret: str, row: ApiToken) -> None:
+        """scrypt costs ~30 ms of this event loop: a wrong secret is checked
+        once (then remembered), and at most WRONG_SECRETS_PER_S wrong
+        secrets a second are checked at all; past that, calls with a token
+        not verified before are refused until the second is over."""
+        wrong = (row.token_id, row.secret_hash)
+        if self._wrong.get(key) == wrong:
+            raise Unauthenticated(f"wrong secret for token {token_id}")
+        now = time.monotonic()
+        while self._wrong_at and now - self._wrong_at[0] > 1.0:
+            self._wrong_at.popleft()
+        if len(self._wrong_at) >= WRONG_SECRETS_PER_S:
+            raise Unauthenticated(
+                f"too many wrong token secrets in the last second; token {token_id} was not "
+                "checked: retry in a second"
+            )
+        self.verifications += 1
+        if not verify_secret(secret, row.secret_hash):
+            self._wrong_at.append(now)
+            if len(self._wrong) >= _WRONG_KEPT:
+                self._wrong.clear()
+            self._wrong[key] = wrong
+            raise Unauthenticated(f"wrong secret for token {token_id}")
 
     def _remember(self, key: bytes, token_id: str, row: ApiToken) -> Caller:
         """The caller of a verified token, cached for its next calls."""

@@ -100,6 +100,7 @@ async def _flush(settings: Settings, drain: bool) -> int:
         await asyncio.gather(
             app.flusher.run(stop),
             app.winners_recorder().run(stop),
+            app.farming_pass().run(stop),
             watch_outbox(app.stores.outbox, app.shards, stop),
         )
         drained = await app.flusher.drain(
@@ -293,6 +294,7 @@ async def _winners(settings: Settings) -> int:
 
 def _rules_check(path: str | None, default_shards: int) -> int:
     from pointsd.service.rules import RuleError, load_rule_book
+    from pointsd.service.rules.farming import FARMING, describe_farming
 
     try:
         book = load_rule_book(Path(path) if path else None, default_shards=default_shards)
@@ -316,6 +318,7 @@ def _rules_check(path: str | None, default_shards: int) -> int:
         for mechanic in book.mechanics:
             for line in mechanic.describe_rule_set(tenant.parts):
                 print(f"  {line}")
+        print(f"  {describe_farming(tenant.part(FARMING))}")
     return 0
 
 

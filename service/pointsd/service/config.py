@@ -70,6 +70,9 @@ class Settings:
     # + POINTS_EVENT_FUTURE_SKEW_S, when no late event can change it anymore).
     winners_interval_s: float = 60.0
     winners_delay_s: int = -1
+    # How often the flusher role's farming pass judges the ledger, settles
+    # decided flags and holds flagged users (docs/farming.md).
+    farming_interval_s: float = 60.0
     # Redemptions a process left half-way (it died) are finished by a sweep
     # every interval, once idle this long.
     redeem_recovery_interval_s: float = 10.0
@@ -166,6 +169,11 @@ class Settings:
             )
         self._check_clock_start()
         self._check_security()
+        if not 1 <= self.farming_interval_s <= 3600:
+            raise ConfigError(
+                "POINTS_FARMING_INTERVAL_S must be between 1 and 3600, "
+                f"got {self.farming_interval_s}"
+            )
         if self.flusher not in ("process", "inline", "off"):
             raise ConfigError(
                 f"POINTS_FLUSHER: must be process, inline or off, got {self.flusher!r}"

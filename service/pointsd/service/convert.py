@@ -17,7 +17,10 @@ from pointsd.storage.entries import (
     KIND_AWARD,
     KIND_BONUS,
     KIND_REFUND,
+    KIND_RELEASE,
     KIND_SPEND,
+    KIND_VOID,
+    STATE_HELD,
     LedgerRow,
 )
 from pointsd.storage.postgres.catalog import Item, Redemption
@@ -61,7 +64,8 @@ _STATUS = {"pending": pb.PENDING, "completed": pb.COMPLETED, "failed": pb.FAILED
 _ROLES = {"a": pb.ACTOR, "t": pb.TARGET}
 # A bonus row is an award's milestone: the API shows it as an award.
 _ENTRY_KINDS = {KIND_AWARD: pb.AWARD, KIND_BONUS: pb.AWARD, KIND_SPEND: pb.SPEND,
-                KIND_REFUND: pb.REFUND, KIND_ADJUST: pb.ADJUSTMENT}  # fmt: skip
+                KIND_REFUND: pb.REFUND, KIND_ADJUST: pb.ADJUSTMENT,
+                KIND_RELEASE: pb.RELEASE, KIND_VOID: pb.VOID}  # fmt: skip
 
 
 def timestamp(ms: int) -> Timestamp:
@@ -97,6 +101,7 @@ def result_to_pb(r: EventResult) -> pb.ActivityResult:
             points=c.points,
             balance=c.balance,
             reason=c.reason,
+            held=c.held,
         )
     for b in r.bonuses:
         msg.bonuses.add(
@@ -133,6 +138,8 @@ def entry_to_pb(row: LedgerRow) -> pb.LedgerEntry:
         reason=row.reason,
         quantity=row.quantity,
         attributes=dict(row.attributes),
+        held=row.state == STATE_HELD,
+        flag_id=row.flag_id or 0,
     )
 
 

@@ -25,6 +25,13 @@ class CreditOutcome:
     points: int
     balance: int
     reason: str
+    # The points went to the user's held balance: a farming flag holds the
+    # user's awards until an administrator releases or voids them.
+    held: bool = False
+
+
+# Appended to a held credit's reason.
+HELD_NOTE = "; held for review (a farming flag): paid when an administrator releases it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +225,9 @@ class Ingestor:
                 # A reused id (only caught on this credit) applied nothing here.
                 points=0 if res.code is StoreCode.ID_REUSED else res.points,
                 balance=res.balance,
-                reason=compiled.reason(res.code, res.original, res.points, res.limit_index),
+                reason=compiled.reason(res.code, res.original, res.points, res.limit_index)
+                + (HELD_NOTE if res.held else ""),
+                held=res.held,
             )
             for op, compiled, res in zip(plan.ops, plan.credits, results, strict=False)
         )

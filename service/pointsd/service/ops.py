@@ -26,7 +26,7 @@ from pointsd.service.rules import TASKS, Plan, fingerprint, task_counter, task_t
 from pointsd.service.rules.mechanics.streaks import COVER, FREEZES, STREAK, freeze_day
 from pointsd.service.rules.mechanics.streaks import KEEP_S as STREAK_KEEP_S
 from pointsd.service.rules.mechanics.tasks import Measure
-from pointsd.storage.entries import KIND_AWARD, LedgerRow
+from pointsd.storage.entries import KIND_AWARD, STATE_HELD, LedgerRow
 from pointsd.storage.errors import StorageError
 from pointsd.storage.keys import Shard
 from pointsd.storage.redis import BalanceView, RestoreOp
@@ -71,7 +71,7 @@ class RebuildReport:
 
 async def _compare(app: App, tenant_id: str) -> tuple[int, list[Mismatch]]:
     sums = await app.stores.ledger.sums(tenant_id)
-    ledger = {u: BalanceView(s.net, s.earned, s.spent) for u, s in sums.items()}
+    ledger = {u: BalanceView(s.net, s.earned, s.spent, held=s.held) for u, s in sums.items()}
     redis: dict[str, BalanceView] = {}
     for shard in app.stores.topology.tenant_shards(tenant_id):
         async for user, view in app.stores.balances.scan_balances(shard):
@@ -80,7 +80,7 @@ async def _compare(app: App, tenant_id: str) -> tuple[int, list[Mismatch]]:
     mismatches = []
     for user in sorted(set(ledger) | set(redis)):
         r, lg = redis.get(user, zero), ledger.get(user, zero)
-        if (r.available, r.earned, r.spent) != (lg.available, lg.earned, lg.spent):
+        if (r.available, r.earned, r.spent, r.held) != (lg.available, lg.earned, lg.spent, lg.held):
             mismatches.append(Mismatch(tenant_id, user, r, lg))
     return len(set(ledger) | set(redis)), mismatches
 
@@ -154,8 +154,9 @@ def _restore_op(app: App, row: LedgerRow, now_s: int) -> RestoreOp | None:
     expires = op.dedup_expires_at_s if op.dedup_expires_at_s > now_s else 0
     if not steps and not expires:
         return None
+    held_by = row.flag_id if row.state == STATE_HELD else None
     return RestoreOp(replace(op, steps=steps, dedup_expires_at_s=expires), row.points,
-                     row.balance_after)  # fmt: skip
+                     row.balance_after, held_by=held_by)  # fmt: skip
 
 
 def _identity_op(
@@ -250,9 +251,12 @@ async def _restore_tenant(
     per_shard: dict[str, dict[str, BalanceView]] = {}
     for user, s in sums.items():
         shard = stores.topology.user_shard(tenant_id, user)
-        per_shard.setdefault(shard.tag, {})[user] = BalanceView(s.net, s.earned, s.spent)
+        per_shard.setdefault(shard.tag, {})[user] = BalanceView(
+            s.net, s.earned, s.spent, held=s.held
+        )
     for shard in shards:
         await stores.balances.set_balances(shard, per_shard.get(shard.tag, {}))
+    await _restore_holds(app, tenant_id)
     report.users += len(sums)
     now_s = app.clock() // 1000
     bonus_rows = await stores.ledger.bonuses(tenant_id)
@@ -268,6 +272,19 @@ async def _restore_tenant(
     await _restore_progress(app, tenant_id, bonus_rows, now_s, freezes)
     report.tenants += 1
     log.info("rebuilt tenant %s: %d users, %d entries", tenant_id, len(sums), report.entries)
+
+
+async def _restore_holds(app: App, tenant_id: str) -> None:
+    """The users held by open flags, and by decided flags whose settlement
+    has not run yet (the farming pass runs it, moving what they hold)."""
+    stores = app.stores
+    holds: dict[str, dict[str, int]] = {}
+    pending = [(f.flag_id, f.user_id) for f in await stores.farming.unsettled(tenant_id)]
+    for flag_id, user in [*await stores.farming.holding(tenant_id), *pending]:
+        shard = stores.topology.user_shard(tenant_id, user)
+        holds.setdefault(shard.tag, {}).setdefault(user, flag_id)
+    for shard in stores.topology.tenant_shards(tenant_id):
+        await stores.holds.restore(shard, holds.get(shard.tag, {}))
 
 
 async def _replay_entries(

@@ -172,6 +172,7 @@ async def start_server(
             _gather(
                 app.flusher.run(stop_flusher),
                 app.winners_recorder().run(stop_flusher),
+                app.farming_pass().run(stop_flusher),
                 # The flusher role owns the outbox lengths (docs/metrics.md).
                 watch_outbox(app.stores.outbox, app.shards, stop_flusher),
             )

@@ -239,6 +239,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             spent=now.view.spent,
             earned_today=now.view.earned_in_period,
             day=now.day,
+            held=now.view.held,
         )
 
     @unary

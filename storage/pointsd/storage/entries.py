@@ -3,7 +3,8 @@
 The award script appends one entry per award (`award_data`, plus the points
 and the balance it computed), and one per bonus the award earned (the same
 data, plus `m`: the bonus's tag and reason); the flusher decodes entries back
-into LedgerRow.
+into LedgerRow. Field `h` names a farming flag (a held award, a settlement);
+`s` "h" marks a row of the held balance.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ __all__ = [
     "KIND_AWARD",
     "KIND_BONUS",
     "KIND_REFUND",
+    "KIND_RELEASE",
     "KIND_SPEND",
+    "KIND_VOID",
+    "STATE_HELD",
+    "STATE_PAID",
     "LedgerRow",
     "award_data",
     "bonus_key",
     "decode_entry",
     "entry_data",
+    "settle_key",
 ]
 
 # Entry kinds and what they move besides `available`: awards and adjustments
@@ -38,7 +44,17 @@ KIND_ADJUST = "adjust"
 # A milestone of an award (a Cross or Entry step): its own row, keyed by the
 # award's entry key and the bonus's tag; it moves earned like an award.
 KIND_BONUS = "bonus"
-EARNED_KINDS = (KIND_AWARD, KIND_ADJUST, KIND_BONUS)
+# A farming flag's settlement (hold.lua): a release moves the held points
+# to available (two rows: -points held, +points paid, which moves earned);
+# a void cancels them (one row: -points held).
+KIND_RELEASE = "release"
+KIND_VOID = "void"
+EARNED_KINDS = (KIND_AWARD, KIND_ADJUST, KIND_BONUS, KIND_RELEASE)
+
+# Row states: `paid` rows make available; `held` rows make the user's held
+# balance (an award of a flagged user, and its settlement's held side).
+STATE_PAID = "paid"
+STATE_HELD = "held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +76,9 @@ class LedgerRow:
     occurred_at_ms: int
     recorded_at_ms: int
     attributes: Mapping[str, str] = field(default_factory=dict)
+    state: str = STATE_PAID
+    # The farming flag a held row is held under, or that a settlement settles.
+    flag_id: int | None = None
 
 
 # Outbox entry layout: fields p (points) and b (balance after), written by the
@@ -112,6 +131,14 @@ def bonus_key(user_id: str, tag: str) -> str:
     return f"b:{key_part(user_id)}:{tag}"
 
 
+def settle_key(flag_id: int, kind: str = "", *, held: bool = False) -> str:
+    """The Redis record key (no kind) or a ledger row key of a flag's
+    settlement: one row per side, once per flag."""
+    if not kind:
+        return f"flag:{flag_id}"
+    return f"flag:{flag_id}:{kind}" + (":held" if held else "")
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -145,6 +172,7 @@ def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
         isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
     ):
         raise ValueError("outbox entry attributes are not a string map")
+    flag = f.get("h")
     return LedgerRow(
         tenant_id=tenant_id,
         entry_key=entry_key,
@@ -163,6 +191,8 @@ def decode_entry(tenant_id: str, fields: Mapping[Any, Any]) -> LedgerRow:
         occurred_at_ms=_time_ms(occurred),
         recorded_at_ms=_time_ms(recorded),
         attributes=attrs,
+        state=STATE_HELD if f.get("s") == "h" else STATE_PAID,
+        flag_id=int(flag) if flag else None,
     )
 
 

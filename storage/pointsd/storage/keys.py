@@ -16,6 +16,7 @@ from pointsd.service.domain import SEP, BoardRef, Period, PeriodRef
 __all__ = [
     "AVAILABLE",
     "EARNED",
+    "HELD",
     "OUTBOX_GROUP",
     "SEP",
     "SPENT",
@@ -31,6 +32,8 @@ __all__ = [
 AVAILABLE = "a"
 EARNED = "e"
 SPENT = "s"
+# Awards of a flagged user, on hold until the flag is released or voided.
+HELD = "h"
 
 # Consumer group of the ledger flushers on every outbox stream.
 OUTBOX_GROUP = "ledger"
@@ -60,8 +63,15 @@ class Shard:
 
     @property
     def balances(self) -> str:
-        """Hash: "<user>|a" available, "<user>|e" lifetime earned, "<user>|s" spent."""
+        """Hash: "<user>|a" available, "<user>|e" lifetime earned, "<user>|s"
+        spent, "<user>|h" held (awards of a flagged user, not spendable)."""
         return f"{self.tag}:bal"
+
+    @property
+    def holds(self) -> str:
+        """Hash: user -> the farming flag id the user's awards are held
+        under (award.lua holds them; hold.lua sets and settles)."""
+        return f"{self.tag}:holds"
 
     @property
     def outbox(self) -> str:

@@ -11,11 +11,13 @@ from pointsd.storage.keys import Topology
 from pointsd.storage.postgres import Ledger, create_engine
 from pointsd.storage.postgres.audit import AuditStore
 from pointsd.storage.postgres.catalog import CatalogStore
+from pointsd.storage.postgres.farming import FarmingStore
 from pointsd.storage.postgres.tokens import TokenStore
 from pointsd.storage.postgres.winners import HallOfFame
 from pointsd.storage.redis import AwardStore, BalanceStore, Outbox, RedisClient, connect_redis
 from pointsd.storage.redis.boards import BoardStore
 from pointsd.storage.redis.client import gate
+from pointsd.storage.redis.holds import HoldStore
 
 __all__ = ["Stores"]
 
@@ -25,6 +27,7 @@ class Stores:
     topology: Topology
     awards: AwardStore
     balances: BalanceStore
+    holds: HoldStore
     outbox: Outbox
     ledger: Ledger
     boards: BoardStore
@@ -32,6 +35,7 @@ class Stores:
     hall_of_fame: HallOfFame
     tokens: TokenStore
     audit: AuditStore
+    farming: FarmingStore
     redis: RedisClient
     db: AsyncEngine
 
@@ -72,10 +76,12 @@ class Stores:
         )
         boards = BoardStore(redis, topology)
         balances = BalanceStore(redis, topology, clock, outbox_entries_max)
+        holds = HoldStore(redis, topology, clock)
         try:
             await awards.start()
             await boards.start()
             await balances.start()
+            await holds.start()
         except BaseException:
             await redis.aclose()
             await db.dispose()
@@ -84,6 +90,7 @@ class Stores:
             topology=topology,
             awards=awards,
             balances=balances,
+            holds=holds,
             catalog=CatalogStore(db),
             outbox=Outbox(redis),
             ledger=Ledger(db),
@@ -91,6 +98,7 @@ class Stores:
             hall_of_fame=HallOfFame(db),
             tokens=TokenStore(db),
             audit=AuditStore(db),
+            farming=FarmingStore(db),
             redis=redis,
             db=db,
         )

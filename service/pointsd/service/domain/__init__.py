@@ -227,3 +227,6 @@ class CreditResult:
     # Bonuses the credit earned (for DUPLICATE: the first recording's), as
     # (tag, points).
     bonuses: tuple[tuple[str, int], ...] = ()
+    # Held by a farming flag (for DUPLICATE: at the first recording): the
+    # points went to the user's held balance, not to available.
+    held: bool = False

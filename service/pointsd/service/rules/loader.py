@@ -27,6 +27,7 @@ from pointsd.service.rules.checker import (
     RuleError,
     one_line,
 )
+from pointsd.service.rules.farming import FARMING, parse_farming
 from pointsd.service.rules.mechanics import MECHANICS, Mechanic
 from pointsd.service.rules.model import ActionRule, CreditRule, RuleBook, TenantRules
 
@@ -60,7 +61,9 @@ class _Reader:
         self.c = Checker()
         self.mechanics = tuple(mechanics)
         self.credit_keys = {"points"}.union(*(m.credit_keys for m in mechanics))
-        self.rule_set_keys = {"actions"} | {m.rule_set_key for m in mechanics if m.rule_set_key}
+        self.rule_set_keys = {"actions", FARMING.name} | {
+            m.rule_set_key for m in mechanics if m.rule_set_key
+        }
 
 
 def _credit(r: _Reader, raw: Any, role: Role, path: str) -> CreditRule | None:
@@ -168,6 +171,8 @@ def _rule_set(r: _Reader, raw: Any, path: str) -> tuple[dict[str, ActionRule], d
     for mechanic in r.mechanics:
         if mechanic.rule_set_key:
             mechanic.review_rule_set(c, parts, f"{path}.{mechanic.rule_set_key}")
+    # Thresholds of the farming signals (rules/farming.py), read off the award path.
+    parts[FARMING.name] = parse_farming(c, rs.get(FARMING.name), actions, f"{path}.{FARMING.name}")
     return actions, parts
 
 

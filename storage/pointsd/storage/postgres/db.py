@@ -28,8 +28,17 @@ def create_engine(url: str, *, pool_size: int = 5, timeout_s: float = 5.0) -> As
         pool_timeout=timeout_s,
         # A restarted PostgreSQL leaves dead connections in the pool.
         pool_pre_ping=True,
+        # Error texts go to logs: never with the statement's parameters
+        # (a token's hash, a user's text).
+        hide_parameters=True,
         connect_args={"connect_timeout": max(1, int(timeout_s))},
     )
+
+
+def _said(exc: BaseException) -> BaseException:
+    """What PostgreSQL or the driver said, without SQLAlchemy's statement."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
 
 
 def pg_errors(exc: BaseException) -> StorageError:
@@ -42,9 +51,9 @@ def pg_errors(exc: BaseException) -> StorageError:
     if isinstance(exc, saexc.DBAPIError) and exc.connection_invalidated:
         return StorageUnavailable(f"postgresql connection lost: {exc.orig}", "postgresql")
     if isinstance(exc, saexc.OperationalError | saexc.InterfaceError | OSError | TimeoutError):
-        return StorageUnavailable(f"postgresql unavailable: {exc}", "postgresql")
+        return StorageUnavailable(f"postgresql unavailable: {_said(exc)}", "postgresql")
     if isinstance(exc, saexc.TimeoutError):
-        return StorageUnavailable(f"postgresql pool timeout: {exc}", "postgresql")
+        return StorageUnavailable(f"postgresql pool timeout: {_said(exc)}", "postgresql")
     if isinstance(exc, saexc.DataError | saexc.IntegrityError):
-        return LedgerDataError(f"postgresql refused the data: {exc}", "postgresql")
-    return StorageError(f"postgresql error: {exc}", "postgresql")
+        return LedgerDataError(f"postgresql refused the data: {_said(exc)}", "postgresql")
+    return StorageError(f"postgresql error: {_said(exc)}", "postgresql")

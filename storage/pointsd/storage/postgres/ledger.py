@@ -25,7 +25,7 @@ __all__ = ["Ledger", "LedgerPage", "UserSums", "WriteResult"]
 _COLUMNS = (
     "tenant_id, entry_key, user_id, points, balance_after, kind, action, event_id, role, "
     "counterpart_id, group_id, department_id, quantity, attributes, reason, occurred_at, "
-    "recorded_at"
+    "recorded_at, state, flag_id"
 )
 # Rows are COPYed into a per-session staging table (C-speed, no SQL parameters),
 # then moved with one INSERT ... SELECT; the unique (tenant_id, entry_key)
@@ -35,7 +35,7 @@ _STAGING = """
         tenant_id text, entry_key text, user_id text, points bigint, balance_after bigint,
         kind text, action text, event_id text, role text, counterpart_id text,
         group_id text, department_id text, quantity bigint, attributes jsonb, reason text,
-        occurred_at timestamptz, recorded_at timestamptz
+        occurred_at timestamptz, recorded_at timestamptz, state text, flag_id bigint
     ) ON COMMIT DELETE ROWS
 """
 _COPY = f"COPY ledger_staging ({_COLUMNS}) FROM STDIN"
@@ -46,7 +46,7 @@ _MOVE = (
 # A skipped row must be a redelivery: the same outbox entry, byte for byte.
 # Anything else under an existing key (another payment: a different user,
 # amount, balance after, or moment of recording) is reported, never dropped.
-_COMPARED = "user_id, points, kind, balance_after, occurred_at, recorded_at"
+_COMPARED = "user_id, points, kind, balance_after, occurred_at, recorded_at, state"
 _STORED = (
     f"SELECT tenant_id, entry_key, {_COMPARED} FROM ledger_entries l "
     "WHERE (tenant_id, entry_key) IN (SELECT tenant_id, entry_key FROM ledger_staging)"
@@ -56,7 +56,7 @@ _PAGE = text(
     """
     SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
            counterpart_id, group_id, department_id, quantity, attributes, reason,
-           occurred_at, recorded_at
+           occurred_at, recorded_at, state, flag_id
     FROM ledger_entries
     WHERE tenant_id = :tenant_id AND user_id = :user_id
       AND (occurred_at, id) < (:before_at, :before_id)
@@ -68,9 +68,11 @@ _PAGE = text(
 _SUMS = text(
     """
     SELECT user_id,
-           COALESCE(SUM(points) FILTER (WHERE kind IN ('award', 'adjust', 'bonus')), 0),
+           COALESCE(SUM(points) FILTER (WHERE state = 'paid'
+                                        AND kind IN ('award', 'adjust', 'bonus', 'release')), 0),
            COALESCE(-SUM(points) FILTER (WHERE kind IN ('spend', 'refund')), 0),
-           COALESCE(SUM(points), 0)
+           COALESCE(SUM(points) FILTER (WHERE state = 'paid'), 0),
+           COALESCE(SUM(points) FILTER (WHERE state = 'held'), 0)
     FROM ledger_entries
     WHERE tenant_id = :tenant_id
     GROUP BY user_id
@@ -81,7 +83,7 @@ _ENTRIES = text(
     """
     SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
            counterpart_id, group_id, department_id, quantity, attributes, reason,
-           occurred_at, recorded_at
+           occurred_at, recorded_at, state, flag_id
     FROM ledger_entries
     WHERE tenant_id = :tenant_id AND id > :after_id
     ORDER BY id
@@ -93,7 +95,7 @@ _TARGET_ONLY = text(
     """
     SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
            counterpart_id, group_id, department_id, quantity, attributes, reason,
-           occurred_at, recorded_at
+           occurred_at, recorded_at, state, flag_id
     FROM ledger_entries t
     WHERE t.tenant_id = :tenant_id AND t.kind = 'award' AND t.role = 't'
       AND NOT EXISTS (SELECT 1 FROM ledger_entries a WHERE a.tenant_id = t.tenant_id
@@ -105,7 +107,7 @@ _BONUSES = text(
     """
     SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
            counterpart_id, group_id, department_id, quantity, attributes, reason,
-           occurred_at, recorded_at
+           occurred_at, recorded_at, state, flag_id
     FROM ledger_entries
     WHERE tenant_id = :tenant_id AND kind = 'bonus'
     ORDER BY id
@@ -123,7 +125,7 @@ _THANKS_CARDS = (
 _ROW_COLUMNS = (
     "id, entry_key, user_id, points, balance_after, kind, action, event_id, role, "
     "counterpart_id, group_id, department_id, quantity, attributes, reason, occurred_at, "
-    "recorded_at"
+    "recorded_at, state, flag_id"
 )
 _NEWEST = "ORDER BY occurred_at DESC, id DESC LIMIT :limit"
 
@@ -162,6 +164,7 @@ def _content(r: LedgerRow) -> tuple[object, ...]:
         r.balance_after,
         _dt(r.occurred_at_ms),
         _dt(r.recorded_at_ms),
+        r.state,
     )
 
 
@@ -191,7 +194,9 @@ class LedgerPage:
 class UserSums:
     earned: int
     spent: int
+    # Available: every paid row.
     net: int
+    held: int = 0
 
 
 def _row(tenant_id: str, r: Sequence[object]) -> LedgerRow:
@@ -213,6 +218,8 @@ def _row(tenant_id: str, r: Sequence[object]) -> LedgerRow:
         reason,
         occurred_at,
         recorded_at,
+        state,
+        flag_id,
     ) = r
     assert isinstance(occurred_at, datetime) and isinstance(recorded_at, datetime)
     return LedgerRow(
@@ -233,6 +240,8 @@ def _row(tenant_id: str, r: Sequence[object]) -> LedgerRow:
         occurred_at_ms=_ms(occurred_at),
         recorded_at_ms=_ms(recorded_at),
         attributes=dict(attributes) if isinstance(attributes, dict) else {},
+        state=str(state),
+        flag_id=None if flag_id is None else int(flag_id),  # type: ignore[call-overload]
     )
 
 
@@ -258,6 +267,7 @@ class Ledger:
                     json.dumps(dict(r.attributes), ensure_ascii=False)
                     if r.attributes else "{}",
                     r.reason, _dt(r.occurred_at_ms), _dt(r.recorded_at_ms),
+                    r.state, r.flag_id,
                 )
                 for r in rows
             ]  # fmt: skip
@@ -360,8 +370,8 @@ class Ledger:
             async with self.engine.connect() as conn:
                 result = await conn.execute(_SUMS, {"tenant_id": tenant_id})
                 return {
-                    str(user): UserSums(int(earned), int(spent), int(net))
-                    for user, earned, spent, net in result.all()
+                    str(user): UserSums(int(earned), int(spent), int(net), int(held))
+                    for user, earned, spent, net, held in result.all()
                 }
         except (saexc.SQLAlchemyError, OSError) as exc:
             raise pg_errors(exc) from exc

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     ForeignKeyConstraint,
     Identity,
     Index,
@@ -24,7 +25,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiToken", "Base", "LedgerEntry", "Winner", "WinnerPeriod", "metadata"]
+__all__ = [
+    "ApiToken",
+    "Base",
+    "FarmingFinding",
+    "FarmingFlag",
+    "LedgerEntry",
+    "Winner",
+    "WinnerPeriod",
+    "metadata",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -65,6 +75,11 @@ class LedgerEntry(Base):
             text("occurred_at DESC"),
             text("id DESC"),
         ),
+        # Held awards of flagged users (migration 0010, docs/farming.md).
+        CheckConstraint("state IN ('paid', 'held')", name="state"),
+        # The farming pass's week of award rows (migration 0010).
+        Index("ix_ledger_entries_farming", "tenant_id", "occurred_at",
+              postgresql_where=text("kind = 'award'")),
         # The thanks feed's partial indexes (migration 0007, ListThanks).
         *(
             Index(name, "tenant_id", *columns, text("occurred_at DESC"), text("id DESC"),
@@ -92,6 +107,8 @@ class LedgerEntry(Base):
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     flushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    state: Mapped[str] = mapped_column(Text, server_default="paid")
+    flag_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class WinnerPeriod(Base):
@@ -165,3 +182,50 @@ class ApiToken(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("clock_timestamp()")
     )
+
+
+class FarmingFlag(Base):
+    """A hold on one user's awards for review (migration 0010)."""
+
+    __tablename__ = "farming_flags"
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'released', 'voided')", name="state"),
+        CheckConstraint("(state = 'open') = (decided_at IS NULL)", name="decided"),
+        CheckConstraint("char_length(note) <= 1000", name="note"),
+        Index("ix_farming_flags_open_user", "tenant_id", "user_id", unique=True,
+              postgresql_where=text("state = 'open'")),
+        Index("ix_farming_flags_newest", "tenant_id", text("flag_id DESC")),
+        Index("ix_farming_flags_unsettled", "flag_id", postgresql_where=text("settled_at IS NULL")),
+    )  # fmt: skip
+
+    flag_id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, server_default="open")
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_by: Mapped[str] = mapped_column(Text, server_default="")
+    note: Mapped[str] = mapped_column(Text, server_default="")
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    settled_points: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class FarmingFinding(Base):
+    """One signal about one user in one period, ever (migration 0010)."""
+
+    __tablename__ = "farming_findings"
+    __table_args__ = (
+        CheckConstraint("signal IN ('reciprocity', 'ring', 'rate')", name="signal"),
+        Index("ix_farming_findings_flag_id", "flag_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    signal: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    flag_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("farming_flags.flag_id", name="fk_farming_findings_flag_id")
+    )
+    counterparts: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    evidence: Mapped[str] = mapped_column(Text)
+    found_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -75,7 +75,19 @@
 --   P program number, k [key index, ...] of the op's own keys (steps' uk),
 --   cp counterpart, dep department, grp group, join join ms (0 = unknown),
 --   e outbox entry data (apply), r [points, balance, outcome, [[tag, points], ...]]
---   (restore: what the ledger says, the bonuses it paid included)
+--   (restore: what the ledger says, the bonuses it paid included), h the
+--   farming flag a restored row was held under (restore; 0 or absent: paid)
+-- ARGV[8]  index in KEYS of the shard's holds hash (user -> farming flag id;
+--          apply mode), 0 = none
+--
+-- Held credits: the credit of a user the holds hash names (a farming flag,
+-- service/pointsd/service/farming.py) runs its checks and the counting
+-- steps (caps, throttles, task counters count it), but "credit" moves the
+-- user's held balance ("<user>|h"), not available or earned, and its outbox
+-- row carries h (the flag id) and s "h" (a row of the held balance); the
+-- steps that pay more or rank (day, cross, reach, entry, first, board) are
+-- skipped: a held event earns no bonus, streak day or board points. Its
+-- dedup record ends ":!h", so a replay says held too.
 --
 -- Checks run first, in program order; only when none refused do the effects
 -- run, in program order, then the bonuses are paid (available and earned move;
@@ -85,7 +97,8 @@
 -- call and applied at the end.
 --
 -- Returns a flat array per op, in op order:
---   code, points, balance, limit, original, bonus count, then tag, points per bonus
+--   code, points, balance, limit, original, held (1: held by a farming flag),
+--   bonus count, then tag, points per bonus
 --   code: AWARDED, DUPLICATE, CAPPED, THROTTLED, BACKPRESSURE, MAINTENANCE,
 --         ID_REUSED (the last three applied nothing); points and balance of the
 --         first recording for DUPLICATE and ID_REUSED; limit: the n of the check
@@ -108,17 +121,18 @@ local outbox_max = tonumber(ARGV[4])
 local steps = cjson.decode(ARGV[5])
 local programs = cjson.decode(ARGV[6])
 local ops = cjson.decode(ARGV[7])
+local holds_idx = tonumber(ARGV[8] or '0')
 local SEP = '\31'
 -- Award times a throttle keeps per (user, name).
 local THROTTLE_KEPT = 64
 local out = {}
 
-local function emit(code, points, balance, limit, original, bonuses)
+local function emit(code, points, balance, limit, original, bonuses, held)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3] = code, points, balance
-  out[n + 4], out[n + 5], out[n + 6] = limit, original, #bonuses
+  out[n + 4], out[n + 5], out[n + 6], out[n + 7] = limit, original, held or 0, #bonuses
   for i = 1, #bonuses do
-    out[n + 5 + 2 * i], out[n + 6 + 2 * i] = bonuses[i][1], bonuses[i][2]
+    out[n + 6 + 2 * i], out[n + 7 + 2 * i] = bonuses[i][1], bonuses[i][2]
   end
 end
 
@@ -390,6 +404,17 @@ APPLY.reach = function(c, s, op)
 end
 
 APPLY.credit = function(c, s, op)
+  if c.hold then
+    c.balance = hget_number(KEYS[2], op.u .. '|a')
+    if c.points ~= 0 then
+      redis.call('HINCRBY', KEYS[2], op.u .. '|h', c.points)
+      redis.call('XADD', KEYS[3], '*', 'p', c.points, 'b', c.balance, 'd', op.e, 'h', c.hold,
+        's', 'h')
+      outbox_len = outbox_len + 1
+    end
+    c.old, c.new = nil, nil
+    return
+  end
   c.balance = redis.call('HINCRBY', KEYS[2], op.u .. '|a', c.points)
   if c.points ~= 0 then
     c.new = redis.call('HINCRBY', KEYS[2], op.u .. '|e', c.points)
@@ -463,8 +488,12 @@ local function pay(c, op, b)
   outbox_len = outbox_len + 1
 end
 
+-- Steps a held credit skips: they pay more than its points, or rank it.
+local SKIP_HELD = {day = true, cross = true, reach = true, entry = true, first = true, board = true}
+
 local function record(code, c, fp)
   local text = code .. ':' .. int(c.points) .. ':' .. int(c.balance) .. ':' .. c.limit .. ':' .. fp
+  if c.hold then return text .. ':!h' end
   if #c.bonuses > 0 then
     local parts = {}
     for i, b in ipairs(c.bonuses) do parts[i] = b[1] .. '=' .. int(b[2]) end
@@ -490,12 +519,19 @@ for i = 1, #ops do
       string.match(prev, '^(%d+):(%-?%d+):(%-?%d+):(%d+):([^:]*):?(.*)$')
     local same = DUPLICATE
     if first_fp ~= op.f then same = ID_REUSED end
+    local was_held = 0
+    if extra == '!h' then was_held = 1 end
     emit(same, tonumber(points), tonumber(balance), tonumber(limit), tonumber(code),
-      recorded_bonuses(extra))
+      recorded_bonuses(extra), was_held)
   else
     local program = programs[op.P]
     local c = {points = op.p * op.q, limit = 0, bonuses = {}}
-    if op.r then c.points = op.r[1] end
+    if op.r then
+      c.points = op.r[1]
+      if op.h and op.h ~= 0 then c.hold = op.h end
+    elseif holds_idx > 0 then
+      c.hold = redis.call('HGET', KEYS[holds_idx], op.u) or nil
+    end
     local code = nil
     for j = 1, #program do
       local s = steps[program[j]]
@@ -519,7 +555,7 @@ for i = 1, #ops do
       for j = 1, #program do
         local s = steps[program[j]]
         local apply = APPLY[s.op]
-        if apply then apply(c, s, op) end
+        if apply and not (c.hold and SKIP_HELD[s.op]) then apply(c, s, op) end
       end
       if op.r then
         c.balance = op.r[2]
@@ -552,7 +588,9 @@ for i = 1, #ops do
         if op.r then recorded = op.r[3] end
         keep_until(dkey, record(recorded, c, op.f), op.x)
       end
-      emit(AWARDED, c.points, c.balance, c.limit, 0, c.bonuses)
+      local held = 0
+      if c.hold then held = 1 end
+      emit(AWARDED, c.points, c.balance, c.limit, 0, c.bonuses, held)
     end
   end
 end

@@ -12,6 +12,7 @@ from pointsd.storage.entries import EARNED_KINDS
 from pointsd.storage.keys import (
     AVAILABLE,
     EARNED,
+    HELD,
     SPENT,
     Shard,
     Topology,
@@ -30,6 +31,8 @@ class BalanceView:
     earned: int = 0
     spent: int = 0
     earned_in_period: int = 0
+    # Awards of a flagged user on hold (not spendable, not in earned).
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +158,13 @@ class BalanceStore:
             async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
                 pipe.hmget(
                     shard.balances,
-                    [balance_field(user_id, p) for p in (AVAILABLE, EARNED, SPENT)],
+                    [balance_field(user_id, p) for p in (AVAILABLE, EARNED, SPENT, HELD)],
                 )
                 pipe.hget(shard.counters(period), counter_field(user_id, earned_counter))
-                (available, earned, spent), today = await pipe.execute()
+                (available, earned, spent, held), today = await pipe.execute()
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
-        return BalanceView(_int(available), _int(earned), _int(spent), _int(today))
+        return BalanceView(_int(available), _int(earned), _int(spent), _int(today), _int(held))
 
     async def progress(
         self,
@@ -266,7 +269,12 @@ class BalanceStore:
         for user, parts in partial.items():
             yield (
                 user,
-                BalanceView(parts.get(AVAILABLE, 0), parts.get(EARNED, 0), parts.get(SPENT, 0)),
+                BalanceView(
+                    parts.get(AVAILABLE, 0),
+                    parts.get(EARNED, 0),
+                    parts.get(SPENT, 0),
+                    held=parts.get(HELD, 0),
+                ),
             )
 
     async def in_maintenance(self, tenant_id: str) -> bool:
@@ -323,6 +331,8 @@ class BalanceStore:
                     mapping[balance_field(user, AVAILABLE)] = view.available
                     mapping[balance_field(user, EARNED)] = view.earned
                     mapping[balance_field(user, SPENT)] = view.spent
+                    if view.held:
+                        mapping[balance_field(user, HELD)] = view.held
                 async with gate(self.redis):
                     await self.redis.hset(shard.balances, mapping=mapping)  # type: ignore[arg-type]
         except (rexc.RedisError, OSError) as exc:

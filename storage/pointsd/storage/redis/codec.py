@@ -5,10 +5,11 @@ the programs (lists of step numbers, numbered), and the operations, each an
 object with named fields that points at its program. award.lua's header
 documents every name; tests/test_codec.py checks that the two agree.
 
-    ARGV: version, mode, now (unix s), outbox bound, steps, programs, ops
+    ARGV: version, mode, now (unix s), outbox bound, steps, programs, ops,
+          the index of the holds hash in KEYS (apply mode; 0 in restore)
 
 Replies are flat: per operation code, points, balance, limit, original,
-the number of bonuses, then (tag, points) per bonus.
+held (0/1), the number of bonuses, then (tag, points) per bonus.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class RestoreOp:
     # The bonuses the ledger shows it earned (tag, points): written into the
     # dedup record, so a replay after a rebuild answers with them.
     bonuses: tuple[tuple[str, int], ...] = ()
+    # The farming flag the ledger row is held under (state 'held'), if any.
+    held_by: int | None = None
 
 
 class KeyTable:
@@ -104,6 +107,8 @@ class CallEncoder:
         self.now_s = now_s
         self.outbox_entries_max = outbox_entries_max
         self.keys = KeyTable([shard.maintenance, shard.balances, shard.outbox])
+        # Every applied credit asks whether its user is held (a farming flag).
+        self.holds_index = self.keys.index(shard.holds) if mode == APPLY else 0
         self.steps: list[dict[str, Any]] = []
         self.programs: list[list[int]] = []
         self.ops: list[dict[str, Any]] = []
@@ -144,6 +149,8 @@ class CallEncoder:
         else:
             enc["r"] = [restored.points, restored.balance_after, int(restored.code),
                         [list(b) for b in restored.bonuses]]  # fmt: skip
+            if restored.held_by:
+                enc["h"] = restored.held_by
         for board, slots in program.boards:
             self._scope_keys(board, slots, op.department, op.group)
         self.ops.append(enc)
@@ -157,6 +164,7 @@ class CallEncoder:
             orjson.dumps(self.steps),
             orjson.dumps(self.programs),
             orjson.dumps(self.ops),
+            self.holds_index,
         ]
         return self.keys.keys, args
 
@@ -301,8 +309,8 @@ def decode_results(reply: Sequence[Any]) -> list[CreditResult]:
     i, end = 0, len(reply)
     codes = _CODES
     while i < end:
-        code, points, balance, limit, original, count = reply[i : i + 6]
-        i += 6
+        code, points, balance, limit, original, held, count = reply[i : i + 7]
+        i += 7
         bonuses: tuple[tuple[str, int], ...] = ()
         if count:
             bonuses = tuple(
@@ -317,6 +325,7 @@ def decode_results(reply: Sequence[Any]) -> list[CreditResult]:
                 int(limit),
                 codes[int(original)] if original else None,
                 bonuses,
+                held=bool(held),
             )
         )
     return results

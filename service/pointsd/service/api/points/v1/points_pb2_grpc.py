@@ -717,6 +717,21 @@ class AdminServiceStub:
                 request_serializer=points_dot_v1_dot_points__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=points_dot_v1_dot_points__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListFlags = channel.unary_unary(
+                '/points.v1.AdminService/ListFlags',
+                request_serializer=points_dot_v1_dot_points__pb2.ListFlagsRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.ListFlagsResponse.FromString,
+                _registered_method=True)
+        self.ReleaseFlag = channel.unary_unary(
+                '/points.v1.AdminService/ReleaseFlag',
+                request_serializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Flag.FromString,
+                _registered_method=True)
+        self.VoidFlag = channel.unary_unary(
+                '/points.v1.AdminService/VoidFlag',
+                request_serializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
+                response_deserializer=points_dot_v1_dot_points__pb2.Flag.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -812,6 +827,35 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFlags(self, request, context):
+        """Users flagged by the farming signals (reciprocity, rings, rate), newest
+        flag first, each with its evidence. An open flag holds the user's
+        further awards (Balance.held) until an administrator decides it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseFlag(self, request, context):
+        """Decide an open flag for the user: the held points are paid to available
+        (and lifetime_earned), exactly once; the user's awards are paid again.
+        A repeat answers the same flag and pays nothing more;
+        FAILED_PRECONDITION for a voided flag, NOT_FOUND for an unknown one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidFlag(self, request, context):
+        """Decide an open flag against the user: the held points are cancelled
+        with a compensating ledger entry; available does not change; the
+        user's later awards are paid again. A repeat answers the same flag;
+        FAILED_PRECONDITION for a released flag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -874,6 +918,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=points_dot_v1_dot_points__pb2.ListAuditRequest.FromString,
                     response_serializer=points_dot_v1_dot_points__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlags,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ListFlagsRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.ListFlagsResponse.SerializeToString,
+            ),
+            'ReleaseFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFlag,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Flag.SerializeToString,
+            ),
+            'VoidFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidFlag,
+                    request_deserializer=points_dot_v1_dot_points__pb2.ResolveFlagRequest.FromString,
+                    response_serializer=points_dot_v1_dot_points__pb2.Flag.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1201,6 +1260,87 @@ class AdminService:
             '/points.v1.AdminService/ListAudit',
             points_dot_v1_dot_points__pb2.ListAuditRequest.SerializeToString,
             points_dot_v1_dot_points__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/ListFlags',
+            points_dot_v1_dot_points__pb2.ListFlagsRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.ListFlagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/ReleaseFlag',
+            points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Flag.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/points.v1.AdminService/VoidFlag',
+            points_dot_v1_dot_points__pb2.ResolveFlagRequest.SerializeToString,
+            points_dot_v1_dot_points__pb2.Flag.FromString,
             options,
             channel_credentials,
             insecure,
