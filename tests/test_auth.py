@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 from sqlalchemy import create_engine as sync_engine
 from sqlalchemy import text
@@ -606,3 +607,21 @@ async def test_the_refresh_loop_outlives_any_error(
         assert authenticator.refresh_failures >= 2
     finally:
         await authenticator.close()
+
+
+async def test_a_method_without_the_gate_cannot_be_served() -> None:
+    """add_service refuses a handler not wrapped by @unary/@stream: it would
+    run without authentication. Every real servicer passes (the servers of
+    the other tests start)."""
+    from pointsd.service.rpc import add_service
+
+    class Bare:
+        def __getattr__(self, name: str) -> Any:
+            async def handler(request: Any, context: Any) -> None:
+                return None
+
+            return handler
+
+    server = grpc.aio.server()
+    with pytest.raises(RuntimeError, match=r"points\.v1\.PointsService\.\w+ is not wrapped"):
+        add_service(server, pb.DESCRIPTOR.services_by_name["PointsService"], Bare())

@@ -97,7 +97,10 @@ def test_rules_check_lists_levels_badges_and_tasks(tmp_path: Path) -> None:
     lines = [line.strip() for line in out.stdout.splitlines()]
     assert not any(line.startswith("level") for line in lines)
     assert "badge    sharer                 Sharer" in lines
-    assert lines[-3:] == [
+    # Last, the farming signals' thresholds: the defaults, on no action
+    # here (the rule set has neither likes nor thanks cards).
+    assert lines[-1].startswith("farming signals on no action: reciprocity >= 15 each way")
+    assert lines[-4:-1] == [
         "task     earn-50                month: points any action >= 50 -> 5 points",
         "task     share-in-3-departments week: distinct departments of file >= 3 -> badge sharer",
         "task     meet-twice             day: count feature.use, per feature "

@@ -484,3 +484,32 @@ def test_crosscheck_runs_loadgen_and_k6_against_one_server(servers: Servers) -> 
         assert row["client_cpu_s"] > 0 and row["server_cpu_s"] > 0, tool
     assert report["k6"]["tool"].startswith("k6 ")
     assert report["k6_vs_loadgen_events_per_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_farming_check_flags_the_ring_and_the_script_not_the_honest(servers: Servers) -> None:
+    """A short simulated run (three days, a small population): the ring and
+    the script are caught, and the JSON says how soon and by which signal."""
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.farming_check", "--users", "300", "--days", "3"],
+        env=_env(servers), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["honest_active_users"] > 200 and report["events_sent"] > 10_000
+    assert report["ring_members_caught"] == report["ring_members"] == 5
+    assert report["ring_signals"] == ["ring"] and report["ring_first_caught_after_h"] > 0
+    assert report["script_signals"] == ["rate"] and report["script_caught_after_h"] == 1
+    assert report["false_positive_rate"] == round(
+        report["honest_flagged"] / report["honest_active_users"], 6
+    )
+    assert report["false_positive_rate"] < 0.01
+
+
+def test_farming_check_refuses_out_of_range_arguments() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.farming_check", "--days", "9"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--days 1..7" in done.stderr

@@ -249,9 +249,9 @@ async def _reconcile(settings: Settings, limit: int) -> int:
     for m in report.mismatches[:limit]:
         print(
             f"MISMATCH tenant={m.tenant_id} user={m.user_id} "
-            f"redis(available={m.redis.available} earned={m.redis.earned} spent={m.redis.spent}) "
-            f"ledger(available={m.ledger.available} earned={m.ledger.earned} "
-            f"spent={m.ledger.spent})"
+            f"redis(available={m.redis.available} earned={m.redis.earned} spent={m.redis.spent} "
+            f"held={m.redis.held}) ledger(available={m.ledger.available} "
+            f"earned={m.ledger.earned} spent={m.ledger.spent} held={m.ledger.held})"
         )
     print(f"reconcile: {report.users} users, {len(report.mismatches)} mismatches")
     return 0 if report.clean else 1

@@ -131,6 +131,9 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
         request = message_factory.GetMessageClass(m.input_type)
         response = message_factory.GetMessageClass(m.output_type)
         behaviour = getattr(servicer, m.name)
+        if not getattr(behaviour, GATED, False):
+            # A method without @unary/@stream would run without the gate.
+            raise RuntimeError(f"{service.full_name}.{m.name} is not wrapped by @unary or @stream")
         if m.client_streaming or m.server_streaming:
             handlers[m.name] = grpc.stream_stream_rpc_method_handler(
                 behaviour,
@@ -163,6 +166,10 @@ def _full_name(method: Callable[..., Any]) -> str:
     return f"/points.v1.{_service_of(method)}/{method.__name__}"
 
 
+# Set on every wrapper of `unary` and `stream`; add_service refuses others.
+GATED = "_pointsd_gated"
+
+
 def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
     name = method.__name__
     full = _full_name(method)
@@ -180,6 +187,8 @@ def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
             gate = self.app.gate
             caller = gate.caller(context)
             if isinstance(request, Undecodable):
+                # The role first: a caller without it learns no more.
+                gate.check(caller, full, None)
                 raise _undecodable(name, request, logged)
             gate.check(caller, full, cast(Message, request))
             CALLER.set(caller)
@@ -203,6 +212,7 @@ def unary(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
             meter.observe(code, time.perf_counter() - started)
             _end(token)
 
+    setattr(wrapper, GATED, True)
     return wrapper
 
 
@@ -244,4 +254,5 @@ def stream(method: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
             meter.observe(code, time.perf_counter() - started)
             _end(token)
 
+    setattr(wrapper, GATED, True)
     return wrapper
