@@ -380,3 +380,20 @@ def test_the_defaults_spare_a_popular_colleague_and_honest_noise() -> None:
     rng = random.Random(9)
     times = {u: bursty(rng, n) for u, n in counts.items()}
     assert rate_findings(DEFAULT_FARMING, counts, times, HOUR, "h") == []
+
+
+def test_a_default_action_that_credits_no_target_is_left_out_an_explicit_one_refused() -> None:
+    """A rule set whose `like` pays only its giver: nothing is received
+    from it, so the defaults count thanks cards alone; naming it is an error."""
+    doc = load_rule_file(None)
+    doc["rule_sets"]["default"]["actions"]["like"] = {"actor": {"points": 1}}
+    doc["rule_sets"]["default"]["tasks"].pop("100-likes-received")
+    doc["rule_sets"]["default"].pop("farming", None)
+    book = parse_rule_book(doc)
+    assert next(iter(book.tenants.values())).part(FARMING).actions == ("thanks_card",)
+    doc["rule_sets"]["default"]["farming"] = {"actions": ["like"]}
+    with pytest.raises(RuleError) as info:
+        parse_rule_book(doc)
+    assert info.value.problems == [
+        "$.rule_sets.default.farming.actions: 'like' credits no target: nothing is received from it"
+    ]

@@ -26,7 +26,8 @@ from pointsd.service.validation import Limits
 from pointsd.storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from pointsd.storage.flusher import Flusher
 from pointsd.storage.keys import KeySchema, Shard, Topology
-from pointsd.storage.postgres import migrate
+from pointsd.storage.postgres import create_engine, migrate
+from pointsd.storage.postgres.tokens import TokenStore
 from pointsd.storage.redis.secrets import shared_secret
 from pointsd.storage.stores import Stores
 
@@ -82,6 +83,9 @@ class App:
     clock: Clock
     embedded: list[EmbeddedRedis | EmbeddedPostgres] = field(default_factory=list)
     tls: Any = None  # ServerTls of the server, set by start_server
+    # The token refresh's own connection (closed with the app): a busy
+    # shared pool must not delay a revocation past its 5 s.
+    auth_engine: Any = None
 
     @classmethod
     async def open(
@@ -165,6 +169,11 @@ class App:
             observer=FlushMeter(),
             clock=clock,
         )
+        auth_engine = (
+            create_engine(database_url, pool_size=1, timeout_s=settings.db_timeout_s)
+            if settings.auth == "on"
+            else None
+        )
         return cls(
             settings=settings,
             rules=rules,
@@ -187,14 +196,15 @@ class App:
             flusher=flusher,
             tokens=tokens,
             gate=Gate(
-                Authenticator(stores.tokens, clock, refresh_s=settings.auth_refresh_s)
-                if settings.auth == "on"
+                Authenticator(TokenStore(auth_engine), clock, refresh_s=settings.auth_refresh_s)
+                if auth_engine is not None
                 else None
             ),
             redis_url=redis_url,
             database_url=database_url,
             clock=clock,
             embedded=embedded,
+            auth_engine=auth_engine,
         )
 
     def winners_recorder(self) -> WinnersRecorder:
@@ -212,6 +222,8 @@ class App:
 
     async def close(self, *, stop_embedded: bool = True) -> None:
         await self.gate.close()
+        if self.auth_engine is not None:
+            await self.auth_engine.dispose()
         await self.stores.close()
         if stop_embedded:
             await stop_owned(self.embedded)

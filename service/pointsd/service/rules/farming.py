@@ -156,6 +156,10 @@ def _action_list(
     return tuple(dict.fromkeys(raw))
 
 
+def _received(action: ActionRule) -> bool:
+    return any(cr.role is Role.TARGET for cr in action.credits)
+
+
 def parse_farming(
     c: Checker, raw: Any, actions: Mapping[str, ActionRule], path: str
 ) -> FarmingRules:
@@ -174,9 +178,9 @@ def parse_farming(
     else:
         # The defaults name the standard actions; a rule set without them
         # counts what it has of them.
-        counted = tuple(a for a in d.actions if a in actions)
+        counted = tuple(a for a in d.actions if a in actions and _received(actions[a]))
     for key in counted:
-        if not any(cr.role is Role.TARGET for cr in actions[key].credits):
+        if not _received(actions[key]):
             c.fail(f"{path}.actions", f"{key!r} credits no target: nothing is received from it")
     rec, ring, rate = _thresholds(c, m, actions, path)
     return FarmingRules(enabled=enabled, actions=counted, reciprocity=rec, ring=ring, rate=rate)
