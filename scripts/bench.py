@@ -76,7 +76,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -852,6 +852,10 @@ class _AuthGroup:
     database_url: str
     token: str
     stamp: str
+    # The two sides (the first is the ratio's numerator) and the modes' bounds.
+    sides: tuple[str, str] = AUTH_SIDES
+    bounds: dict[str, float] = field(default_factory=lambda: dict(AUTH_BOUNDS))
+    duration_s: float = 0.0
 
     def spec(self, side: str, seed: int, run_id: str) -> TrafficSpec:
         return TrafficSpec(
@@ -893,7 +897,7 @@ class _AuthGroup:
 
         run_id = f"a{self.stamp}{rnd}{mode[0]}{side}"
         # The same seed on both sides of a round: the same kind of events.
-        seed = 2000 + 10 * rnd + list(AUTH_BOUNDS).index(mode)
+        seed = 2000 + 10 * rnd + list(self.bounds).index(mode)
         pid = self.servers[side].pid
 
         def cpu() -> dict[str, float]:
@@ -901,7 +905,7 @@ class _AuthGroup:
             return {"client": times.user + times.system, **service_cpu_s(pid)}
 
         before = cpu()
-        res = self.load(side, mode, self.spec(side, seed, run_id), self.ns.auth_duration)
+        res = self.load(side, mode, self.spec(side, seed, run_id), self.duration_s)
         after = cpu()
         s = res.summary()
         events = max(1, s["events"])
@@ -925,16 +929,21 @@ class _AuthGroup:
         }
 
 
-def summarize_auth(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_auth(
+    runs: list[dict[str, Any]],
+    sides: tuple[str, str] = AUTH_SIDES,
+    bounds: dict[str, float] = AUTH_BOUNDS,
+) -> dict[str, Any]:
     """Per mode: each side's median events/s, p50 latency and CPU per event,
-    the ratio on/off against its bound, and each round's own ratio."""
+    the ratio first/second side against its bound, and each round's own ratio."""
+    first, second = sides
     modes: dict[str, Any] = {}
-    for mode, bound in AUTH_BOUNDS.items():
+    for mode, bound in bounds.items():
         mine = [r for r in runs if r["mode"] == mode]
         if not mine:
             continue
         entry: dict[str, Any] = {"bound": bound}
-        for side in AUTH_SIDES:
+        for side in sides:
             rows = [r for r in mine if r["side"] == side]
             entry[side] = {
                 "events_per_s": _median([r["events_per_s"] for r in rows]),
@@ -944,17 +953,19 @@ def summarize_auth(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "server_cpu_us_per_event": _median([r["cpu_us_per_event"]["server"] for r in rows]),
                 "cpu_us_per_event": _median([r["cpu_us_per_event"]["total"] for r in rows]),
             }
-        entry["ratio"] = _ratio(entry["on"]["events_per_s"] or 0, entry["off"]["events_per_s"] or 0)
+        entry["ratio"] = _ratio(
+            entry[first]["events_per_s"] or 0, entry[second]["events_per_s"] or 0
+        )
         # What the CPU per event predicts where the machine is the limit.
         entry["server_cpu_ratio"] = _ratio(
-            entry["off"]["server_cpu_us_per_event"] or 0,
-            entry["on"]["server_cpu_us_per_event"] or 0,
+            entry[second]["server_cpu_us_per_event"] or 0,
+            entry[first]["server_cpu_us_per_event"] or 0,
         )
         by_round: dict[int, dict[str, float]] = {}
         for r in mine:
             by_round.setdefault(r["round"], {})[r["side"]] = r["events_per_s"]
         entry["round_ratios"] = [
-            _ratio(pair["on"], pair["off"])
+            _ratio(pair[first], pair[second])
             for _, pair in sorted(by_round.items())
             if len(pair) == 2
         ]
@@ -994,7 +1005,8 @@ def run_auth(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dic
     try:
         for proc in procs.values():
             proc.start()
-        group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6])
+        group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
+                           duration_s=ns.auth_duration)  # fmt: skip
         # Unmeasured: the first calls warm each side's caches and pools (and
         # the auth-on side checks the token with scrypt, once).
         for side in AUTH_SIDES:
@@ -1048,6 +1060,96 @@ def run_auth(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dic
     }
 
 
+DURABILITY_SIDES = ("always", "everysec")
+DURABILITY_BOUNDS = {"batch": 0.8, "unary": 0.9}
+
+
+def run_durability(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dict[str, Any]:
+    """POINTS_REDIS_FSYNC=always beside everysec: two `pointsd serve`
+    processes up together, each on an embedded Redis of its own (its own
+    data folder, AOF fsynced per the side), one PostgreSQL; runs alternate
+    as in the auth group. The ratio always/everysec is what the promise
+    "an answer means the award survives a host crash" costs."""
+    _, database_url = servers
+    sides = DURABILITY_SIDES
+    tenants = {side: [f"dur{side[:3]}-{i}" for i in range(ns.tenants)] for side in sides}
+    rules = write_rules(
+        tmp / "durability.yaml", {t: {"shards": ns.shards} for ts in tenants.values() for t in ts}
+    )
+    base = pointsd_env("", database_url, rules, tmp / "data", POINTS_WORKERS=str(ns.workers))
+    token, token_id = _ingest_token(base, [t for ts in tenants.values() for t in ts])
+    procs = {
+        side: ServerProcess(
+            {
+                **base,
+                "REDIS_URL": "",
+                "POINTS_REDIS_FSYNC": side,
+                "POINTS_DATA_DIR": str(tmp / f"durability-{side}"),
+            },
+            free_port(),
+            tmp / f"durability-{side}.log",
+        )
+        for side in sides
+    }
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    try:
+        for proc in procs.values():
+            proc.start()
+        group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
+                           sides=sides, bounds=dict(DURABILITY_BOUNDS),
+                           duration_s=ns.durability_duration)  # fmt: skip
+        for side in sides:
+            warm = group.spec(side, 1, f"dw{group.stamp}{side[:3]}")
+            group.load(side, "batch", warm, min(2.0, ns.durability_duration))
+        for rnd in range(ns.rounds):
+            order = list(sides)
+            if rnd % 2:
+                order.reverse()
+            for mode in DURABILITY_BOUNDS:
+                for side in order:
+                    runs.append(group.run(side, mode, rnd))
+    finally:
+        for proc in procs.values():
+            if proc.proc is not None:
+                proc.terminate()
+        run_cli(["tokens", "revoke", token_id], base)
+    return {
+        "compared": {
+            "always": "POINTS_REDIS_FSYNC=always: Redis fsyncs its AOF before it answers (once "
+            "per event-loop pass: the calls of one pass share an fsync)",
+            "everysec": "POINTS_REDIS_FSYNC=everysec: fsync once a second (a host crash may "
+            "lose the last second of acknowledged awards)",
+        },
+        "settings": {
+            "duration_s": ns.durability_duration,
+            "rounds": ns.rounds,
+            "tenants_per_side": ns.tenants,
+            "users": ns.users,
+            "batch": ns.batch,
+            "batch_concurrency": ns.batch_concurrency,
+            "unary_concurrency": ns.unary_concurrency,
+            "workers": ns.workers,
+            "data_folder_fs": _fs_of(tmp),
+        },
+        "wall_s": round(time.monotonic() - started, 1),
+        **summarize_auth(runs, sides, DURABILITY_BOUNDS),
+        "runs": runs,
+    }
+
+
+def _fs_of(path: Path) -> str:
+    """The file system the AOF is on (fsync costs depend on it)."""
+    import psutil
+
+    best = ""
+    found = "unknown"
+    for part in psutil.disk_partitions(all=True):
+        if str(path).startswith(part.mountpoint) and len(part.mountpoint) > len(best):
+            best, found = part.mountpoint, f"{part.fstype} on {part.mountpoint}"
+    return found
+
+
 def run(ns: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="pointsd-bench-"))
     redis_url, database_url, embedded = resolve_servers(tmp / "data")
@@ -1070,6 +1172,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             report["progression"] = run_progression(ns, tmp, (redis_url, database_url))
         if "auth" in ns.groups:
             report["auth"] = run_auth(ns, tmp, (redis_url, database_url))
+        if "durability" in ns.groups:
+            report["durability"] = run_durability(ns, tmp, (redis_url, database_url))
     finally:
         for s in embedded:
             if s.owned:
@@ -1164,6 +1268,29 @@ def _print_progression(prog: dict[str, Any]) -> None:
             print(f"{run['run_id']} ({run['side']}, {run['mode']}): ledger self-check FAILED")
 
 
+def _print_durability(d: dict[str, Any]) -> None:
+    settings = d["settings"]
+    print(
+        f"durability: POINTS_REDIS_FSYNC=always vs everysec ({settings['data_folder_fs']}), "
+        f"medians of {settings['rounds']} alternated rounds of {settings['duration_s']:g} s"
+    )
+    print(f"{'mode':<7} {'always ev/s':>12} {'everysec ev/s':>14} {'ratio':>6} {'bound':>6}       "
+          f"{'p50 ms':>14} {'p99 ms':>14}")  # fmt: skip
+    for mode, m in d["modes"].items():
+        ratio = f"{m['ratio']:.3f}" if m["ratio"] is not None else "-"
+        a, e = m["always"], m["everysec"]
+        print(
+            f"{mode:<7} {a['events_per_s'] or 0:>12,.0f} {e['events_per_s'] or 0:>14,.0f} "
+            f"{ratio:>6} {m['bound']:>6.2f} {'PASS' if m['pass'] else 'FAIL':<5} "
+            f"{_us(a['p50_ms'])} / {_us(e['p50_ms']):<6} {_us(a['p99_ms'])} / {_us(e['p99_ms'])}"
+        )
+    for mode, m in d["modes"].items():
+        print(f"{mode} always/everysec by round: {m['round_ratios']}")
+    for run in d["runs"]:
+        if not run["self_check_ok"]:
+            print(f"{run['run_id']} ({run['side']}, {run['mode']}): ledger self-check FAILED")
+
+
 def _print_auth(auth: dict[str, Any]) -> None:
     settings = auth["settings"]
     what = "off vs off (control)" if auth.get("control") else "on vs off"
@@ -1200,6 +1327,7 @@ def _print_table(report: dict[str, Any]) -> None:
         ("results", lambda: _print_core(report)),
         ("progression", lambda: _print_progression(report["progression"])),
         ("auth", lambda: _print_auth(report["auth"])),
+        ("durability", lambda: _print_durability(report["durability"])),
     ):
         if key in report:
             if printed:
@@ -1213,7 +1341,7 @@ def exit_code(report: dict[str, Any], check: bool) -> int:
     or auth ratio is under its bound; else 0."""
     if "results" in report and not report["results"]["batch_service"].get("self_check_ok"):
         return 1
-    bounded = [report[k] for k in ("progression", "auth") if k in report]
+    bounded = [report[k] for k in ("progression", "auth", "durability") if k in report]
     if any(not group["self_check_ok"] for group in bounded):
         return 1
     if check and any(not group["all_pass"] for group in bounded):
@@ -1242,7 +1370,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--auth", action="store_true", help="also run the auth on/off group (~4 min)")
     p.add_argument(
-        "--only", choices=("core", "progression", "auth"), help="run only this group of contenders"
+        "--durability",
+        action="store_true",
+        help="also run the POINTS_REDIS_FSYNC always/everysec group (~3 min)",
+    )
+    p.add_argument(
+        "--only",
+        choices=("core", "progression", "auth", "durability"),
+        help="run only this group of contenders",
+    )
+    p.add_argument(
+        "--durability-duration", type=float, default=8.0, help="durability: seconds per run"
     )
     p.add_argument("--rounds", type=int, default=4, help="progression: rounds (each side per mode)")
     p.add_argument(
@@ -1280,11 +1418,24 @@ def main(argv: list[str] | None = None) -> int:
     auth_modes = [m.strip() for m in ns.auth_modes.split(",") if m.strip()]
     if sorted(set(auth_modes) - set(AUTH_BOUNDS)) or not auth_modes:
         p.error(f"--auth-modes: choose from batch, unary, stream, got {ns.auth_modes!r}")
-    if ns.rounds < 1 or ns.progression_duration <= 0 or ns.auth_duration <= 0:
-        p.error("--rounds must be >= 1, --progression-duration and --auth-duration > 0")
+    if (
+        ns.rounds < 1
+        or ns.progression_duration <= 0
+        or ns.auth_duration <= 0
+        or ns.durability_duration <= 0
+    ):
+        p.error("--rounds must be >= 1, and every --*-duration > 0")
     ns.progression_modes = modes
     ns.auth_modes = auth_modes
-    extra = [g for g, on in (("progression", ns.progression), ("auth", ns.auth)) if on]
+    extra = [
+        g
+        for g, on in (
+            ("progression", ns.progression),
+            ("auth", ns.auth),
+            ("durability", ns.durability),
+        )
+        if on
+    ]
     ns.groups = [ns.only] if ns.only else ["core", *extra]
     report = run(ns)
     if ns.json:

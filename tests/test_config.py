@@ -85,7 +85,7 @@ def test_the_field_lists_of_this_test_cover_every_field() -> None:
     # Guards the tables above: a new field must be classified here.
     covered = set(INT_FIELDS) | set(FLOAT_FIELDS) | set(BOOL_FIELDS)
     others = {"listen", "redis_url", "database_url", "data_dir", "rules_file", "redis_prefix"}
-    others.update({"log_level", "log_format", "flusher", "clock_start", "auth"})
+    others.update({"log_level", "log_format", "flusher", "clock_start", "auth", "redis_fsync"})
     others.update({"tls_cert_file", "tls_key_file", "tls_client_ca_file", "tls_client_auth"})
     others.add("tls_client_callers_file")
     assert covered | others == set(FIELDS)
@@ -141,6 +141,7 @@ _STRING_SAMPLES: dict[str, tuple[str, Any]] = {
     "data_dir": ("/var/lib/pointsd", Path("/var/lib/pointsd")),
     "flusher": ("inline", "inline"),
     "auth": ("off", "off"),
+    "redis_fsync": ("always", "always"),
     "tls_client_auth": ("require", "require"),
     "log_level": ("debug", "debug"),
     "log_format": ("json", "json"),

@@ -513,3 +513,24 @@ def test_farming_check_refuses_out_of_range_arguments() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "--days 1..7" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_bench_durability_group_runs_always_beside_everysec(servers: Servers) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--only", "durability", "--durability-duration",
+         "1", "--rounds", "1", "--users", "500", "--unary-concurrency", "16", "--json"],
+        env=_env(servers), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    d = json.loads(done.stdout)["durability"]
+    assert set(d["modes"]) == {"batch", "unary"}
+    for mode, m in d["modes"].items():
+        assert m["always"]["events_per_s"] > 0 and m["everysec"]["events_per_s"] > 0, mode
+        assert m["ratio"] == round(m["always"]["events_per_s"] / m["everysec"]["events_per_s"], 3)
+        assert m["bound"] == {"batch": 0.8, "unary": 0.9}[mode]
+    assert d["self_check_ok"]
+    assert {(r["mode"], r["side"]) for r in d["runs"]} == {
+        (mode, side) for mode in ("batch", "unary") for side in ("always", "everysec")
+    }

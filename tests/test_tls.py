@@ -713,3 +713,44 @@ def test_sighup_reloads_the_certificates_of_every_serving_process(
     finally:
         code = child.terminate()
     assert code == 0, child.log.read_text()[-3000:]
+
+
+def test_a_key_type_grpc_cannot_serve_is_refused_in_one_line_at_start_and_reload(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An Ed448 certificate passes the file checks, but gRPC's TLS library
+    cannot serve it: refused at start with one line, and a SIGHUP reload to
+    it keeps the old certificate and says so (it does not claim success)."""
+    from cryptography.hazmat.primitives.asymmetric import ed448
+
+    key = ed448.Ed448PrivateKey.generate()
+    now = system_now()
+    cert = (
+        x509.CertificateBuilder().subject_name(_name("pointsd")).issuer_name(_name("pointsd"))
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, None)
+    )  # fmt: skip
+    cert_file, key_file = tmp_path / "ed448.pem", tmp_path / "ed448.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
+    )
+    settings = _settings(tls_cert_file=str(cert_file), tls_key_file=str(key_file))
+    with pytest.raises(ConfigError, match="gRPC's TLS library refuses them") as refused:
+        ServerTls.from_settings(settings)
+    assert "\n" not in str(refused.value)
+
+    # Serving a good pair from files that are then replaced by the Ed448 one.
+    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    live_cert.write_bytes(pki.server.pem)
+    live_key.write_bytes(pki.server.key_pem)
+    tls = ServerTls.from_settings(_settings(tls_cert_file=str(live_cert),
+                                            tls_key_file=str(live_key)))  # fmt: skip
+    assert tls is not None
+    live_cert.write_bytes(cert_file.read_bytes())
+    live_key.write_bytes(key_file.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="pointsd.tls"):
+        assert tls.reload() is False
+    assert any("NOT reloaded" in r.getMessage() for r in caplog.records)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pointsd.service.auth import Authenticator, Gate
 from pointsd.service.clock import Clock, system_clock
-from pointsd.service.config import Settings
+from pointsd.service.config import ConfigError, Settings
 from pointsd.service.ingest import Ingestor
 from pointsd.service.metrics import FlushMeter, observe_award_round_trip
 from pointsd.service.redeem import Redemptions
@@ -50,7 +50,9 @@ async def resolve_urls(
     embedded: list[EmbeddedRedis | EmbeddedPostgres] = []
     redis_url, database_url = settings.redis_url, settings.database_url
     if not redis_url and redis:
-        er = EmbeddedRedis(settings.data_dir)
+        # Measured at 0.93 (batch) and 0.95 (unary) of everysec on this
+        # machine (docs/benchmarks.md): the embedded default promises more.
+        er = EmbeddedRedis(settings.data_dir, settings.redis_fsync or "always")
         redis_url = await asyncio.to_thread(er.start)
         embedded.append(er)
     if not database_url:
@@ -144,6 +146,12 @@ class App:
             db_timeout_s=settings.db_timeout_s,
         )
         stores.awards.observer = observe_award_round_trip
+        if settings.redis_url and settings.redis_fsync == "always":
+            try:
+                await check_fsync(stores.redis)
+            except BaseException:
+                await stores.close()
+                raise
         retention_s = settings.event_max_age_s + settings.event_future_skew_s
         engine = RulesEngine(
             rules, state_retention_s=retention_s, dedup_retention_s=retention_s + _DEDUP_MARGIN_S
@@ -227,6 +235,36 @@ class App:
         await self.stores.close()
         if stop_embedded:
             await stop_owned(self.embedded)
+
+
+async def check_fsync(redis: Any) -> None:
+    """POINTS_REDIS_FSYNC=always promises an award survives a host crash: the
+    Redis at REDIS_URL must fsync every write. Refuse to start when it says
+    it does not; warn when it does not say (CONFIG disabled, a cluster)."""
+    try:
+        got = await redis.config_get("append*")
+    except Exception as exc:  # CONFIG renamed or denied (managed Redis)
+        log.warning("POINTS_REDIS_FSYNC=always: cannot read the Redis AOF settings (%s); "
+                    "make sure REDIS_URL's server runs appendonly yes, appendfsync always",
+                    str(exc)[:120])  # fmt: skip
+        return
+    if isinstance(got, dict):
+        got = {_text(k): _text(v) for k, v in got.items()}
+    if not isinstance(got, dict) or "appendfsync" not in got:
+        log.warning("POINTS_REDIS_FSYNC=always: the Redis AOF settings could not be read; "
+                    "make sure it runs appendonly yes, appendfsync always")  # fmt: skip
+        return
+    mode, on = got.get("appendfsync"), got.get("appendonly")
+    if (mode, on) != ("always", "yes"):
+        raise ConfigError(
+            f"POINTS_REDIS_FSYNC=always, but the Redis at REDIS_URL runs appendonly {on}, "
+            f"appendfsync {mode}: set appendonly yes and appendfsync always there, or unset "
+            "POINTS_REDIS_FSYNC"
+        )
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def stop_owned(servers: Sequence[EmbeddedRedis | EmbeddedPostgres]) -> None:

@@ -83,6 +83,11 @@ class Settings:
     # Pools and timeouts.
     redis_pool_max: int = 64
     redis_timeout_s: float = 5.0
+    # When an answer may be given (docs/configuration.md#durability):
+    # "always", Redis fsyncs its AOF before it answers; "everysec", once a
+    # second (a host crash may lose the last second of acknowledged awards).
+    # Unset: the embedded Redis runs "always"; a REDIS_URL's is not checked.
+    redis_fsync: str = ""
     db_pool_size: int = 5
     db_timeout_s: float = 5.0
     # Authentication and authorisation of every call (docs/security.md):
@@ -169,6 +174,7 @@ class Settings:
             )
         self._check_clock_start()
         self._check_security()
+        self._check_durability()
         if not 1 <= self.farming_interval_s <= 3600:
             raise ConfigError(
                 "POINTS_FARMING_INTERVAL_S must be between 1 and 3600, "
@@ -177,6 +183,13 @@ class Settings:
         if self.flusher not in ("process", "inline", "off"):
             raise ConfigError(
                 f"POINTS_FLUSHER: must be process, inline or off, got {self.flusher!r}"
+            )
+
+    def _check_durability(self) -> None:
+        if self.redis_fsync not in ("", "always", "everysec"):
+            raise ConfigError(
+                f"POINTS_REDIS_FSYNC: must be always or everysec (or unset), "
+                f"got {self.redis_fsync!r}"
             )
 
     def _check_security(self) -> None:

@@ -162,6 +162,13 @@ class ServerTls:
         except ConfigError as exc:
             log.warning("certificates NOT reloaded, the old ones stay in use: %s", exc)
             return False
+        except Exception as exc:  # e.g. a callers file nested too deep to parse
+            log.warning(
+                "certificates NOT reloaded, the old ones stay in use: %s: %s",
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            return False
         with self._lock:
             self._material = material
             self._generation += 1
@@ -211,8 +218,31 @@ def _load(settings: Settings, now_s: float) -> _Material:
     callers: dict[bytes, Caller] = {}
     if settings.tls_client_callers_file:
         callers = load_callers(settings.tls_client_callers_file)
+    _check_with_grpc(cert_path, key_path, key, chain, client_ca)
     config = grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=client_ca)
     return _Material(config, not_after, callers)
+
+
+def _check_with_grpc(
+    cert_path: str, key_path: str, key: bytes, chain: bytes, client_ca: bytes | None
+) -> None:
+    """What the checks above accept, gRPC's own TLS library may still refuse
+    (a key type it does not support): try the pair on a server that is
+    never started, so a bad file is one clear line, at start and at SIGHUP."""
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    try:
+        creds = grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca)
+        server.add_secure_port("127.0.0.1:0", creds)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"POINTS_TLS_CERT_FILE / POINTS_TLS_KEY_FILE: {cert_path} with {key_path}: gRPC's "
+            f"TLS library refuses them ({str(exc)[:120]}); use an RSA or ECDSA P-256/P-384 "
+            "certificate and key"
+        ) from None
+    finally:
+        server.stop(None)
 
 
 def _read(setting: str, path: str, limit: int) -> bytes:

@@ -101,10 +101,35 @@ def _is_redis(pid: int) -> bool:
     return _runs(pid, b"redis-server")
 
 
-class EmbeddedRedis:
-    """redis-server with AOF (appendfsync everysec) in `<data_dir>/redis`."""
+FSYNC_POLICIES = ("always", "everysec")
 
-    def __init__(self, data_dir: Path) -> None:
+
+def _set_fsync(sock_path: Path, policy: str, timeout_s: float = 2.0) -> None:
+    """CONFIG SET appendfsync on a running embedded server (one reused from
+    an earlier start keeps its own policy otherwise)."""
+    arg = policy.encode()
+    command = b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nappendfsync\r\n$%d\r\n%s\r\n" % (
+        len(arg),
+        arg,
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(str(sock_path))
+        s.sendall(command)
+        reply = s.recv(64)
+    if not reply.startswith(b"+OK"):
+        raise EmbeddedServerError(f"embedded redis refused appendfsync {policy}: {reply[:60]!r}")
+
+
+class EmbeddedRedis:
+    """redis-server with AOF in `<data_dir>/redis`, fsynced per `fsync`:
+    "everysec" (a host crash may lose the last second of writes) or
+    "always" (once per event-loop pass of Redis, before it answers)."""
+
+    def __init__(self, data_dir: Path, fsync: str = "always") -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        self.fsync = fsync
         self.dir = data_dir.resolve() / "redis"
         self.pidfile = self.dir / "redis.pid"
         sock = self.dir / "redis.sock"
@@ -155,6 +180,7 @@ class EmbeddedRedis:
             pid = self._pid()
             if pid is not None:
                 self._wait_ready(pid, timeout_s, load_timeout_s, owned=False)
+                _set_fsync(self.socket, self.fsync)
                 log.info("reusing embedded redis at %s", self.socket)
                 return self.url
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +205,7 @@ class EmbeddedRedis:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                self.fsync,
                 "--save",
                 "",
             ]
