@@ -132,31 +132,8 @@ def _engine(rules: Path) -> tuple[RulesEngine, Topology]:
     return engine, topology
 
 
-async def raw_ceiling(
-    redis_url: str,
-    rules: Path,
-    spec: TrafficSpec,
-    events: int,
-    duration_s: float,
-    connections: int = 4,
-) -> dict[str, Any]:
-    """award.lua on the same kind of events, pre-encoded, pipelined straight to
-    Redis: the physical limit of this design here."""
-    engine, topology = _engine(rules)
-    traffic = Traffic(spec)
-    now_ms = int(time.time() * 1000)
-    ops: list[Any] = []
-    for msg in traffic.batch(events, now_ms):
-        try:
-            event = event_from_pb(msg, now_ms, _LIMITS)
-        except InvalidField:
-            continue
-        planned = engine.plan(event, recorded_at_ms=now_ms)
-        if isinstance(planned, Plan):
-            ops.extend(planned.ops)
-    redis = connect_redis(redis_url, pool_max=connections * 2)
-    store = AwardStore(redis, topology, clock=system_clock, outbox_entries_max=0)
-    await store.start()
+def _raw_trips(ops: list[Any], topology: Topology) -> list[tuple[list[Any], int]]:
+    """The calls of the raw ceiling, in round trips, with their credits."""
     # The same chunking the service uses: up to 100 credits per call, grouped
     # by shard, 20 calls per round trip.
     by_shard: dict[Any, list[int]] = {}
@@ -177,6 +154,37 @@ async def raw_ceiling(
         (calls[i : i + per_trip], sum(sizes[i : i + per_trip]))
         for i in range(0, len(calls), per_trip)
     ]
+    return trips
+
+
+async def raw_ceiling(
+    redis_url: str,
+    rules: Path,
+    spec: TrafficSpec,
+    events: int,
+    duration_s: float,
+    connections: int = 4,
+    stats: CommandStats | None = None,
+) -> dict[str, Any]:
+    """award.lua on the same kind of events, pre-encoded, pipelined straight to
+    Redis: the physical limit of this design here (and, on loopback, Redis's
+    CPU per credit, the ceiling's own cost)."""
+    engine, topology = _engine(rules)
+    traffic = Traffic(spec)
+    now_ms = int(time.time() * 1000)
+    ops: list[Any] = []
+    for msg in traffic.batch(events, now_ms):
+        try:
+            event = event_from_pb(msg, now_ms, _LIMITS)
+        except InvalidField:
+            continue
+        planned = engine.plan(event, recorded_at_ms=now_ms)
+        if isinstance(planned, Plan):
+            ops.extend(planned.ops)
+    redis = connect_redis(redis_url, pool_max=connections * 2)
+    store = AwardStore(redis, topology, clock=system_clock, outbox_entries_max=0)
+    await store.start()
+    trips = _raw_trips(ops, topology)
     trip_queue = list(reversed(trips))
     done_ops = 0
     deadline = time.monotonic() + duration_s
@@ -189,16 +197,21 @@ async def raw_ceiling(
             done_ops += credits
 
     started = time.monotonic()
+    redis_before = stats.cpu_s() if stats is not None else 0.0
     await asyncio.gather(*(worker() for _ in range(connections)))
     elapsed = time.monotonic() - started
+    redis_cpu = stats.cpu_s() - redis_before if stats is not None else None
     await redis.aclose()
     credits_per_event = len(ops) / max(1, events)
-    return {
+    out: dict[str, Any] = {
         "events_per_s": round(done_ops / credits_per_event / elapsed, 1),
         "credits_per_s": round(done_ops / elapsed, 1),
         "duration_s": round(elapsed, 3),
         "credits": done_ops,
     }
+    if redis_cpu is not None and done_ops:
+        out["redis_cpu_us_per_credit"] = round(redis_cpu * 1e6 / done_ops, 1)
+    return out
 
 
 def flush_lag(database_url: str, tenants: list[str], run_id: str) -> dict[str, Any]:
@@ -252,8 +265,14 @@ def run_core(
     rules = write_rules(
         tmp / "rules.yaml", {t: {"shards": ns.shards} for t in tenants + raw_tenants}
     )
-    env = pointsd_env(redis_url, database_url, rules, data_dir, POINTS_WORKERS=str(ns.workers))
+    metrics = _free_ports(ns.workers + 1)
+    env = pointsd_env(
+        redis_url, database_url, rules, data_dir,
+        POINTS_WORKERS=str(ns.workers), POINTS_METRICS_PORT=str(metrics),
+    )  # fmt: skip
     server = ServerProcess(env, free_port(), tmp / "pointsd.log")
+    metrics_ports = [metrics + i for i in range(ns.workers)]
+    stats = CommandStats(redis_url) if is_loopback(redis_url) else None
     echo_port = free_port()
     echo = ServerProcess(
         env,
@@ -272,11 +291,14 @@ def run_core(
         token = server.token
 
         def load(name: str, target: str, spec: TrafficSpec, **kw: Any) -> Any:
+            service = target == server.target
+            before = _costs(server.pid if service else echo.pid, stats, metrics_ports, service)
             res = asyncio.run(
                 run_load(
                     target, spec, duration_s=ns.duration, events_max=ns.events, token=token, **kw
                 )
             )
+            after = _costs(server.pid if service else echo.pid, stats, metrics_ports, service)
             s = res.summary()
             results[name] = {
                 "events_per_s": s["events_per_s"],
@@ -284,6 +306,7 @@ def run_core(
                 "errors": s["errors"],
                 "error_rate": s["error_rate"],
                 "events": s["events"],
+                **_cost_figures(before, after, max(1, s["events"])),
             }
             return res
 
@@ -311,6 +334,7 @@ def run_core(
                 _spec("rw", raw_tenants, ns.users, 1),
                 min(raw_events, ns.events),
                 ns.duration,
+                stats=stats,
             )
         )
         cleanup_tenants(redis_url, raw_tenants)
@@ -370,6 +394,8 @@ def run_core(
     finally:
         echo.terminate()
         server.terminate()
+        if stats is not None:
+            stats.close()
         cleanup_tenants(redis_url, tenants + raw_tenants)
     r = results
     report["memory"] = memory
@@ -414,6 +440,50 @@ def write_progression_rules(path: Path, sides: dict[str, list[str]], shards: int
     ]
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))
     return path
+
+
+def _costs(
+    pid: int, stats: CommandStats | None, metrics_ports: list[int], service: bool
+) -> dict[str, float]:
+    """CPU seconds so far by role (this process = the client; the server
+    and its flusher; Redis, on loopback; the whole machine, every process
+    and PostgreSQL included) and, for the service, the credit operations
+    sent to award.lua."""
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    out = {"client": times.user + times.system}
+    if service:
+        out.update(service_cpu_s(pid))
+        out["credits"] = award_ops(metrics_ports)[0]
+    else:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out["server"] = t.user + t.system
+        except psutil.Error:
+            pass
+    if stats is not None:
+        out["redis"] = stats.cpu_s()
+    m = psutil.cpu_times()
+    out["machine"] = sum(m) - m.idle - getattr(m, "iowait", 0.0)
+    return out
+
+
+def _cost_figures(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, Any]:
+    """µs of CPU per event by role, and Redis's µs per credit operation."""
+    per_event = {
+        role: round((after[role] - before[role]) * 1e6 / events, 1)
+        for role in after
+        if role != "credits" and role in before
+    }
+    out: dict[str, Any] = {"cpu_us_per_event": per_event}
+    credits = after.get("credits", 0.0) - before.get("credits", 0.0)
+    if credits > 0 and "redis" in after:
+        out["credits"] = int(credits)
+        out["redis_cpu_us_per_credit"] = round(
+            (after["redis"] - before["redis"]) * 1e6 / credits, 1
+        )
+    return out
 
 
 def is_loopback(redis_url: str) -> bool:
@@ -1184,7 +1254,11 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
 def _print_core(report: dict[str, Any]) -> None:
     r = report["results"]
-    print(f"{'contender':<18} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'contender':<18} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}  "
+        f"{'CPU µs/event: server':>21} {'flusher':>8} {'redis':>6} {'client':>7} "
+        f"{'machine':>8} {'redis µs/credit':>16}"
+    )
     for name in (
         "batch_service",
         "raw_ceiling",
@@ -1196,9 +1270,13 @@ def _print_core(report: dict[str, Any]) -> None:
     ):
         row = r.get(name, {})
         lat = row.get("latency_ms", {})
+        cpu = row.get("cpu_us_per_event", {})
         print(
             f"{name:<18} {row.get('events_per_s', 0):>10,.0f} "
-            f"{lat.get('p50', float('nan')):>8.2f} {lat.get('p99', float('nan')):>8.2f}"
+            f"{lat.get('p50', float('nan')):>8.2f} {lat.get('p99', float('nan')):>8.2f}  "
+            f"{_us(cpu.get('server')):>21} {_us(cpu.get('flusher')):>8} "
+            f"{_us(cpu.get('redis')):>6} {_us(cpu.get('client')):>7} "
+            f"{_us(cpu.get('machine')):>8} {_us(row.get('redis_cpu_us_per_credit')):>16}"
         )
     for name, row in r.items():
         for kind, n in (row.get("errors") or {}).items():

@@ -135,6 +135,15 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
         assert results[name]["events_per_s"] > 0, name
     assert results["batch_service"]["self_check_ok"]
     assert results["flush_lag"]["rows"] > 0
+    # CPU per event by process role, for every mode through the service
+    # and its echo baseline; Redis's own CPU per credit where it is local.
+    for name in ("batch_service", "unary_service", "stream_service"):
+        cpu = results[name]["cpu_us_per_event"]
+        assert {"client", "server", "flusher", "machine"} <= set(cpu), name
+        assert cpu["server"] > 0 and cpu["machine"] > 0, name
+        assert results[name]["credits"] > 0 and results[name]["redis_cpu_us_per_credit"] > 0
+    assert results["unary_echo"]["cpu_us_per_event"]["server"] > 0
+    assert results["raw_ceiling"]["redis_cpu_us_per_credit"] > 0
     assert set(report["ratios"]) == {
         "batch_vs_raw_ceiling",
         "unary_vs_echo",
