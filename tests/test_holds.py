@@ -173,3 +173,104 @@ async def test_rebuild_restores_held_balances_and_the_holds_of_open_flags(
     assert got.points == 4
     assert (await balance(api, "mallory")).available == 4
     assert (await reconcile(app)).clean
+
+
+# -- two flags of one user, and rebuilds between decision and settlement ------
+
+
+async def _flag(api: Api, period: str) -> int:
+    from pointsd.service.rules.farming import Finding, Signal
+
+    app = api.app
+    finding = Finding("mallory", Signal.RATE, period, (), "evidence")
+    [(flag_id, _)] = await app.stores.farming.record(api.tenant, [finding], app.clock())
+    return flag_id
+
+
+async def _likes(api: Api, prefix: str, n: int) -> None:
+    await record(
+        api, *[ev(api.tenant, "mallory", "like", target_user_id=f"{prefix}{i}") for i in range(n)]
+    )
+
+
+async def test_each_flag_settles_only_what_it_held_through_a_rebuild(
+    api: Api, lose_redis_data: Any
+) -> None:
+    """A voided (its settlement not run yet) while B opened: after a rebuild
+    the pass voids A's 3 points, and B's release pays only B's 2."""
+    from pointsd.service.farming import FarmingPass, decide
+    from pointsd.service.ops import rebuild
+    from pointsd.storage.postgres.farming import VOIDED
+
+    app = api.app
+    a = await _flag(api, "2026-W01")
+    await app.stores.holds.hold(api.tenant, "mallory", a)
+    await _likes(api, "c", 3)
+    # The decision committed; the process died before hold.lua ran.
+    await app.stores.farming.decide(api.tenant, a, state=VOIDED, decided_by="adm", note="x",
+                                    now_ms=app.clock())  # fmt: skip
+    b = await _flag(api, "2026-W02")
+    assert await app.flusher.drain(30)
+    lose_redis_data(api.tenant)
+    await rebuild(app)
+    await _likes(api, "d", 2)  # held under B, the open flag
+    await FarmingPass(app).run_once()
+    assert (await app.stores.farming.get(api.tenant, a)).settled_points == 3  # type: ignore[union-attr]
+    await decide(app, api.tenant, b, release=True, note="ok", decided_by="adm", audit_row=None)
+    got = await balance(api, "mallory")
+    assert (got.available, got.held) == (2, 0)
+    assert (await reconcile(app)).clean
+
+
+async def test_a_settlement_run_before_a_rebuild_is_not_run_again(
+    api: Api, lose_redis_data: Any
+) -> None:
+    """hold.lua settled A, then the process died before PostgreSQL recorded
+    it; a rebuild restores the settlement record from the ledger: the pass
+    records it, nothing moves twice, A holds nobody again."""
+    from pointsd.service.farming import FarmingPass
+    from pointsd.service.ops import rebuild
+    from pointsd.storage.postgres.farming import RELEASED
+
+    app = api.app
+    a = await _flag(api, "2026-W01")
+    await app.stores.holds.hold(api.tenant, "mallory", a)
+    await _likes(api, "c", 3)
+    await app.stores.farming.decide(api.tenant, a, state=RELEASED, decided_by="adm", note="x",
+                                    now_ms=app.clock())  # fmt: skip
+    assert (await app.stores.holds.settle(api.tenant, "mallory", a, release=True,
+                                          reason="r")).points == 3  # fmt: skip
+    assert await app.flusher.drain(30)
+    lose_redis_data(api.tenant)
+    await rebuild(app)
+    await _likes(api, "d", 2)  # paid: A is settled, nobody holds mallory
+    # A pass that read the open flags before the decision holds A again: refused.
+    assert (await app.stores.holds.hold(api.tenant, "mallory", a)).code is StoreCode.DUPLICATE
+    await FarmingPass(app).run_once()
+    assert (await app.stores.farming.get(api.tenant, a)).settled_points == 3  # type: ignore[union-attr]
+    got = await balance(api, "mallory")
+    assert (got.available, got.held) == (5, 0)
+    assert await app.flusher.drain(30)
+    assert (await reconcile(app)).clean
+
+
+async def test_a_flag_settled_with_nothing_held_holds_nobody_after_a_rebuild(
+    api: Api, lose_redis_data: Any
+) -> None:
+    from pointsd.service.farming import FarmingPass, decide
+    from pointsd.service.ops import rebuild
+
+    app = api.app
+    a = await _flag(api, "2026-W01")
+    stale = await app.stores.farming.holding(api.tenant)  # a pass read this...
+    await app.stores.holds.hold(api.tenant, "mallory", a)
+    await decide(app, api.tenant, a, release=True, note="ok", decided_by="adm", audit_row=None)
+    assert await app.flusher.drain(30)
+    lose_redis_data(api.tenant)
+    await rebuild(app)  # ...a rebuild ran meanwhile...
+    for flag_id, user in stale:  # ...and the pass goes on with its list
+        assert (await app.stores.holds.hold(api.tenant, user, flag_id)).code is StoreCode.DUPLICATE
+    await _likes(api, "c", 3)
+    await FarmingPass(app).run_once()
+    got = await balance(api, "mallory")
+    assert (got.available, got.held) == (3, 0)

@@ -275,16 +275,29 @@ async def _restore_tenant(
 
 
 async def _restore_holds(app: App, tenant_id: str) -> None:
-    """The users held by open flags, and by decided flags whose settlement
-    has not run yet (the farming pass runs it, moving what they hold)."""
+    """The farming holds, from PostgreSQL: who each open flag holds; what
+    each flag holds of each user (the ledger's held rows by flag, so that a
+    decided flag the pass has yet to settle moves exactly its own); and the
+    settlement records of the flags the ledger shows settled (a settlement
+    never runs twice, a settled flag never holds again)."""
     stores = app.stores
+    shard_of = stores.topology.user_shard
     holds: dict[str, dict[str, int]] = {}
-    pending = [(f.flag_id, f.user_id) for f in await stores.farming.unsettled(tenant_id)]
-    for flag_id, user in [*await stores.farming.holding(tenant_id), *pending]:
-        shard = stores.topology.user_shard(tenant_id, user)
-        holds.setdefault(shard.tag, {}).setdefault(user, flag_id)
+    for flag_id, user in await stores.farming.holding(tenant_id):
+        holds.setdefault(shard_of(tenant_id, user).tag, {}).setdefault(user, flag_id)
+    shares: dict[str, dict[tuple[str, int], int]] = {}
+    for (user, flag_id), points in (await stores.ledger.held_by_flag(tenant_id)).items():
+        shares.setdefault(shard_of(tenant_id, user).tag, {})[(user, flag_id)] = points
+    # Settled: as PostgreSQL recorded it, and as the ledger shows it (a
+    # settlement that ran in Redis but was not recorded yet).
+    settled: dict[str, dict[tuple[str, int], int]] = {}
+    recorded = {(u, f): p for f, u, p in await stores.farming.settled_flags(tenant_id)}
+    recorded.update(await stores.ledger.settlements(tenant_id))
+    for (user, flag_id), points in recorded.items():
+        settled.setdefault(shard_of(tenant_id, user).tag, {})[(user, flag_id)] = points
     for shard in stores.topology.tenant_shards(tenant_id):
-        await stores.holds.restore(shard, holds.get(shard.tag, {}))
+        await stores.holds.restore(shard, holds.get(shard.tag, {}), shares.get(shard.tag, {}),
+                                   settled.get(shard.tag, {}))  # fmt: skip
 
 
 async def _replay_entries(

@@ -189,6 +189,10 @@ _UNSETTLED = text(
     f"SELECT {_FLAG_COLUMNS} FROM farming_flags WHERE settled_at IS NULL AND tenant_id = :t "
     "AND state <> 'open' ORDER BY flag_id"
 )
+_SETTLED_FLAGS = text(
+    "SELECT flag_id, user_id, settled_points FROM farming_flags WHERE tenant_id = :t "
+    "AND settled_at IS NOT NULL"
+)
 _GET = text(f"SELECT {_FLAG_COLUMNS} FROM farming_flags WHERE tenant_id = :t AND flag_id = :flag")
 _LOCK = text(
     f"SELECT {_FLAG_COLUMNS} FROM farming_flags WHERE tenant_id = :t AND flag_id = :flag FOR UPDATE"
@@ -385,6 +389,17 @@ class FarmingStore:
             return [(int(r[0]), r[1]) for r in await conn.execute(_HOLDING, {"t": tenant_id})]
 
         rows: list[tuple[int, str]] = await self._run(work, write=False)
+        return rows
+
+    async def settled_flags(self, tenant_id: str) -> list[tuple[int, str, int]]:
+        """(flag id, user id, points its settlement moved) of every flag
+        whose settlement is recorded (rebuild restores their records)."""
+
+        async def work(conn: AsyncConnection) -> list[tuple[int, str, int]]:
+            rows = await conn.execute(_SETTLED_FLAGS, {"t": tenant_id})
+            return [(int(r[0]), str(r[1]), int(r[2] or 0)) for r in rows]
+
+        rows: list[tuple[int, str, int]] = await self._run(work, write=False)
         return rows
 
     async def unsettled(self, tenant_id: str) -> list[FlagRecord]:

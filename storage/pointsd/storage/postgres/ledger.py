@@ -79,6 +79,23 @@ _SUMS = text(
     """
 )
 
+# Per (user, flag): what is held under the flag and not settled (held
+# rows, a settlement's held side included), and what each settlement moved.
+_HELD_BY_FLAG = text(
+    """
+    SELECT user_id, flag_id, SUM(points) FROM ledger_entries
+    WHERE tenant_id = :tenant_id AND state = 'held' AND flag_id IS NOT NULL
+    GROUP BY user_id, flag_id HAVING SUM(points) <> 0
+    """
+)
+_SETTLEMENTS = text(
+    """
+    SELECT user_id, flag_id, -SUM(points) FROM ledger_entries
+    WHERE tenant_id = :tenant_id AND kind IN ('release', 'void') AND state = 'held'
+    GROUP BY user_id, flag_id
+    """
+)
+
 _ENTRIES = text(
     """
     SELECT id, entry_key, user_id, points, balance_after, kind, action, event_id, role,
@@ -373,6 +390,22 @@ class Ledger:
                     str(user): UserSums(int(earned), int(spent), int(net), int(held))
                     for user, earned, spent, net, held in result.all()
                 }
+        except (saexc.SQLAlchemyError, OSError) as exc:
+            raise pg_errors(exc) from exc
+
+    async def held_by_flag(self, tenant_id: str) -> dict[tuple[str, int], int]:
+        """(user, flag id) -> points held under the flag, not settled yet."""
+        return await self._by_flag(_HELD_BY_FLAG, tenant_id)
+
+    async def settlements(self, tenant_id: str) -> dict[tuple[str, int], int]:
+        """(user, flag id) -> points each farming flag's settlement moved."""
+        return await self._by_flag(_SETTLEMENTS, tenant_id)
+
+    async def _by_flag(self, query: Any, tenant_id: str) -> dict[tuple[str, int], int]:
+        try:
+            async with self.engine.connect() as conn:
+                result = await conn.execute(query, {"tenant_id": tenant_id})
+                return {(str(u), int(f)): int(p) for u, f, p in result.all()}
         except (saexc.SQLAlchemyError, OSError) as exc:
             raise pg_errors(exc) from exc
 

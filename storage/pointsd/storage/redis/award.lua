@@ -77,8 +77,8 @@
 --   e outbox entry data (apply), r [points, balance, outcome, [[tag, points], ...]]
 --   (restore: what the ledger says, the bonuses it paid included), h the
 --   farming flag a restored row was held under (restore; 0 or absent: paid)
--- ARGV[8]  index in KEYS of the shard's holds hash (user -> farming flag id;
---          apply mode), 0 = none
+-- ARGV[8]  index in KEYS of the shard's holds hash (user -> farming flag id,
+--          "<user>\31<flag id>" -> points held under that flag; apply mode), 0 = none
 --
 -- Held credits: the credit of a user the holds hash names (a farming flag,
 -- service/pointsd/service/farming.py) runs its checks and the counting
@@ -408,6 +408,11 @@ APPLY.credit = function(c, s, op)
     c.balance = hget_number(KEYS[2], op.u .. '|a')
     if c.points ~= 0 then
       redis.call('HINCRBY', KEYS[2], op.u .. '|h', c.points)
+      -- What this flag holds of the user's held points: its settlement
+      -- moves exactly these (another flag's are its own).
+      if holds_idx > 0 then
+        redis.call('HINCRBY', KEYS[holds_idx], op.u .. SEP .. c.hold, c.points)
+      end
       redis.call('XADD', KEYS[3], '*', 'p', c.points, 'b', c.balance, 'd', op.e, 'h', c.hold,
         's', 'h')
       outbox_len = outbox_len + 1

@@ -6,7 +6,8 @@
 -- KEYS[1]  maintenance flag  string; while it exists nothing is applied
 -- KEYS[2]  balances          hash "<user>|a" available, "<user>|e" earned, "<user>|h" held
 -- KEYS[3]  outbox            stream of ledger entries (fields p, b, d, h, s)
--- KEYS[4]  holds             hash user -> flag id the user's awards are held under
+-- KEYS[4]  holds             hash user -> flag id the user's awards are held under,
+--                            "<user>\31<flag id>" -> points held under that flag
 -- KEYS[5]  settlement record string: the points this flag's settlement moved
 --
 -- ARGV[1]  "hold", "release" or "void"
@@ -23,8 +24,8 @@
 --   {DUPLICATE, points moved the first time}. Release moves the user's held
 --   points to available and earned; void cancels them; each writes its rows
 --   (held side: -points, state held; release's paid side: +points, state
---   paid). A flag that does not hold the user moves 0 (its hold never reached
---   Redis, so nothing was held under it).
+--   paid). It moves what was held under this flag, and stops the flag
+--   holding the user; a flag that never held the user moves 0.
 -- MAINTENANCE: a rebuild owns the shard, nothing applied.
 
 -- Result codes: service/pointsd/service/domain StoreCode.
@@ -40,19 +41,20 @@ if mode == 'hold' then
   return {APPLIED, tonumber(redis.call('HGET', KEYS[4], user))}
 end
 
-local moved = 0
-if redis.call('HGET', KEYS[4], user) == flag then
-  moved = tonumber(redis.call('HGET', KEYS[2], user .. '|h') or '0')
-  redis.call('HDEL', KEYS[4], user)
-  if moved ~= 0 then
-    redis.call('HINCRBY', KEYS[2], user .. '|h', -moved)
-    local balance = tonumber(redis.call('HGET', KEYS[2], user .. '|a') or '0')
-    redis.call('XADD', KEYS[3], '*', 'p', -moved, 'b', balance, 'd', ARGV[5], 'h', flag, 's', 'h')
-    if mode == 'release' then
-      balance = redis.call('HINCRBY', KEYS[2], user .. '|a', moved)
-      redis.call('HINCRBY', KEYS[2], user .. '|e', moved)
-      redis.call('XADD', KEYS[3], '*', 'p', moved, 'b', balance, 'd', ARGV[6], 'h', flag)
-    end
+-- Exactly what was held under this flag (award.lua counts it per flag):
+-- another flag's held points wait for their own decision.
+local share = user .. '\31' .. flag
+local moved = tonumber(redis.call('HGET', KEYS[4], share) or '0')
+redis.call('HDEL', KEYS[4], share)
+if redis.call('HGET', KEYS[4], user) == flag then redis.call('HDEL', KEYS[4], user) end
+if moved ~= 0 then
+  redis.call('HINCRBY', KEYS[2], user .. '|h', -moved)
+  local balance = tonumber(redis.call('HGET', KEYS[2], user .. '|a') or '0')
+  redis.call('XADD', KEYS[3], '*', 'p', -moved, 'b', balance, 'd', ARGV[5], 'h', flag, 's', 'h')
+  if mode == 'release' then
+    balance = redis.call('HINCRBY', KEYS[2], user .. '|a', moved)
+    redis.call('HINCRBY', KEYS[2], user .. '|e', moved)
+    redis.call('XADD', KEYS[3], '*', 'p', moved, 'b', balance, 'd', ARGV[6], 'h', flag)
   end
 end
 redis.call('SET', KEYS[5], moved, 'EX', tonumber(ARGV[4]))

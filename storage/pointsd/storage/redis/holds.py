@@ -8,14 +8,14 @@ points move (hold.lua), atomically with their ledger rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from redis import exceptions as rexc
 
 from pointsd.service.domain import StoreCode
 from pointsd.storage.entries import KIND_RELEASE, KIND_VOID, entry_data, settle_key
-from pointsd.storage.keys import Shard, Topology
+from pointsd.storage.keys import SEP, Shard, Topology
 from pointsd.storage.redis.client import RedisClient, gate
 from pointsd.storage.redis.scripts import LuaScript, redis_errors
 
@@ -80,20 +80,46 @@ class HoldStore:
 
     async def held_users(self, shard: Shard) -> dict[str, int]:
         """Every user held on a shard: user -> flag id."""
+        return {u: f for u, f in (await self._read(shard)).items() if SEP not in u}
+
+    async def held_under(self, shard: Shard) -> dict[tuple[str, int], int]:
+        """(user, flag id) -> the points held under that flag, not settled yet."""
+        out: dict[tuple[str, int], int] = {}
+        for field, value in (await self._read(shard)).items():
+            user, sep, flag = field.rpartition(SEP)
+            if sep:
+                out[(user, int(flag))] = value
+        return out
+
+    async def _read(self, shard: Shard) -> dict[str, int]:
         try:
             async with gate(self.redis):
                 raw = await self.redis.hgetall(shard.holds)
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
-        return {_text(u): int(f) for u, f in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
-    async def restore(self, shard: Shard, holds: dict[str, int]) -> None:
-        """Rebuild: the holds of open (or decided, not yet settled) flags."""
-        if not holds:
-            return
+    async def restore(
+        self,
+        shard: Shard,
+        holds: Mapping[str, int],
+        shares: Mapping[tuple[str, int], int],
+        settled: Mapping[tuple[str, int], int],
+    ) -> None:
+        """Rebuild (the shard in maintenance): who is held under which open
+        flag, what each flag holds of each user (the ledger's held rows by
+        flag), and the settlement records of the flags the ledger shows
+        settled ((user, flag) -> points moved), so that a settlement is
+        never run twice and a settled flag never holds again."""
+        mapping: dict[str, int] = dict(holds)
+        mapping.update({f"{user}{SEP}{flag}": points for (user, flag), points in shares.items()})
         try:
-            async with gate(self.redis):
-                await self.redis.hset(shard.holds, mapping=holds)  # type: ignore[arg-type]
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
+                if mapping:
+                    pipe.hset(shard.holds, mapping=mapping)  # type: ignore[arg-type]
+                for (_, flag), points in settled.items():
+                    pipe.set(shard.change(settle_key(flag)), points, ex=_SETTLED_KEEP_S)
+                await pipe.execute()
         except (rexc.RedisError, OSError) as exc:
             raise redis_errors(exc) from exc
 
