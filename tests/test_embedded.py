@@ -77,3 +77,24 @@ def test_a_loading_redis_is_waited_for_and_never_started_twice(
         for p in _servers_on(str(first.socket)):
             p.kill()
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.subprocess
+def test_postgres_stops_by_signal_when_pg_ctl_cannot_run() -> None:
+    """As root, pg_ctl runs as user pgserver, who cannot enter a root-only
+    folder holding the binaries (a virtualenv under pytest's tmp): the
+    fast shutdown then goes by SIGINT to the postmaster."""
+    from pointsd.storage.embedded import EmbeddedPostgres
+
+    data = server_data_dir()
+    pg = EmbeddedPostgres(data)
+    try:
+        pg.start()
+        assert pg.running_pid() is not None
+        pg._interrupt()
+        assert pg.running_pid() is None
+        pg.restart()  # its data survived the fast shutdown
+        assert pg.running_pid() is not None
+    finally:
+        pg.stop()
+        shutil.rmtree(data, ignore_errors=True)
