@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import sys
 import tempfile
 import uuid
@@ -43,6 +44,7 @@ from pointsd.service.app import App
 from pointsd.service.config import Settings
 from pointsd.service.farming import FarmingPass
 from pointsd.service.rules import load_rule_file, parse_rule_book
+from scripts.bench import cleanup_tenants
 from scripts.loadgen import Traffic, TrafficSpec
 
 ZONE = "Asia/Shanghai"
@@ -176,7 +178,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await channel.close()
         await running.stop(grace_s=2)
-    return _summary(args, ring, script_user, active, flagged, signals, evidence, sent)
+        # The run's Redis state is its own tenant's: none of it stays behind
+        # (its ledger rows do, like every load run's, under that tenant).
+        cleanup_tenants(app.redis_url, [tenant])
+        shutil.rmtree(data, ignore_errors=True)
+    return {
+        "tenant": tenant,
+        **_summary(args, ring, script_user, active, flagged, signals, evidence, sent),
+    }
 
 
 def _summary(

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis as sync_redis
 
 from scripts import bench
 from scripts.crosscheck import find_k6
@@ -514,6 +515,12 @@ def test_farming_check_flags_the_ring_and_the_script_not_the_honest(servers: Ser
         report["honest_flagged"] / report["honest_active_users"], 6
     )
     assert report["false_positive_rate"] < 0.01
+    # Its Redis state does not outlive the run.
+    r = sync_redis.Redis.from_url(servers.redis_url)
+    try:
+        assert list(r.scan_iter(match=f"pts:{{{report['tenant']}:*", count=1000)) == []
+    finally:
+        r.close()
 
 
 def test_farming_check_refuses_out_of_range_arguments() -> None:
