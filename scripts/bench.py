@@ -1346,57 +1346,47 @@ def _print_progression(prog: dict[str, Any]) -> None:
             print(f"{run['run_id']} ({run['side']}, {run['mode']}): ledger self-check FAILED")
 
 
-def _print_durability(d: dict[str, Any]) -> None:
-    settings = d["settings"]
+def _print_sides(group: dict[str, Any], title: str, sides: tuple[str, str]) -> None:
+    """A two-sided group (auth, durability): per mode each side's median
+    events/s, the ratio against its bound, latency and server CPU; the
+    ratio of each round; every run's errors and failed self-checks."""
+    first, second = sides
+    settings = group["settings"]
+    print(f"{title}, medians of {settings['rounds']} alternated rounds of "
+          f"{settings['duration_s']:g} s")  # fmt: skip
     print(
-        f"durability: POINTS_REDIS_FSYNC=always vs everysec ({settings['data_folder_fs']}), "
-        f"medians of {settings['rounds']} alternated rounds of {settings['duration_s']:g} s"
+        f"{'mode':<7} {first + ' ev/s':>14} {second + ' ev/s':>14} {'ratio':>6} {'bound':>6}"
+        f"       {'p50 ms':>14} {'p99 ms':>14} {'server CPU µs/ev':>18}"
     )
-    print(f"{'mode':<7} {'always ev/s':>12} {'everysec ev/s':>14} {'ratio':>6} {'bound':>6}       "
-          f"{'p50 ms':>14} {'p99 ms':>14}")  # fmt: skip
-    for mode, m in d["modes"].items():
+    for mode, m in group["modes"].items():
         ratio = f"{m['ratio']:.3f}" if m["ratio"] is not None else "-"
-        a, e = m["always"], m["everysec"]
+        a, b = m[first], m[second]
         print(
-            f"{mode:<7} {a['events_per_s'] or 0:>12,.0f} {e['events_per_s'] or 0:>14,.0f} "
+            f"{mode:<7} {a['events_per_s'] or 0:>14,.0f} {b['events_per_s'] or 0:>14,.0f} "
             f"{ratio:>6} {m['bound']:>6.2f} {'PASS' if m['pass'] else 'FAIL':<5} "
-            f"{_us(a['p50_ms'])} / {_us(e['p50_ms']):<6} {_us(a['p99_ms'])} / {_us(e['p99_ms'])}"
+            f"{_us(a['p50_ms']):>6} / {_us(b['p50_ms']):<6} "
+            f"{_us(a['p99_ms']):>6} / {_us(b['p99_ms']):<6} "
+            f"{_us(a['server_cpu_us_per_event']):>8} / {_us(b['server_cpu_us_per_event'])}"
         )
-    for mode, m in d["modes"].items():
-        print(f"{mode} always/everysec by round: {m['round_ratios']}")
-    for run in d["runs"]:
-        if not run["self_check_ok"]:
-            print(f"{run['run_id']} ({run['side']}, {run['mode']}): ledger self-check FAILED")
-
-
-def _print_auth(auth: dict[str, Any]) -> None:
-    settings = auth["settings"]
-    what = "off vs off (control)" if auth.get("control") else "on vs off"
-    print(
-        f"auth: POINTS_AUTH={what}, medians of {settings['rounds']} alternated rounds of "
-        f"{settings['duration_s']:g} s"
-    )
-    print(
-        f"{'mode':<7} {'on ev/s':>10} {'off ev/s':>10} {'ratio':>6} {'bound':>6}       "
-        f"{'p50 ms on/off':>14} {'server CPU µs/ev on/off':>24}"
-    )
-    for mode, m in auth["modes"].items():
-        ratio = f"{m['ratio']:.3f}" if m["ratio"] is not None else "-"
-        on, off = m["on"], m["off"]
-        print(
-            f"{mode:<7} {on['events_per_s'] or 0:>10,.0f} {off['events_per_s'] or 0:>10,.0f} "
-            f"{ratio:>6} {m['bound']:>6.2f} {'PASS' if m['pass'] else 'FAIL':<5} "
-            f"{_us(on['p50_ms'])} / {_us(off['p50_ms']):<6} "
-            f"{_us(on['server_cpu_us_per_event']):>12} / {_us(off['server_cpu_us_per_event'])}"
-        )
-    for mode, m in auth["modes"].items():
-        print(f"{mode} on/off by round: {m['round_ratios']}")
-    for run in auth["runs"]:
+    for mode, m in group["modes"].items():
+        print(f"{mode} {first}/{second} by round: {m['round_ratios']}")
+    for run in group["runs"]:
         for kind, n in run["errors"].items():
             print(f"{run['run_id']} ({run['side']}, {run['mode']}): {kind} {n:,} events: "
                   f"{explain_error(kind)}")  # fmt: skip
         if not run["self_check_ok"]:
             print(f"{run['run_id']} ({run['side']}, {run['mode']}): ledger self-check FAILED")
+
+
+def _print_durability(d: dict[str, Any]) -> None:
+    fs = d["settings"]["data_folder_fs"]
+    _print_sides(d, f"durability: POINTS_REDIS_FSYNC=always vs everysec ({fs})",
+                 DURABILITY_SIDES)  # fmt: skip
+
+
+def _print_auth(auth: dict[str, Any]) -> None:
+    what = "off vs off (control)" if auth.get("control") else "on vs off"
+    _print_sides(auth, f"auth: POINTS_AUTH={what}", AUTH_SIDES)
 
 
 def _print_table(report: dict[str, Any]) -> None:

@@ -11,15 +11,14 @@ for a decided one what its settlement moved (from PostgreSQL).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
 
 from pointsd.service import audit, farming, queries
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.app import App
 from pointsd.service.auth import current_caller
 from pointsd.service.convert import timestamp
-from pointsd.service.rpc import Ctx, unary
+from pointsd.service.rpc import Ctx, admin_mixin, unary
 from pointsd.service.rules import TenantRules
 from pointsd.service.validation import InvalidField, check_id, check_tenant, check_text
 from pointsd.storage.postgres.farming import (
@@ -39,15 +38,6 @@ _HELD_READS = 32
 
 _STATES = {pb.FLAG_OPEN: OPEN, pb.FLAG_RELEASED: RELEASED, pb.FLAG_VOIDED: VOIDED}
 _STATE_PB = {v: k for k, v in _STATES.items()}
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _admin(method: F) -> F:
-    """Under `@unary`: rpc.py names a method's service after the class that
-    defines it, and this mixin is part of AdminServicer (role table, metrics)."""
-    method.__qualname__ = f"AdminServicer.{method.__name__}"
-    return method
 
 
 def _finding_to_pb(f: FindingRecord) -> pb.FlagFinding:
@@ -120,7 +110,7 @@ class FlagAdmin:
     app: App
 
     @unary
-    @_admin
+    @admin_mixin
     async def ListFlags(self, request: pb.ListFlagsRequest, context: Ctx) -> pb.ListFlagsResponse:
         tenant = check_tenant(self.app.engine, request.tenant_id)
         user_id = check_id("user_id", request.user_id, required=False)
@@ -144,13 +134,13 @@ class FlagAdmin:
         )
 
     @unary
-    @_admin
+    @admin_mixin
     @audit.audited
     async def ReleaseFlag(self, request: pb.ResolveFlagRequest, context: Ctx) -> pb.Flag:
         return await self._decide(request, release=True)
 
     @unary
-    @_admin
+    @admin_mixin
     @audit.audited
     async def VoidFlag(self, request: pb.ResolveFlagRequest, context: Ctx) -> pb.Flag:
         return await self._decide(request, release=False)

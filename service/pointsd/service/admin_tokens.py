@@ -6,9 +6,7 @@ the two reads are not."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -17,7 +15,7 @@ from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.app import App
 from pointsd.service.auth import current_caller
 from pointsd.service.errors import PermissionDenied, clip
-from pointsd.service.rpc import Ctx, unary
+from pointsd.service.rpc import Ctx, admin_mixin, unary
 from pointsd.service.validation import InvalidField, check_id, check_text, timestamp_of
 from pointsd.storage.postgres.audit import AuditEntry, AuditFilter
 from pointsd.storage.postgres.tokens import ApiToken
@@ -26,15 +24,6 @@ __all__ = ["AUDIT_PAGE_MAX", "TokenAdmin", "audit_record_to_pb", "token_info_to_
 
 AUDIT_PAGE_MAX = 500
 _CALLER_CHARS_MAX = 256
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _admin(method: F) -> F:
-    """Under `@unary`: rpc.py names a method's service after the class that
-    defines it, and this mixin is part of AdminServicer (role table, metrics)."""
-    method.__qualname__ = f"AdminServicer.{method.__name__}"
-    return method
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
@@ -66,7 +55,7 @@ class TokenAdmin:
     app: App
 
     @unary
-    @_admin
+    @admin_mixin
     @audit.audited
     async def CreateToken(
         self, request: pb.CreateTokenRequest, context: Ctx
@@ -89,7 +78,7 @@ class TokenAdmin:
         return pb.CreateTokenResponse(token=token, info=token_info_to_pb(row, now))
 
     @unary
-    @_admin
+    @admin_mixin
     async def ListTokens(
         self, request: pb.ListTokensRequest, context: Ctx
     ) -> pb.ListTokensResponse:
@@ -100,7 +89,7 @@ class TokenAdmin:
         return pb.ListTokensResponse(tokens=[token_info_to_pb(t, now) for t in rows])
 
     @unary
-    @_admin
+    @admin_mixin
     @audit.audited
     async def RotateToken(
         self, request: pb.RotateTokenRequest, context: Ctx
@@ -120,7 +109,7 @@ class TokenAdmin:
         )
 
     @unary
-    @_admin
+    @admin_mixin
     @audit.audited
     async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Ctx) -> pb.TokenInfo:
         api_tokens.check_token_id(request.token_id)
@@ -129,7 +118,7 @@ class TokenAdmin:
         return token_info_to_pb(row, now)
 
     @unary
-    @_admin
+    @admin_mixin
     async def ListAudit(self, request: pb.ListAuditRequest, context: Ctx) -> pb.ListAuditResponse:
         check_text("caller", request.caller, max_chars=_CALLER_CHARS_MAX)
         check_id("tenant_id", request.tenant_id, required=False)

@@ -45,7 +45,6 @@ from pointsd.service.rules.farming import (
     FARMING,
     FarmingRules,
     Finding,
-    PairCount,
     pair_findings,
     rate_findings,
 )
@@ -150,10 +149,9 @@ class FarmingPass:
         """Reciprocity and ring findings of the ISO week containing at_ms."""
         tz = tenant.timezone
         start_s, end_s = period_bounds(Period.WEEK, at_ms, tz)
-        rows = await self.app.stores.farming.pair_counts(
+        pairs = await self.app.stores.farming.pair_counts(
             tenant.tenant_id, start_s * 1000, end_s * 1000, rules.actions, rules.pair_floor
         )
-        pairs = [PairCount(r.receiver, r.sender, r.count, r.receiver_total) for r in rows]
         return pair_findings(rules, pairs, period_key(Period.WEEK, at_ms, tz))
 
     async def _rate(self, tenant: TenantRules, rules: FarmingRules, at_ms: int) -> list[Finding]:

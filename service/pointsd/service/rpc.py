@@ -30,7 +30,7 @@ from pointsd.service.logs import REQUEST_ID, REQUEST_ID_KEY, request_id_of
 from pointsd.service.metrics import RpcMeter, count_store_error
 from pointsd.storage.errors import StorageError
 
-__all__ = ["Ctx", "Undecodable", "abort", "add_service", "stream", "unary"]
+__all__ = ["Ctx", "Undecodable", "abort", "add_service", "admin_mixin", "stream", "unary"]
 
 log = logging.getLogger("pointsd.rpc")
 
@@ -40,6 +40,7 @@ _UNDECODABLE_LOG_S = 60.0
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+M = TypeVar("M", bound=Callable[..., Any])
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Req, Ctx], Awaitable[Resp]]
 StreamHandler = Callable[[Any, AsyncIterator[Req], Ctx], AsyncIterator[Resp]]
@@ -68,6 +69,15 @@ def _service_of(method: Callable[..., Any]) -> str:
     """The service of a servicer method: PointsServicer.X -> "PointsService"."""
     owner = method.__qualname__.rpartition(".")[0]
     return owner.removesuffix("r") if owner.endswith("Servicer") else owner
+
+
+def admin_mixin(method: M) -> M:
+    """Under `@unary`, on a method of a mixin of AdminServicer (its token and
+    flag RPCs): the service is read off the class that defines a method
+    (`_service_of`), and this one belongs to AdminService (role table,
+    metrics)."""
+    method.__qualname__ = f"AdminServicer.{method.__name__}"
+    return method
 
 
 def _begin(context: Ctx) -> contextvars.Token[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "LedgerFacts",
     "Metric",
     "Outcome",
+    "PairCount",
     "Period",
     "PeriodRef",
     "Role",
@@ -230,3 +231,15 @@ class CreditResult:
     # Held by a farming flag (for DUPLICATE: at the first recording): the
     # points went to the user's held balance, not to available.
     held: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PairCount:
+    """Credits `receiver` got from `sender` in one period (the farming
+    signals' counted actions), with everything `receiver` got from anyone
+    then: what the ledger's aggregate gives the farming rules."""
+
+    receiver: str
+    sender: str
+    count: int
+    receiver_total: int

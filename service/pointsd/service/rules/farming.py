@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pointsd.service.domain import Role
+from pointsd.service.domain import PairCount, Role
 from pointsd.service.rules.checker import Checker
 from pointsd.service.rules.model import ActionRule, PartKey
 
@@ -233,17 +233,6 @@ def describe_farming(f: FarmingRules) -> str:
         f"{t.median_multiple}x the median, or >= {t.spacing_min_events} events spaced within "
         f"{t.spacing_max_cv_percent}% CV"
     )
-
-
-@dataclass(frozen=True, slots=True)
-class PairCount:
-    """Credits `receiver` got from `sender` in one period (the counted
-    actions), with everything `receiver` got from anyone then."""
-
-    receiver: str
-    sender: str
-    count: int
-    receiver_total: int
 
 
 @dataclass(frozen=True, slots=True)

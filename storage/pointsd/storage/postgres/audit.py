@@ -14,16 +14,14 @@ keeps the first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exc as saexc
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pointsd.storage.postgres.db import pg_errors
+from pointsd.storage.postgres.db import EngineStore
 
 __all__ = ["STARTED", "AuditEntry", "AuditFilter", "AuditRow", "AuditStore", "record"]
 
@@ -118,20 +116,7 @@ async def record(conn: AsyncConnection, row: AuditRow) -> None:
     await conn.execute(_INSERT, _params(row))
 
 
-class AuditStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def _run(self, work: Callable[[AsyncConnection], Any], *, write: bool = True) -> Any:
-        try:
-            if write:
-                async with self.engine.begin() as conn:
-                    return await work(conn)
-            async with self.engine.connect() as conn:
-                return await work(conn)
-        except (saexc.SQLAlchemyError, OSError) as exc:
-            raise pg_errors(exc) from exc
-
+class AuditStore(EngineStore):
     async def record(self, conn: AsyncConnection, row: AuditRow) -> None:
         """`record` inside another store's transaction."""
         await record(conn, row)

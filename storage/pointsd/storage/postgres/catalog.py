@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exc as saexc
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pointsd.storage.errors import RecordChanged, RecordExists, RecordMissing
 from pointsd.storage.postgres.audit import AuditRow, record
-from pointsd.storage.postgres.db import pg_errors
+from pointsd.storage.postgres.db import EngineStore
 
 __all__ = ["CatalogStore", "Item", "Redemption"]
 
@@ -106,20 +105,7 @@ def _redemption(row: Any) -> Redemption:
     return Redemption(*row)
 
 
-class CatalogStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def _run(self, work: Callable[[AsyncConnection], Any], *, write: bool = True) -> Any:
-        try:
-            if write:
-                async with self.engine.begin() as conn:
-                    return await work(conn)
-            async with self.engine.connect() as conn:
-                return await work(conn)
-        except (saexc.SQLAlchemyError, OSError) as exc:
-            raise pg_errors(exc) from exc
-
+class CatalogStore(EngineStore):
     # -- items -------------------------------------------------------------
 
     async def create_item(self, item: Item, audit: AuditRow | None = None) -> Item:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import psycopg
 from sqlalchemy import exc as saexc
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pointsd.storage.errors import LedgerDataError, StorageError, StorageUnavailable
 
-__all__ = ["create_engine", "pg_errors", "sqlalchemy_url"]
+__all__ = ["EngineStore", "create_engine", "pg_errors", "sqlalchemy_url"]
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -57,3 +60,21 @@ def pg_errors(exc: BaseException) -> StorageError:
     if isinstance(exc, saexc.DataError | saexc.IntegrityError):
         return LedgerDataError(f"postgresql refused the data: {_said(exc)}", "postgresql")
     return StorageError(f"postgresql error: {_said(exc)}", "postgresql")
+
+
+class EngineStore:
+    """A store over one engine: `_run` does a unit of work in a transaction
+    (`write`) or on a plain connection (reads), driver errors translated."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def _run(self, work: Callable[[AsyncConnection], Any], *, write: bool = True) -> Any:
+        try:
+            if write:
+                async with self.engine.begin() as conn:
+                    return await work(conn)
+            async with self.engine.connect() as conn:
+                return await work(conn)
+        except (saexc.SQLAlchemyError, OSError) as exc:
+            raise pg_errors(exc) from exc

@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import exc as saexc
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pointsd.service.domain import PairCount
 from pointsd.storage.errors import RecordChanged, RecordMissing
 from pointsd.storage.postgres.audit import AuditRow, record
-from pointsd.storage.postgres.db import pg_errors
+from pointsd.storage.postgres.db import EngineStore
 
 __all__ = [
     "DECIDED",
@@ -51,7 +51,6 @@ __all__ = [
     "FlagDecided",
     "FlagRecord",
     "NewFinding",
-    "PairRow",
 ]
 
 OPEN = "open"
@@ -66,17 +65,6 @@ TIMES_PER_USER_MAX = 4000
 # Rounds of "find the open flag, else open one" before giving up: each lost
 # round means another transaction opened or decided the flag just then.
 _OPEN_TRIES = 5
-
-
-@dataclass(frozen=True, slots=True)
-class PairRow:
-    """Credits `receiver` got from `sender` in a window, and everything
-    `receiver` got then (the fields of rules.farming.PairCount)."""
-
-    receiver: str
-    sender: str
-    count: int
-    receiver_total: int
 
 
 class NewFinding(Protocol):
@@ -260,25 +248,12 @@ def _json_list(values: Sequence[str]) -> str:
     return json.dumps(list(values), ensure_ascii=False)
 
 
-class FarmingStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def _run(self, work: Callable[[AsyncConnection], Any], *, write: bool = True) -> Any:
-        try:
-            if write:
-                async with self.engine.begin() as conn:
-                    return await work(conn)
-            async with self.engine.connect() as conn:
-                return await work(conn)
-        except (saexc.SQLAlchemyError, OSError) as exc:
-            raise pg_errors(exc) from exc
-
+class FarmingStore(EngineStore):
     # -- the ledger's aggregates --------------------------------------------------
 
     async def pair_counts(
         self, tenant_id: str, start_ms: int, end_ms: int, actions: Sequence[str], floor: int
-    ) -> list[PairRow]:
+    ) -> list[PairCount]:
         """Credits of `actions` each receiver got from each sender in
         [start_ms, end_ms), for pairs of at least `floor`, with each
         receiver's total of those actions then. Sorted by receiver, sender."""
@@ -287,13 +262,13 @@ class FarmingStore:
         params = {"t": tenant_id, "start": _dt(start_ms), "end": _dt(end_ms),
                   "actions": list(actions), "floor": floor}  # fmt: skip
 
-        async def work(conn: AsyncConnection) -> list[PairRow]:
+        async def work(conn: AsyncConnection) -> list[PairCount]:
             return [
-                PairRow(r[0], r[1], int(r[2]), int(r[3]))
+                PairCount(r[0], r[1], int(r[2]), int(r[3]))
                 for r in await conn.execute(_PAIRS, params)
             ]
 
-        rows: list[PairRow] = await self._run(work, write=False)
+        rows: list[PairCount] = await self._run(work, write=False)
         return rows
 
     async def rate_counts(

@@ -16,18 +16,17 @@ postgres/audit.py) and write it in their transaction.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exc as saexc
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pointsd.storage.errors import RecordChanged, RecordExists, RecordMissing
 from pointsd.storage.postgres.audit import AuditRow, record
-from pointsd.storage.postgres.db import pg_errors
+from pointsd.storage.postgres.db import EngineStore
 
 __all__ = ["ApiToken", "TokenStore"]
 
@@ -62,20 +61,7 @@ def _token(row: Any) -> ApiToken:
     )
 
 
-class TokenStore:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    async def _run(self, work: Callable[[AsyncConnection], Any], *, write: bool = True) -> Any:
-        try:
-            if write:
-                async with self.engine.begin() as conn:
-                    return await work(conn)
-            async with self.engine.connect() as conn:
-                return await work(conn)
-        except (saexc.SQLAlchemyError, OSError) as exc:
-            raise pg_errors(exc) from exc
-
+class TokenStore(EngineStore):
     async def create(
         self,
         *,
