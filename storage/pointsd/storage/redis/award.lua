@@ -122,6 +122,8 @@ local steps = cjson.decode(ARGV[5])
 local programs = cjson.decode(ARGV[6])
 local ops = cjson.decode(ARGV[7])
 local holds_idx = tonumber(ARGV[8] or '0')
+-- Nobody on the shard held (the common case): no per-credit lookup.
+local anyone_held = holds_idx > 0 and redis.call('EXISTS', KEYS[holds_idx]) == 1
 local SEP = '\31'
 -- Award times a throttle keeps per (user, name).
 local THROTTLE_KEPT = 64
@@ -534,7 +536,7 @@ for i = 1, #ops do
     if op.r then
       c.points = op.r[1]
       if op.h and op.h ~= 0 then c.hold = op.h end
-    elseif holds_idx > 0 then
+    elseif anyone_held then
       c.hold = redis.call('HGET', KEYS[holds_idx], op.u) or nil
     end
     local code = nil
