@@ -413,6 +413,38 @@ async def test_a_decision_left_unsettled_is_settled_by_the_next_pass(open_app: O
     assert not await app.stores.farming.settled(flag.flag_id, 5, NOW_MS + 120_000)
 
 
+async def test_a_decision_whose_redis_does_not_answer_says_it_stands(
+    open_app: OpenApp,
+) -> None:
+    """The decision commits, then Redis is unreachable (a client on a port
+    nothing listens on): UNAVAILABLE saying the flag is decided and the
+    retry is safe; the retry (Redis back) settles it, once."""
+    from pointsd.service.errors import Unfinished
+    from pointsd.storage.redis import connect_redis
+    from pointsd.storage.redis.holds import HoldStore
+    from scripts.procs import free_port
+
+    app, tenant = await seeded(open_app)
+    await app.farming_pass().run_once()
+    flag = (await flags_by_user(app, tenant))["r2"]
+    live = app.stores.holds
+    dead = connect_redis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+    app.stores.holds = HoldStore(dead, app.stores.topology, app.clock)
+    try:
+        with pytest.raises(Unfinished, match=f"flag {flag.flag_id} is released; settling"):
+            await farming.decide(app, tenant, flag.flag_id, release=True, note="ok",
+                                 decided_by="reviewer", audit_row=None)  # fmt: skip
+    finally:
+        app.stores.holds = live
+        await dead.aclose()
+    decided = await app.stores.farming.get(tenant, flag.flag_id)
+    assert decided is not None and decided.state == RELEASED and decided.settled_at_ms is None
+    again = await farming.decide(app, tenant, flag.flag_id, release=True, note="ok",
+                                 decided_by="reviewer", audit_row=None)  # fmt: skip
+    assert again.settled_at_ms is not None
+    assert "r2" not in await held(app, tenant)
+
+
 async def test_a_hold_lost_in_redis_is_put_back(open_app: OpenApp, rds: sync_redis.Redis) -> None:
     app, tenant = await seeded(open_app)
     await app.farming_pass().run_once()

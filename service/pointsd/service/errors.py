@@ -21,6 +21,7 @@ __all__ = [
     "ServiceError",
     "ShardBusy",
     "Unauthenticated",
+    "Unfinished",
     "clip",
     "status_of",
 ]
@@ -67,6 +68,11 @@ class ShardBusy(ServiceError):
     """The state is being rebuilt: retry shortly."""
 
 
+class Unfinished(ServiceError):
+    """Part of the call took effect and the rest waits for a store that
+    did not answer; the message says what stands: retry the call."""
+
+
 class Unauthenticated(ServiceError):
     """No usable credentials: missing, malformed, unknown, expired or revoked
     token. The message says which, never the secret."""
@@ -85,6 +91,7 @@ _TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (Conflict, grpc.StatusCode.ABORTED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShardBusy, grpc.StatusCode.UNAVAILABLE),
+    (Unfinished, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),

@@ -26,7 +26,8 @@ the decision in PostgreSQL with the call's audit row, then the settlement in
 Redis, then its record. A retry, or a second process deciding the same way,
 gets the same flag and moves nothing twice; a flag decided the other way
 is FAILED_PRECONDITION. A decision whose settlement found the shard in a
-rebuild is settled by the next pass.
+rebuild, or Redis unreachable (UNAVAILABLE, saying the decision stands), is
+settled by the next pass.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
 
 from pointsd.service.domain import Period, StoreCode
-from pointsd.service.errors import FailedPrecondition, InvalidArgument, NotFound, clip
+from pointsd.service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unfinished,
+    clip,
+)
 from pointsd.service.periodic import every
 from pointsd.service.rules import TenantRules
 from pointsd.service.rules.farming import (
@@ -49,7 +56,7 @@ from pointsd.service.rules.farming import (
     rate_findings,
 )
 from pointsd.service.rules.periods import period_bounds, period_key, shift_period
-from pointsd.storage.errors import RecordMissing
+from pointsd.storage.errors import RecordMissing, StorageUnavailable
 from pointsd.storage.postgres.audit import AuditRow
 from pointsd.storage.postgres.farming import (
     NOTE_CHARS_MAX,
@@ -245,9 +252,9 @@ async def decide(
     """Release or void the tenant's flag `flag_id` (see the module's
     docstring), as `decided_by`, writing `audit_row` (audit.effect_row())
     with the decision. The flag as it ends: settled_at_ms None only when a
-    rebuild owned the user's shard (the next pass settles it). Redis
-    unreachable after the decision: StorageUnavailable, the decision stands
-    and a retry (or the next pass) settles it."""
+    rebuild owned the user's shard (the next pass settles it). A store
+    unreachable after the decision: Unfinished (UNAVAILABLE, saying the
+    decision stands); a retry, or the next pass, settles it."""
     _check(flag_id, note)
     state = RELEASED if release else VOIDED
     now_ms = app.clock()
@@ -267,7 +274,14 @@ async def decide(
         ) from None
     if flag.settled_at_ms is not None:
         return flag
-    settled = await _settle(app, flag, now_ms)
+    try:
+        settled = await _settle(app, flag, now_ms)
+    except StorageUnavailable:
+        raise Unfinished(
+            f"flag {flag_id} is {state}; settling its held points waits for a store that did "
+            "not answer: retry this call (it moves nothing twice), or the next farming pass "
+            "settles it"
+        ) from None
     return flag if settled is None else settled
 
 
