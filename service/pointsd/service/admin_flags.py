@@ -3,23 +3,19 @@ VoidFlag). Validate, call the decision (service/pointsd/service/farming.py)
 or the flag store's page, convert. The two decisions are audited; the read
 is not.
 
-A flag's `held_points` is what a person judging it wants to see: for an open
-flag the user's held balance now (read from Redis, where awards are held),
-for a decided one what its settlement moved (from PostgreSQL).
+A flag's `held_points` is what a person judging it wants to see: while its
+settlement has not run, the points held under it now (read from Redis,
+where awards are held); once it ran, what it moved (from PostgreSQL).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
-
-from pointsd.service import audit, farming, queries
+from pointsd.service import audit, farming
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.app import App
 from pointsd.service.auth import current_caller
 from pointsd.service.convert import timestamp
 from pointsd.service.rpc import Ctx, admin_mixin, unary
-from pointsd.service.rules import TenantRules
 from pointsd.service.validation import InvalidField, check_id, check_tenant, check_text
 from pointsd.storage.postgres.farming import (
     NOTE_CHARS_MAX,
@@ -33,8 +29,6 @@ from pointsd.storage.postgres.farming import (
 __all__ = ["FLAG_PAGE_MAX", "FlagAdmin", "flag_to_pb", "flags_to_pb"]
 
 FLAG_PAGE_MAX = 500
-# Held balances of one page read at once, each one Redis round trip.
-_HELD_READS = 32
 
 _STATES = {pb.FLAG_OPEN: OPEN, pb.FLAG_RELEASED: RELEASED, pb.FLAG_VOIDED: VOIDED}
 _STATE_PB = {v: k for k, v in _STATES.items()}
@@ -60,22 +54,13 @@ def flag_to_pb(flag: FlagRecord, held_points: int) -> pb.Flag:
     return msg
 
 
-async def _held_now(app: App, tenant: TenantRules, users: Iterable[str]) -> dict[str, int]:
-    """The held balance of each user, now (a few reads in flight at a time)."""
-    limit = asyncio.Semaphore(_HELD_READS)
-
-    async def one(user_id: str) -> tuple[str, int]:
-        async with limit:
-            return user_id, (await queries.balance(app, tenant, user_id)).view.held
-
-    return dict(await asyncio.gather(*(one(u) for u in set(users))))
-
-
-async def flags_to_pb(app: App, tenant: TenantRules, flags: list[FlagRecord]) -> list[pb.Flag]:
-    held = await _held_now(app, tenant, (f.user_id for f in flags if f.state == OPEN))
-    return [
-        flag_to_pb(f, held[f.user_id] if f.state == OPEN else f.settled_points or 0) for f in flags
-    ]
+async def flags_to_pb(app: App, flags: list[FlagRecord]) -> list[pb.Flag]:
+    """Flags as the API shows them: one not settled yet with the points held
+    under it now (Redis, one round trip), a settled one with what its
+    settlement moved."""
+    pending = [(f.user_id, f.flag_id) for f in flags if f.settled_at_ms is None]
+    held = await app.stores.holds.shares(flags[0].tenant_id, pending) if pending else {}
+    return [flag_to_pb(f, held.get((f.user_id, f.flag_id), f.settled_points or 0)) for f in flags]
 
 
 def _refused_token() -> InvalidField:
@@ -130,7 +115,7 @@ class FlagAdmin:
             self.app, tenant.tenant_id, state, user_id, size, request.page_token
         )
         return pb.ListFlagsResponse(
-            flags=await flags_to_pb(self.app, tenant, rows), next_page_token=next_token
+            flags=await flags_to_pb(self.app, rows), next_page_token=next_token
         )
 
     @unary
@@ -161,4 +146,4 @@ class FlagAdmin:
             # settles it (the settlement in Redis comes after that commit).
             audit_row=audit.effect_row(started=True),
         )  # fmt: skip
-        return (await flags_to_pb(self.app, tenant, [flag]))[0]
+        return (await flags_to_pb(self.app, [flag]))[0]

@@ -8,7 +8,7 @@ points move (hold.lua), atomically with their ledger rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis import exceptions as rexc
@@ -90,6 +90,23 @@ class HoldStore:
             if sep:
                 out[(user, int(flag))] = value
         return out
+
+    async def shares(
+        self, tenant_id: str, flags: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """(user, flag id) -> the points held under that flag now, for each
+        pair asked (0: none), in one round trip."""
+        if not flags:
+            return {}
+        keys = [self.topology.user_shard(tenant_id, user).holds for user, _ in flags]
+        try:
+            async with gate(self.redis), self.redis.pipeline(transaction=False) as pipe:
+                for key, (user, flag) in zip(keys, flags, strict=True):
+                    pipe.hget(key, f"{user}{SEP}{flag}")
+                got = await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise redis_errors(exc) from exc
+        return {pair: int(v or 0) for pair, v in zip(flags, got, strict=True)}
 
     async def _read(self, shard: Shard) -> dict[str, int]:
         try:
