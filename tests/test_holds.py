@@ -274,3 +274,19 @@ async def test_a_flag_settled_with_nothing_held_holds_nobody_after_a_rebuild(
     await FarmingPass(app).run_once()
     got = await balance(api, "mallory")
     assert (got.available, got.held) == (3, 0)
+
+
+async def test_caps_hold_for_held_credits_under_concurrency(api: Api) -> None:
+    """G5 for a held user: 200 concurrent likes against the giver's cap of
+    10 a day are 10 held awards and 190 CAPPED, whichever order they land."""
+    await api.app.stores.holds.hold(api.tenant, "mallory", FLAG)
+    likes = [ev(api.tenant, "mallory", "like", target_user_id=f"c{i}") for i in range(200)]
+    results = await asyncio.gather(*(api.stub.RecordActivity(e) for e in likes))
+    actor = [r.credits[0] for r in results]
+    assert sum(c.outcome == pb.AWARDED and c.held for c in actor) == 10
+    assert sum(c.outcome == pb.CAPPED for c in actor) == 190
+    got = await balance(api, "mallory")
+    assert (got.available, got.held) == (0, 10)
+    assert (await api.app.stores.holds.shares(api.tenant, [("mallory", FLAG)])) == {
+        ("mallory", FLAG): 10
+    }
