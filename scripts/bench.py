@@ -85,6 +85,7 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from pointsd.service.clock import system_clock
+from pointsd.service.config import Settings
 from pointsd.service.rules import Plan, RulesEngine, load_rule_book
 from pointsd.service.rules.loader import PROGRESSION_KEYS, load_rule_file, without_progression
 from pointsd.service.validation import InvalidField, Limits, event_from_pb
@@ -132,10 +133,19 @@ def _engine(rules: Path) -> tuple[RulesEngine, Topology]:
     return engine, topology
 
 
+def ops_per_call() -> int:
+    """Credits per award.lua call of the service the bench starts (its
+    environment's POINTS_INGEST_OPS_PER_CALL_MAX, or the default)."""
+    return int(os.environ.get("POINTS_INGEST_OPS_PER_CALL_MAX", Settings().ingest_ops_per_call_max))
+
+
 def _raw_trips(ops: list[Any], topology: Topology) -> list[tuple[list[Any], int]]:
     """The calls of the raw ceiling, in round trips, with their credits."""
-    # The same chunking the service uses: up to 100 credits per call, grouped
-    # by shard, 20 calls per round trip.
+    # The same chunking the service uses: up to ops_per_call() credits per
+    # call, grouped by shard, and a round trip of at most
+    # ops_per_round_trip_max credits.
+    per_call = ops_per_call()
+    per_trip_ops = Settings().ingest_ops_per_round_trip_max
     by_shard: dict[Any, list[int]] = {}
     for i, op in enumerate(ops):
         by_shard.setdefault(topology.user_shard(op.tenant_id, op.user_id), []).append(i)
@@ -143,17 +153,18 @@ def _raw_trips(ops: list[Any], topology: Topology) -> list[tuple[list[Any], int]
     sizes = []
     now_s = system_clock() // 1000
     for shard, idx in by_shard.items():
-        for s in range(0, len(idx), 100):
+        for s in range(0, len(idx), per_call):
             encoder = CallEncoder(shard, APPLY, now_s, 0)
-            for i in idx[s : s + 100]:
+            for i in idx[s : s + per_call]:
                 encoder.add(ops[i])
             calls.append(encoder.call())
-            sizes.append(len(idx[s : s + 100]))
-    per_trip = 20
-    trips = [
-        (calls[i : i + per_trip], sum(sizes[i : i + per_trip]))
-        for i in range(0, len(calls), per_trip)
-    ]
+            sizes.append(len(idx[s : s + per_call]))
+    trips: list[tuple[list[Any], int]] = []
+    for call, size in zip(calls, sizes, strict=True):
+        if not trips or trips[-1][1] + size > per_trip_ops:
+            trips.append(([], 0))
+        trips[-1][0].append(call)
+        trips[-1] = (trips[-1][0], trips[-1][1] + size)
     return trips
 
 

@@ -49,7 +49,7 @@ class Settings:
     quantity_max: int = 100_000
     ledger_page_size_max: int = 500
     # Hot path batching (see storage/pointsd/storage/redis/awards.py).
-    ingest_ops_per_call_max: int = 100
+    ingest_ops_per_call_max: int = 500
     ingest_ops_per_round_trip_max: int = 2000
     ingest_inflight_max: int = 1
     ingest_coalesce_us: int = 2000

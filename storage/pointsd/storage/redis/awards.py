@@ -50,7 +50,7 @@ class AwardStore:
         *,
         clock: Callable[[], int],
         outbox_entries_max: int,
-        ops_per_call_max: int = 100,
+        ops_per_call_max: int = 500,
         ops_per_round_trip_max: int = 2000,
         inflight_max: int = 1,
         coalesce_us: int = 0,

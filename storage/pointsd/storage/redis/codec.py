@@ -93,9 +93,10 @@ class _Program:
     number: int
     # Key makers of the program's user-keyed steps, in `uk` order.
     user_keys: list[_UserKey]
-    # Board steps with their encoded slots, whose department and group key
-    # maps fill in as operations name scopes.
-    boards: list[tuple[Board, list[dict[str, Any]]]]
+    # The department- and group-scoped slots of the program's board steps
+    # (slot, its encoded form): their key maps fill in as operations name
+    # scopes. Tenant-wide slots need nothing per operation.
+    scoped: list[tuple[BoardSlot, dict[str, Any]]]
 
 
 class CallEncoder:
@@ -151,8 +152,8 @@ class CallEncoder:
                         [list(b) for b in restored.bonuses]]  # fmt: skip
             if restored.held_by:
                 enc["h"] = restored.held_by
-        for board, slots in program.boards:
-            self._scope_keys(board, slots, op.department, op.group)
+        if program.scoped:
+            self._scope_keys(program.scoped, op.department, op.group)
         self.ops.append(enc)
 
     def call(self) -> Call:
@@ -173,7 +174,7 @@ class CallEncoder:
     def _program(self, steps: Sequence[Step]) -> _Program:
         numbers: list[int] = []
         user_keys: list[_UserKey] = []
-        boards: list[tuple[Board, list[dict[str, Any]]]] = []
+        scoped: list[tuple[BoardSlot, dict[str, Any]]] = []
         for step in steps:
             if isinstance(step, Throttle | Day):
                 # Its key is the user's own: encoded per program, the key
@@ -189,9 +190,14 @@ class CallEncoder:
                 number = self._step_numbers[id(step)] = len(self.steps)
             numbers.append(number)
             if isinstance(step, Board):
-                boards.append((step, self.steps[number - 1]["slots"]))
+                encoded_slots = self.steps[number - 1]["slots"]
+                scoped.extend(
+                    (slot, enc)
+                    for slot, enc in zip(step.slots, encoded_slots, strict=True)
+                    if slot.scope != "t"
+                )
         self.programs.append(numbers)
-        return _Program(len(self.programs), user_keys, boards)
+        return _Program(len(self.programs), user_keys, scoped)
 
     def _user_keyed(self, step: Throttle | Day, user_keys: list[_UserKey]) -> dict[str, Any]:
         shard = self.shard
@@ -264,15 +270,15 @@ class CallEncoder:
         return encoded
 
     def _scope_keys(
-        self, board: Board, slots: list[dict[str, Any]], department: str, group: str
+        self, scoped: list[tuple[BoardSlot, dict[str, Any]]], department: str, group: str
     ) -> None:
         """Keys of the department and group scopes this operation feeds."""
-        for slot, encoded in zip(board.slots, slots, strict=True):
-            if slot.scope == "t":
-                continue
+        for slot, encoded in scoped:
             scope_id = department if slot.scope == "d" else group
-            if scope_id and scope_id not in encoded["key"]:
-                encoded["key"][scope_id] = self.keys.index(self.shard.board(slot.ref(scope_id)))
+            if scope_id:
+                keys = encoded["key"]
+                if scope_id not in keys:
+                    keys[scope_id] = self.keys.index(self.shard.board(slot.ref(scope_id)))
 
 
 def _plain(step: Credit | Scale) -> dict[str, Any]:
