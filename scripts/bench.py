@@ -386,7 +386,13 @@ def run_core(
             batch=ns.stream_window,
         )
 
-        # 4. the naive per-event transaction design.
+        # 4. (--soak) memory and flush lag over a long batch run at a rate
+        # the service sustains, below its measured maximum.
+        if ns.soak > 0:
+            batch_rate = results["batch_service"]["events_per_s"]
+            results["soak"] = soak(ns, server, tenants, database_url, token, batch_rate)
+
+        # 5. the naive per-event transaction design.
         naive_spec = _spec("nv", tenants, ns.users, 4)
         naive_events = Traffic(naive_spec).batch(
             min(ns.events, max(2000, int(2000 * ns.duration))), int(time.time() * 1000)
@@ -410,7 +416,7 @@ def run_core(
         cleanup_tenants(redis_url, tenants + raw_tenants)
     r = results
     report["memory"] = memory
-    report["ratios"] = {
+    report["ratios"] = ratios = {
         "batch_vs_raw_ceiling": _ratio(
             r["batch_service"]["events_per_s"], r["raw_ceiling"]["events_per_s"]
         ),
@@ -426,6 +432,94 @@ def run_core(
         "unary_vs_naive_postgres": _ratio(
             r["unary_service"]["events_per_s"], r["naive_postgres"]["events_per_s"]
         ),
+        "unary_p99_vs_echo_p99": _ratio(
+            r["unary_service"]["latency_ms"]["p99"], r["unary_echo"]["latency_ms"]["p99"]
+        ),
+    }
+    report["goals"] = core_goals(r, ratios)
+
+
+# Issue 13's goals for the core contenders: (name, figure, bound, sense).
+# ">=" the figure must reach the bound, "<=" / "<" stay within it.
+CORE_GOALS: tuple[tuple[str, str, float, str], ...] = (
+    ("batch ÷ raw Lua ceiling", "batch_vs_raw_ceiling", 0.8, ">="),
+    ("stream ÷ echo stream", "stream_vs_echo", 0.8, ">="),
+    ("unary ÷ echo, 64 callers", "unary_vs_echo", 0.8, ">="),
+    ("unary p99 ÷ echo p99", "unary_p99_vs_echo_p99", 2.0, "<"),
+    ("batch ÷ naive PostgreSQL", "batch_vs_naive_postgres", 20.0, ">="),
+    ("server CPU µs per batch event", "batch_server_cpu_us", 25.0, "<="),
+    ("machine CPU µs per batch event", "batch_machine_cpu_us", 80.0, "<="),
+    ("Redis CPU µs per credit (batch)", "batch_redis_cpu_us_per_credit", 20.0, "<="),
+    ("flush lag p99 ms (batch)", "flush_lag_p99_ms", 1000.0, "<"),
+    ("soak: memory growth %", "soak_rss_growth_pct", 10.0, "<="),
+)
+
+
+def core_goals(r: dict[str, Any], ratios: dict[str, float | None]) -> dict[str, Any]:
+    """Every goal with its figure, bound and verdict (None: not measured,
+    e.g. Redis counters of a non-loopback Redis, or no --soak)."""
+    batch_cpu = r["batch_service"].get("cpu_us_per_event", {})
+    figures: dict[str, float | None] = {
+        **ratios,
+        "batch_server_cpu_us": batch_cpu.get("server"),
+        "batch_machine_cpu_us": batch_cpu.get("machine"),
+        "batch_redis_cpu_us_per_credit": r["batch_service"].get("redis_cpu_us_per_credit"),
+        "flush_lag_p99_ms": r.get("flush_lag", {}).get("p99_ms"),
+        "soak_rss_growth_pct": r.get("soak", {}).get("memory", {}).get("rss_growth_pct"),
+    }
+    goals = []
+    for name, key, bound, sense in CORE_GOALS:
+        value = figures.get(key)
+        ok = None
+        if value is not None:
+            ok = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[sense]
+        goals.append(
+            {
+                "goal": name,
+                "figure": key,
+                "value": value,
+                "bound": bound,
+                "sense": sense,
+                "pass": ok,
+            }
+        )
+    return {"goals": goals, "met": sum(1 for g in goals if g["pass"]), "of": len(goals)}
+
+
+def soak(
+    ns: argparse.Namespace,
+    server: ServerProcess,
+    tenants: list[str],
+    database_url: str,
+    token: str,
+    batch_rate: float,
+) -> dict[str, Any]:
+    """A batch run of ns.soak seconds, open loop at ns.soak_rate events/s
+    (0: 60 % of batch_rate, the batch contender's): the service's resident memory
+    after a warm-up (a fifth of the run, at most 60 s) against its end, the
+    flush lag, and the ledger check."""
+    rate = ns.soak_rate or max(500.0, 0.6 * batch_rate)
+    spec = _spec("sk", tenants, ns.users, 5)
+    with RssSampler(server.pid) as rss:
+        res = asyncio.run(
+            run_load(
+                server.target, spec, mode="batch", concurrency=ns.batch_concurrency,
+                batch=ns.batch, rate=rate, duration_s=ns.soak, events_max=ns.events * 10,
+                token=token,
+            )
+        )  # fmt: skip
+    s = res.summary()
+    check = wait_for_ledger(database_url, tenants, spec.run_id, res.stats.awarded_points, 300)
+    return {
+        "duration_s": ns.soak,
+        "target_rate": rate,
+        "events_per_s": s["events_per_s"],
+        "events": s["events"],
+        "errors": s["errors"],
+        "latency_ms": s["latency_ms"],
+        "memory": rss.summary(warmup_s=min(60.0, ns.soak / 5)),
+        "flush_lag": flush_lag(database_url, tenants, spec.run_id),
+        "self_check_ok": check["ok"],
     }
 
 
@@ -1301,6 +1395,23 @@ def _print_core(report: dict[str, Any]) -> None:
             f"memory during {m['run']}: {m.get('rss_mb_start')} -> {m.get('rss_mb_end')} MB "
             f"({m.get('rss_growth_pct')}%)"
         )
+    soaked = r.get("soak")
+    if soaked:
+        m = soaked["memory"]
+        print(
+            f"soak {soaked['duration_s']:.0f} s at {soaked['target_rate']:,.0f} events/s: "
+            f"{soaked['events_per_s']:,.0f} answered, memory {m.get('rss_mb_start')} -> "
+            f"{m.get('rss_mb_end')} MB ({m.get('rss_growth_pct')}%), flush lag p99 "
+            f"{soaked['flush_lag']['p99_ms']} ms, ledger check "
+            f"{'ok' if soaked['self_check_ok'] else 'FAILED'}"
+        )
+    goals = report.get("goals")
+    if goals:
+        print(f"issue 13 goals: {goals['met']} of {goals['of']} met")
+        for g in goals["goals"]:
+            verdict = {True: "PASS", False: "FAIL", None: "not measured"}[g["pass"]]
+            value = "-" if g["value"] is None else f"{g['value']:g}"
+            print(f"  {g['goal']:<34} {value:>9} {g['sense']} {g['bound']:g}  {verdict}")
 
 
 def _us(value: float | None) -> str:
@@ -1420,6 +1531,8 @@ def exit_code(report: dict[str, Any], check: bool) -> int:
     or auth ratio is under its bound; else 0."""
     if "results" in report and not report["results"]["batch_service"].get("self_check_ok"):
         return 1
+    if "results" in report and not report["results"].get("soak", {}).get("self_check_ok", True):
+        return 1
     bounded = [report[k] for k in ("progression", "auth", "durability") if k in report]
     if any(not group["self_check_ok"] for group in bounded):
         return 1
@@ -1444,6 +1557,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--stream-window", type=int, default=256, help="events in flight per stream")
     p.add_argument("--naive-concurrency", type=int, default=32)
+    p.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        help="core: also a batch soak of this many seconds (memory, flush lag; 300 for the goal)",
+    )
+    p.add_argument(
+        "--soak-rate",
+        type=float,
+        default=0.0,
+        help="soak: events/s, open loop (0: 60%% of the batch contender's rate)",
+    )
     p.add_argument(
         "--progression", action="store_true", help="also run the progression group (~5 min)"
     )
@@ -1502,8 +1627,10 @@ def main(argv: list[str] | None = None) -> int:
         or ns.progression_duration <= 0
         or ns.auth_duration <= 0
         or ns.durability_duration <= 0
+        or ns.soak < 0
+        or ns.soak_rate < 0
     ):
-        p.error("--rounds must be >= 1, and every --*-duration > 0")
+        p.error("--rounds must be >= 1, every --*-duration > 0, --soak and --soak-rate >= 0")
     ns.progression_modes = modes
     ns.auth_modes = auth_modes
     extra = [

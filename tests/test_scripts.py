@@ -113,6 +113,10 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
             "4",
             "--naive-concurrency",
             "4",
+            "--soak",
+            "3",
+            "--soak-rate",
+            "300",
             "--json",
         ],
         env=_env(servers),
@@ -124,6 +128,10 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     results = report["results"]
+    soaked = results["soak"]
+    assert soaked["target_rate"] == 300 and soaked["events"] > 0
+    assert soaked["self_check_ok"] and soaked["flush_lag"]["rows"] > 0
+    assert soaked["memory"]["rss_mb_start"] > 0
     for name in (
         "batch_service",
         "raw_ceiling",
@@ -151,7 +159,30 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
         "stream_vs_echo",
         "batch_vs_naive_postgres",
         "unary_vs_naive_postgres",
+        "unary_p99_vs_echo_p99",
     }
+    # Every goal of the hot path with its figure and verdict; all measured
+    # here (a loopback Redis, a soak).
+    goals = report["goals"]["goals"]
+    assert [g["figure"] for g in goals] == [
+        "batch_vs_raw_ceiling",
+        "stream_vs_echo",
+        "unary_vs_echo",
+        "unary_p99_vs_echo_p99",
+        "batch_vs_naive_postgres",
+        "batch_server_cpu_us",
+        "batch_machine_cpu_us",
+        "batch_redis_cpu_us_per_credit",
+        "flush_lag_p99_ms",
+        "soak_rss_growth_pct",
+    ]
+    for g in goals:
+        assert g["value"] is not None and g["pass"] in (True, False), g
+        held = {">=": g["value"] >= g["bound"], "<=": g["value"] <= g["bound"]}.get(
+            g["sense"], g["value"] < g["bound"]
+        )
+        assert g["pass"] is held, g
+    assert report["goals"]["met"] == sum(1 for g in goals if g["pass"])
 
 
 @pytest.mark.slow
