@@ -427,6 +427,7 @@ async def test_plot_draws_errors_and_the_target(tmp_path: Path) -> None:
         ("scripts.bench", "psycopg_pool"),
         ("scripts.bench_boards", "hdrh"),
         ("scripts.crosscheck", "psutil"),
+        ("scripts.profile", "hdrh"),
     ],
 )
 def test_without_the_load_tools_the_scripts_say_how_to_install_them(
@@ -581,3 +582,50 @@ def test_bench_durability_group_runs_always_beside_everysec(servers: Servers) ->
     assert {(r["mode"], r["side"]) for r in d["runs"]} == {
         (mode, side) for mode in ("batch", "unary") for side in ("always", "everysec")
     }
+
+
+def test_profile_stages_take_the_innermost_named_function() -> None:
+    from scripts.profile import classify, parse_raw, shares
+
+    raw = (
+        "<module> (cli.py:1);Runner.run (runners.py:118) 40\n"
+        "<module> (cli.py:1);PointsServicer.RecordActivities (servicer.py:160);"
+        "Ingestor.record (ingest.py:110);RulesEngine.plan (engine.py:318);"
+        "fingerprint (engine.py:40) 30\n"
+        "<module> (cli.py:1);PointsServicer.RecordActivities (servicer.py:160);"
+        "event_from_pb (validation.py:80) 20\n"
+        "Thread._bootstrap (threading.py:995);Thread.run (threading.py:975) 10\n"
+        "not a stack line\n"
+    )
+    samples = parse_raw(raw)
+    assert [n for _, n in samples] == [40, 30, 20, 10]
+    assert [classify(names) for names, _ in samples] == [
+        "event loop and gRPC core",
+        "planning (RulesEngine.plan)",
+        "validation (event_from_pb)",
+        "gRPC threads",
+    ]
+    out = shares(samples)
+    assert out["samples"] == 100
+    assert out["stages_pct"]["planning (RulesEngine.plan)"] == 30.0
+    assert out["hottest_own_pct"]["fingerprint"] == 30.0
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_profile_samples_the_server_per_mode(servers: Servers) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.profile", "--modes", "batch,unary", "--duration", "2",
+         "--users", "500", "--json"],
+        env=_env(servers), cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    modes = json.loads(done.stdout)["modes"]
+    assert set(modes) == {"batch", "unary"}
+    for mode, m in modes.items():
+        assert m["events"] > 0 and m["samples"] > 0 and m["server_cpu_us_per_event"] > 0, mode
+        assert abs(sum(m["stages_pct"].values()) - 100) < 1.5, m["stages_pct"]
+    # A batch spends part of its time planning and validating its events.
+    batch = modes["batch"]["stages_pct"]
+    assert batch.get("planning (RulesEngine.plan)", 0) > 0
+    assert batch.get("validation (event_from_pb)", 0) > 0
