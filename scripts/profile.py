@@ -181,7 +181,7 @@ def run(ns: argparse.Namespace, spy: str) -> dict[str, Any]:
         report["modes"] = modes
     finally:
         server.terminate()
-        _cleanup(redis_url, tenants)
+        _cleanup(redis_url, database_url, tenants)
         for s in embedded:
             if s.owned:
                 s.stop()
@@ -189,10 +189,11 @@ def run(ns: argparse.Namespace, spy: str) -> dict[str, Any]:
     return report
 
 
-def _cleanup(redis_url: str, tenants: list[str]) -> None:
-    from scripts.bench import cleanup_tenants
+def _cleanup(redis_url: str, database_url: str, tenants: list[str]) -> None:
+    from scripts.bench import cleanup_ledger, cleanup_tenants
 
     cleanup_tenants(redis_url, tenants)
+    cleanup_ledger(database_url, tenants)
 
 
 def _print(report: dict[str, Any]) -> None:

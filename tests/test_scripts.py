@@ -629,3 +629,28 @@ def test_profile_samples_the_server_per_mode(servers: Servers) -> None:
     batch = modes["batch"]["stages_pct"]
     assert batch.get("planning (RulesEngine.plan)", 0) > 0
     assert batch.get("validation (event_from_pb)", 0) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_lua_cost_counts_the_same_instructions_twice() -> None:
+    # No servers of the suite's: a scratch redis-server under callgrind.
+    def run() -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts.lua_cost", "--ops-per-call", "50", "--credits",
+             "150", "--warm", "100", "--users", "300", "--json"],
+            cwd=ROOT, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)["ops_per_call"]["50"]
+        return report
+
+    first, second = run(), run()
+    assert first["credits"] >= 150 and first["warm_credits"] >= 100
+    assert first["instructions_per_credit"] > 10_000
+    # The script's own commands, per credit: a dedup lookup each at least.
+    assert first["commands_per_credit"]["get"] >= 1.0
+    assert first["commands_per_credit"] == second["commands_per_credit"]
+    # An instruction count, not a time: the same within a fraction of a percent.
+    a, b = first["instructions_per_credit"], second["instructions_per_credit"]
+    assert abs(a - b) / a < 0.01, (a, b)
