@@ -596,7 +596,7 @@ def _costs(
     metrics_ports: list[int],
     service: bool,
     pg_local: bool = False,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """CPU seconds so far by role (this process = the client; the server
     and its flusher; Redis, on loopback; PostgreSQL's processes, when it is
     on this machine; the whole machine, every process included) and, for the
@@ -604,7 +604,7 @@ def _costs(
     import psutil
 
     times = psutil.Process().cpu_times()
-    out = {"client": times.user + times.system}
+    out: dict[str, Any] = {"client": times.user + times.system}
     if service:
         out.update(service_cpu_s(pid))
         out["credits"] = award_ops(metrics_ports)[0]
@@ -617,33 +617,38 @@ def _costs(
     if stats is not None:
         out["redis"] = stats.cpu_s()
     if pg_local:
-        out["postgres"] = postgres_cpu_s()
+        out["postgres_by_pid"] = postgres_cpu_s()
     out["machine"] = machine_cpu_s()
     return out
 
 
-def postgres_cpu_s() -> float:
-    """CPU seconds so far of this machine's PostgreSQL processes (the
-    postmaster, its workers and the backends alive now: a backend that
-    ended during a run takes its share with it, so this is a lower bound)."""
+def postgres_cpu_s() -> dict[int, float]:
+    """CPU seconds so far of each of this machine's PostgreSQL processes
+    (the postmaster, its workers, the backends alive now), by pid."""
     import psutil
 
-    total = 0.0
+    out: dict[int, float] = {}
     for proc in psutil.process_iter(["name"]):
         if (proc.info["name"] or "").startswith("postgres"):
             with contextlib.suppress(psutil.Error):
                 t = proc.cpu_times()
-                total += t.user + t.system
-    return total
+                out[proc.pid] = t.user + t.system
+    return out
 
 
-def _cost_figures(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, Any]:
+def _cost_figures(before: dict[str, Any], after: dict[str, Any], events: int) -> dict[str, Any]:
     """µs of CPU per event by role, and Redis's µs per credit operation."""
     per_event = {
         role: round((after[role] - before[role]) * 1e6 / events, 1)
         for role in after
-        if role != "credits" and role in before
+        if role not in ("credits", "postgres_by_pid") and role in before
     }
+    if "postgres_by_pid" in after and "postgres_by_pid" in before:
+        # Per process: a backend that ended during the run takes its CPU
+        # with it (so this is a lower bound), one that started counts whole.
+        was = before["postgres_by_pid"]
+        used = sum(cpu - was.get(pid, 0.0) for pid, cpu in after["postgres_by_pid"].items())
+        per_event["postgres"] = round(max(0.0, used) * 1e6 / events, 1)
     out: dict[str, Any] = {"cpu_us_per_event": per_event}
     credits = after.get("credits", 0.0) - before.get("credits", 0.0)
     if credits > 0 and "redis" in after:

@@ -148,7 +148,9 @@ def test_bench_prints_every_contender_and_ratio(servers: Servers) -> None:
     # and its echo baseline; Redis's own CPU per credit where it is local.
     for name in ("batch_service", "unary_service", "stream_service"):
         cpu = results[name]["cpu_us_per_event"]
-        assert {"client", "server", "flusher", "machine"} <= set(cpu), name
+        # PostgreSQL is on this machine in the suite (embedded or local).
+        assert {"client", "server", "flusher", "postgres", "machine"} <= set(cpu), name
+        assert cpu["postgres"] >= 0, name
         assert cpu["server"] > 0 and cpu["machine"] > 0, name
         assert results[name]["credits"] > 0 and results[name]["redis_cpu_us_per_credit"] > 0
     assert results["unary_echo"]["cpu_us_per_event"]["server"] > 0
