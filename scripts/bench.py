@@ -87,6 +87,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ from sqlalchemy import create_engine, text
 
 from pointsd.service.clock import system_clock
 from pointsd.service.config import Settings
+from pointsd.service.domain import CreditOp
 from pointsd.service.rules import Plan, RulesEngine, load_rule_book
 from pointsd.service.rules.loader import PROGRESSION_KEYS, load_rule_file, without_progression
 from pointsd.service.validation import InvalidField, Limits, event_from_pb
@@ -144,6 +146,21 @@ def _engine(rules: Path) -> tuple[RulesEngine, Topology]:
     return engine, topology
 
 
+def planned_ops(engine: RulesEngine, messages: Iterable[Any], now_ms: int) -> list[CreditOp]:
+    """The credit operations the service would send to award.lua for these
+    events: validated and planned as it does, invalid and unruled ones left out."""
+    ops: list[CreditOp] = []
+    for msg in messages:
+        try:
+            event = event_from_pb(msg, now_ms, _LIMITS)
+        except InvalidField:
+            continue
+        planned = engine.plan(event, recorded_at_ms=now_ms)
+        if isinstance(planned, Plan):
+            ops.extend(planned.ops)
+    return ops
+
+
 def ops_per_call() -> int:
     """Credits per award.lua call of the service the bench starts (its
     environment's POINTS_INGEST_OPS_PER_CALL_MAX, or the default)."""
@@ -171,11 +188,16 @@ def _raw_trips(ops: list[Any], topology: Topology) -> list[tuple[list[Any], int]
             calls.append(encoder.call())
             sizes.append(len(idx[s : s + per_call]))
     trips: list[tuple[list[Any], int]] = []
+    trip: list[Any] = []
+    credits = 0
     for call, size in zip(calls, sizes, strict=True):
-        if not trips or trips[-1][1] + size > per_trip_ops:
-            trips.append(([], 0))
-        trips[-1][0].append(call)
-        trips[-1] = (trips[-1][0], trips[-1][1] + size)
+        if trip and credits + size > per_trip_ops:
+            trips.append((trip, credits))
+            trip, credits = [], 0
+        trip.append(call)
+        credits += size
+    if trip:
+        trips.append((trip, credits))
     return trips
 
 
@@ -192,17 +214,8 @@ async def raw_ceiling(
     Redis: the physical limit of this design here (and, on loopback, Redis's
     CPU per credit, the ceiling's own cost)."""
     engine, topology = _engine(rules)
-    traffic = Traffic(spec)
     now_ms = int(time.time() * 1000)
-    ops: list[Any] = []
-    for msg in traffic.batch(events, now_ms):
-        try:
-            event = event_from_pb(msg, now_ms, _LIMITS)
-        except InvalidField:
-            continue
-        planned = engine.plan(event, recorded_at_ms=now_ms)
-        if isinstance(planned, Plan):
-            ops.extend(planned.ops)
+    ops = planned_ops(engine, Traffic(spec).batch(events, now_ms), now_ms)
     redis = connect_redis(redis_url, pool_max=connections * 2)
     store = AwardStore(redis, topology, clock=system_clock, outbox_entries_max=0)
     await store.start()
@@ -628,12 +641,22 @@ def postgres_cpu_s() -> dict[int, float]:
     import psutil
 
     out: dict[int, float] = {}
-    for proc in psutil.process_iter(["name"]):
-        if (proc.info["name"] or "").startswith("postgres"):
-            with contextlib.suppress(psutil.Error):
-                t = proc.cpu_times()
-                out[proc.pid] = t.user + t.system
+    for proc in _postgres_processes():
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            out[proc.pid] = t.user + t.system
     return out
+
+
+def _postgres_processes() -> list[Any]:
+    """This machine's PostgreSQL processes (the embedded server's too)."""
+    import psutil
+
+    return [
+        p
+        for p in psutil.process_iter(["name"])
+        if (p.info["name"] or "").startswith(("postgres", "pgserver"))
+    ]
 
 
 def _cost_figures(before: dict[str, Any], after: dict[str, Any], events: int) -> dict[str, Any]:
@@ -748,9 +771,7 @@ def pin_client_apart(server_pids: list[int], redis_url: str) -> dict[str, Any]:
             pids.add(int(r.info("server")["process_id"]))
         finally:
             r.close()
-    for proc in psutil.process_iter(["name"]):
-        if (proc.info["name"] or "").startswith(("postgres", "pgserver")):
-            pids.add(proc.pid)
+    pids.update(proc.pid for proc in _postgres_processes())
     pinned = 0
     for pid in pids:
         try:

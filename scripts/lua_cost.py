@@ -32,10 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pointsd.service.rules import Plan
-from pointsd.service.validation import InvalidField, event_from_pb
 from pointsd.storage.redis.codec import APPLY, CallEncoder
-from scripts.bench import _LIMITS, _engine
+from scripts.bench import _engine, planned_ops
 from scripts.loadgen import Traffic, TrafficSpec
 from scripts.procs import free_port, write_rules
 
@@ -53,14 +51,7 @@ def _calls(
     engine, topology = _engine(rules)
     spec = TrafficSpec(tenants=["lua-cost-0", "lua-cost-1"], users=users, seed=7, run_id="lc")
     events = int(credits / 1.1) + 1000
-    ops: list[Any] = []
-    for msg in Traffic(spec).batch(events, _NOW_MS):
-        try:
-            planned = engine.plan(event_from_pb(msg, _NOW_MS, _LIMITS), recorded_at_ms=_NOW_MS)
-        except InvalidField:
-            continue
-        if isinstance(planned, Plan):
-            ops.extend(planned.ops)
+    ops = planned_ops(engine, Traffic(spec).batch(events, _NOW_MS), _NOW_MS)
     # Calls in arrival order, per shard, as the service's dispatcher cuts them.
     calls: list[tuple[list[str], list[Any]]] = []
     sizes: list[int] = []

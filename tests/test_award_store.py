@@ -170,6 +170,33 @@ async def test_credit_moves_the_balance_and_writes_the_entry(
     assert ops.balance(rds, "bob") == (0, 0) and ops.outbox(rds, "bob") == []
 
 
+async def test_a_request_split_over_calls_and_round_trips_answers_in_op_order(
+    ops: Ops, rds: sync_redis.Redis
+) -> None:
+    # The hot path cuts a request into award.lua calls of at most
+    # ops_per_call_max credits and round trips of ops_per_round_trip_max:
+    # every credit is applied once and its result lands at its own index.
+    store = ops.store
+    calls: list[int] = []
+    saved = (store.ops_per_call_max, store.ops_per_round_trip_max, store.observer)
+    store.ops_per_call_max, store.ops_per_round_trip_max = 3, 5
+    store.observer = lambda _s, sizes: calls.extend(sizes)
+    try:
+        users = ["ann", "bob", "cid"]
+        batch = [ops.op(users[i % 3], [CREDIT], points=i + 1) for i in range(13)]
+        done = await ops.apply(*batch)
+    finally:
+        store.ops_per_call_max, store.ops_per_round_trip_max, store.observer = saved
+    assert [(r.code, r.points) for r in done] == [(A, i + 1) for i in range(13)]
+    running: dict[str, int] = {}
+    for op, r in zip(batch, done, strict=True):
+        running[op.user_id] = running.get(op.user_id, 0) + op.points_per_unit
+        assert r.balance == running[op.user_id], op.user_id
+    for user in users:
+        assert ops.balance(rds, user) == (running[user], running[user])
+    assert sum(calls) == 13 and max(calls) <= 3 and len(calls) >= 5
+
+
 # --------------------------------------------------------------------------
 # Checks
 
