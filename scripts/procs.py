@@ -62,7 +62,9 @@ def pointsd_env(
         POINTS_DATA_DIR=str(data_dir),
         POINTS_MIGRATE_ON_START="false",
         POINTS_LOG_LEVEL="WARNING",
-        PYTHONPATH=str(ROOT),
+        # A PYTHONPATH set by the caller comes first: the compiled build of
+        # scripts/compile (build/compiled) runs children too.
+        PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(ROOT)) if p),
     )
     env.update(extra)
     return env

@@ -63,6 +63,27 @@ def _pinned(config: pytest.Config) -> Instant | None:
     return instant_named(at, config.getoption("--zone")) if at else None
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the image's wheel build (a mypyc compile, minutes of one core)
+    now, in the background, when a selected test needs it: it is done by
+    the time tests/test_containers.py runs."""
+    if any("image_wheel" in getattr(item, "fixturenames", ()) for item in session.items):
+        from tests import test_containers
+
+        folder = Path(tempfile.mkdtemp(prefix="pointsd-image-"))
+        test_containers.STARTED.append(test_containers.WheelBuild(folder))
+        session.config.add_cleanup(lambda: _stop_image_build(folder))
+
+
+def _stop_image_build(folder: Path) -> None:
+    from tests import test_containers
+
+    for build in test_containers.STARTED:
+        build.stop()
+    test_containers.STARTED.clear()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "instant" not in metafunc.fixturenames or _pinned(metafunc.config) is not None:
         return

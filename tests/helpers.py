@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
 import uuid
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,13 @@ from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.clock import child_clock_env
 from scripts.procs import pointsd_env, write_rules
 from tests import clock as test_clock
+
+
+def is_compiled(obj: type | types.ModuleType) -> bool:
+    """Whether a class or module runs compiled (mypyc: the image's wheel,
+    scripts/compile) rather than from its source."""
+    module = obj if isinstance(obj, types.ModuleType) else sys.modules[obj.__module__]
+    return (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
 
 
 def now_ms() -> int:

@@ -23,6 +23,7 @@ import time
 import tomllib
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
@@ -36,7 +37,7 @@ import yaml
 from pointsd.service.config import Settings
 from pointsd.service.metrics import FLUSHER, SERVER, roles_of
 from scripts.procs import ROOT, free_port, write_rules
-from tests.conftest import new_tenant, server_data_dir
+from tests.conftest import Servers, new_tenant, server_data_dir
 
 IMAGE = "pointsd:local"
 DIGEST = re.compile(r"^[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}$")
@@ -146,6 +147,11 @@ def test_every_base_image_is_pinned_by_digest_and_the_stages_agree_with_pyprojec
     (pinned,) = [r for r in dev["optional-dependencies"]["dev"] if r.startswith("grpcio-tools")]
     build_runs = " ".join(i.args for i in DOCKERFILE if i.op == "RUN" and i.stage == "build")
     assert f'"{pinned}"' in build_runs
+    # mypyc compiles with the mypy (and setuptools) the dev lock checks with.
+    lock = (ROOT / "requirements" / "dev.lock").read_text()
+    for name in ("mypy", "setuptools"):
+        (version,) = re.findall(rf"^{name}==(\S+)", lock, re.M)
+        assert f'"{name}=={version}"' in build_runs, name
 
 
 def test_the_image_runs_as_a_numeric_non_root_user_and_checks_the_grpc_port() -> None:
@@ -637,18 +643,72 @@ def _lay_out(stage: str, dest_root: Path) -> None:
                     shutil.copy2(ROOT / name, dest_root / target)
 
 
-def _build_wheel(tmp: Path) -> Path:
-    """The build stage: its COPYs into its WORKDIR, then its RUN."""
-    src = tmp / "src"
-    _lay_out("build", src)
-    _run([sys.executable, "-m", "scripts.gen_protos", "--check"], src)
-    wheels = tmp / "wheels"
-    _run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), "."],
-        src,
+WHEEL_RUN = (
+    "POINTS_COMPILE=1 pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels ."
+)
+
+
+class WheelBuild:
+    """The build stage: its COPYs into its WORKDIR, then its RUN, with the
+    hot path compiled (the dev venv has the stage's mypy and setuptools:
+    test_every_base_image_is_pinned_by_digest_and_the_stages_agree_with_pyproject).
+    The compile takes a minute or two of one core, so tests/conftest.py
+    starts it when the session starts (the suite leaves most of a core
+    idle) and the tests that need the wheel wait for it."""
+
+    def __init__(self, tmp: Path) -> None:
+        build_runs = " ".join(i.args for i in DOCKERFILE if i.op == "RUN" and i.stage == "build")
+        assert WHEEL_RUN in build_runs
+        src = tmp / "src"
+        _lay_out("build", src)
+        _run([sys.executable, "-m", "scripts.gen_protos", "--check"], src)
+        self.wheels = tmp / "wheels"
+        self.log = tmp / "build.log"
+        argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps"]
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [*argv, "--wheel-dir", str(self.wheels), "."],
+                cwd=src, env={**os.environ, "POINTS_COMPILE": "1"},
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def wheel(self, timeout_s: float = 900) -> Path:
+        code = self.proc.wait(timeout_s)
+        assert code == 0, f"the image's wheel did not build: {self.log.read_text()[-4000:]}"
+        (wheel,) = self.wheels.glob("pointsd-*.whl")
+        return wheel
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# Set by tests/conftest.py when a selected test asks for image_wheel.
+STARTED: list[WheelBuild] = []
+
+
+@pytest.fixture(scope="module")
+def image_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's wheel, built once for the tests of this module."""
+    build = STARTED[0] if STARTED else WheelBuild(tmp_path_factory.mktemp("image"))
+    return build.wheel()
+
+
+def _compiled_modules() -> list[str]:
+    """The module names of pyproject.toml's [tool.pointsd].compiled."""
+    paths = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pointsd"]["compiled"]
+    names = [p.split("/", 1)[1].removesuffix(".py").removesuffix("/__init__") for p in paths]
+    return [n.replace("/", ".") for n in names]
+
+
+def _module_files(python: str, env: dict[str, str], cwd: Path) -> dict[str, str]:
+    code = (
+        "import importlib, sys\n"
+        "for n in sys.argv[1:]: print(n, importlib.import_module(n).__file__)"
     )
-    (wheel,) = wheels.glob("pointsd-*.whl")
-    return wheel
+    out = _run([python, "-c", code, *_compiled_modules()], cwd, env)
+    return dict(line.split(" ", 1) for line in out.splitlines())
 
 
 def _install(tmp: Path, wheel: Path) -> Path:
@@ -777,16 +837,21 @@ def _flush_and_stop(run: Run, tmp: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_the_image_steps_give_a_pointsd_that_serves_and_stops(
-    tmp_path: Path, servers_env: Stores
+    tmp_path: Path, servers_env: Stores, image_wheel: Path
 ) -> None:
-    venv = _install(tmp_path, _build_wheel(tmp_path))
-    # The virtualenv's pointsd is the wheel's, not the checkout's.
+    venv = _install(tmp_path, image_wheel)
+    # The virtualenv's pointsd is the wheel's, not the checkout's, and its
+    # hot path is compiled: every listed module loads from its extension,
+    # with nothing but the runtime lock installed.
     where = _run(
         [str(venv / "bin" / "python"), "-c", "import pointsd.service as p; print(*p.__path__)"],
         tmp_path,
         _clean_env(venv),
     )
     assert Path(where.strip()).is_relative_to(venv)
+    files = _module_files(str(venv / "bin" / "python"), _clean_env(venv), tmp_path)
+    assert files.keys() == set(_compiled_modules())
+    assert all(Path(f).is_relative_to(venv) and f.endswith(".so") for f in files.values()), files
     rules = write_rules(tmp_path / "rules.yaml", {new_tenant("ctr"): {}})
     env = _clean_env(
         venv,
@@ -810,3 +875,44 @@ def test_the_image_steps_give_a_pointsd_that_serves_and_stops(
     finally:
         if len(servers_env.env) < 2:
             subprocess.run(["pointsd", "embedded", "stop"], env=env, cwd=tmp_path, timeout=120)
+
+
+# The tests of the compiled modules' behaviour (rules, planning, encoding,
+# ingest through the API, results), run again on the image's compiled build:
+# the rest of the suite runs on the pure-Python source (the editable
+# install), which is the fallback every other build uses.
+COMPILED_SUITE = (
+    "tests/test_rules.py",
+    "tests/test_rules_progression.py",
+    "tests/test_codec.py",
+    "tests/test_award_store.py",
+    "tests/test_ingest_edges.py",
+    "tests/test_streaks.py",
+    "tests/test_progression.py",
+    "tests/test_campaigns.py",
+    "tests/test_bad_input.py",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_the_compiled_hot_path_passes_the_tests_of_its_modules(
+    tmp_path: Path, image_wheel: Path, servers: Servers
+) -> None:
+    unpacked = tmp_path / "compiled"
+    with zipfile.ZipFile(image_wheel) as wheel:
+        wheel.extractall(unpacked)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(unpacked), str(ROOT)]),
+        "REDIS_URL": servers.redis_url,
+        "DATABASE_URL": servers.database_url,
+    }
+    files = _module_files(sys.executable, env, ROOT)
+    assert all(Path(f).is_relative_to(unpacked) and f.endswith(".so") for f in files.values())
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *COMPILED_SUITE],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout.splitlines()[-1]

@@ -4,6 +4,7 @@ a Lua script, the default rules or a migration left out of it."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -68,10 +69,34 @@ def test_the_wheel_ships_every_module_and_data_file(tmp_path: Path) -> None:
         assert needed in shipped
     top_level = {n.split("/")[0] for n in shipped if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"pointsd"}
+    # Without POINTS_COMPILE=1 the wheel is pure Python (setup.py).
+    assert not [n for n in shipped if n.endswith((".so", ".pyd", ".c"))]
     entry_points = next(n for n in shipped if n.endswith("entry_points.txt"))
     assert (
         "pointsd = pointsd.service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     )
+
+
+def test_the_compiled_list_names_shipped_modules_and_a_bad_switch_is_refused() -> None:
+    """[tool.pointsd].compiled (setup.py compiles it with POINTS_COMPILE=1)
+    names modules of the packages the wheel ships; a POINTS_COMPILE that is
+    neither 0 nor 1 stops the build with one line, not a traceback."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = config["tool"]["pointsd"]["compiled"]
+    packages = set(config["tool"]["setuptools"]["packages"])
+    folders = config["tool"]["setuptools"]["package-dir"]
+    assert listed and len(set(listed)) == len(listed)
+    for path in listed:
+        assert (ROOT / path).is_file() and path.endswith(".py"), path
+        package = path.split("/", 1)[1].rsplit("/", 1)[0].replace("/", ".")
+        assert package in packages and path.startswith(folders[".".join(package.split(".")[:2])])
+    env = {**os.environ, "POINTS_COMPILE": "yes"}
+    done = subprocess.run(
+        [sys.executable, "setup.py", "--name"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip() == "POINTS_COMPILE must be 0 or 1, not 'yes'"
 
 
 def _pins(lock: str) -> dict[str, str]:

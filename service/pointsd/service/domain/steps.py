@@ -60,10 +60,12 @@ class Step:
         return 0
 
 
+@dataclass(frozen=True, slots=True)
 class _PeriodStep(Step):
-    """A step whose state lives in a period's counters: it expires with them."""
+    """A step whose state lives in a period's counters: it expires with them.
+    `period` is the first field of every such step (a field of this base, not
+    redeclared, so the compiled build sees one attribute)."""
 
-    __slots__ = ()
     period: PeriodRef
 
     @property
@@ -118,7 +120,6 @@ class Accumulate(_PeriodStep):
     n-th unit pays tiers[n-1], units past the list its last. Effect: the
     counter holds the new total."""
 
-    period: PeriodRef
     counter: str
     unit: int
     tiers: tuple[int, ...] = ()
@@ -154,7 +155,6 @@ class Check(_PeriodStep):
     caller can name the cap; `label` is that name (not sent to storage).
     The counter itself moves with a Bump."""
 
-    period: PeriodRef
     counter: str
     metric: Metric
     max: int
@@ -171,7 +171,6 @@ class Bump(_PeriodStep):
     """Add to a counter (by 1, the points, or the quantity; never 0).
     Produces (old, new)."""
 
-    period: PeriodRef
     counter: str
     by: Amount
 
@@ -183,7 +182,6 @@ class Peak(_PeriodStep):
     `of_value`: the highest value the previous producing step made instead
     (the best streak)."""
 
-    period: PeriodRef
     counter: str
     of_value: bool = False
 
@@ -193,7 +191,6 @@ class Distinct(_PeriodStep):
     """Count the distinct values of `member` (e.g. colleagues thanked), at
     most `bound` of them (memory stays bounded). Produces (old, new)."""
 
-    period: PeriodRef
     counter: str
     member: Member
     bound: int

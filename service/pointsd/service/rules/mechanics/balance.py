@@ -21,7 +21,7 @@ _CREDIT = Credit()
 
 class _CompiledBalance(Compiled):
     rank = Rank.BALANCE
-    kinds = (Period.DAY,)
+    kinds: tuple[Period, ...] = (Period.DAY,)
 
     def steps(self, refs: Refs, *, restore: bool) -> tuple[Step, ...]:
         earned = Bump(refs[Period.DAY], EARNED, Amount.POINTS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pointsd.service.domain import Event, Period, PeriodRef, StoreCode
 from pointsd.service.domain.steps import Step
@@ -36,13 +36,13 @@ class Rank:
     """Where a mechanic's steps go in a program. Checks run in this order
     (the points first, then what may refuse them); effects run in it too."""
 
-    POINTS = 10  # steps that decide the points (accumulators)
-    GUARD = 20  # refusals that do not depend on counters (throttles)
-    LIMIT = 30  # caps
-    BALANCE = 50  # the credit itself
-    RECORD = 60  # what is kept about it (progress, days)
-    BOARD = 70  # leaderboards
-    MILESTONE = 80  # bonuses read from values the steps before produced
+    POINTS: Final = 10  # steps that decide the points (accumulators)
+    GUARD: Final = 20  # refusals that do not depend on counters (throttles)
+    LIMIT: Final = 30  # caps
+    BALANCE: Final = 50  # the credit itself
+    RECORD: Final = 60  # what is kept about it (progress, days)
+    BOARD: Final = 70  # leaderboards
+    MILESTONE: Final = 80  # bonuses read from values the steps before produced
 
 
 @dataclass(frozen=True, slots=True)
