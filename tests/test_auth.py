@@ -132,11 +132,11 @@ def test_malformed_tokens_are_refused_without_echoing_them(text: str) -> None:
         assert text[3:] not in message and "AAAA" not in message
 
 
-def test_huge_input_is_refused_fast() -> None:
-    started = time.perf_counter()
-    with pytest.raises(Unauthenticated):
+def test_huge_input_is_refused_by_its_length_before_any_pattern_runs() -> None:
+    # The length check comes first (its message says so), so no regex ever
+    # scans a huge header; the message stays bounded.
+    with pytest.raises(Unauthenticated, match=r"characters .* got 10000\+$"):
         parse_token("x" * 10_000_000)
-    assert time.perf_counter() - started < 0.1
 
 
 def test_hashing_is_salted_and_verifies_only_the_secret() -> None:
@@ -230,16 +230,14 @@ def test_tenants_of_every_request_type() -> None:
             assert tenants_of(cls()) == frozenset()  # empty ids: left to validation
 
 
-def test_tenants_of_a_thousand_event_batch_is_cheap() -> None:
+def test_a_foreign_tenant_deep_in_a_thousand_event_batch_is_found() -> None:
+    # What authorization costs per batch is measured by the bench
+    # (`scripts/bench --only auth`), not here.
     batch = pb.RecordActivitiesRequest()
     for i in range(1000):
         batch.events.add(tenant_id="a" if i != 700 else "foreign", event_id=f"e{i}")
-    started = time.perf_counter()
-    for _ in range(100):
-        found = tenants_of(batch)
-    per_call = (time.perf_counter() - started) / 100
+    found = tenants_of(batch)
     assert found == {"a", "foreign"}
-    assert per_call < 0.005  # ~0.1 ms on a laptop; a generous bound
     caller = Caller("im-a", frozenset({"ingest"}), frozenset({"a"}))
     with pytest.raises(PermissionDenied, match="'foreign'"):
         authorize(caller, "/points.v1.PointsService/RecordActivities", found)
