@@ -57,6 +57,16 @@ round's own ratio. `--check` exits 3 when a ratio is under its bound.
 `--auth-control` runs the same with auth off on both sides: the spread two
 identical servers show here, against which to read the real ratios.
 
+The compiled group (`--compiled DIR` adds it, with `--only compiled` alone;
+DIR is what scripts/compile prints, default build/compiled): two `pointsd
+serve` processes up together, the same rules and settings, one running the
+mypyc-compiled modules of DIR (PYTHONPATH) and one the checkout's pure
+Python, each on tenants of its own; batch, unary and stream runs alternate
+as in the auth group (--compiled-duration seconds each). Per mode: each
+side's median events/s and server CPU per event, the ratio compiled/pure
+against 1.0 (the compiled build must not be slower) and
+`server_cpu_ratio`, pure's server CPU per event over compiled's.
+
 The calls of every group carry a bearer token (auth is on by default): one
 of every role and tenant, written to the server's database before it starts
 (scripts/tokens.py), unless said otherwise above.
@@ -85,6 +95,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -119,7 +130,7 @@ from scripts.loadgen import (
 )
 from scripts.loadtest import RssSampler, resolve_servers, wait_for_ledger
 from scripts.naive import run_naive
-from scripts.procs import ServerProcess, free_port, pointsd_env, run_cli, write_rules
+from scripts.procs import ROOT, ServerProcess, free_port, pointsd_env, run_cli, write_rules
 
 __all__ = ["main"]
 
@@ -1467,6 +1478,88 @@ def run_durability(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) 
     }
 
 
+COMPILED_SIDES = ("compiled", "pure")
+COMPILED_BOUNDS = {"batch": 1.0, "unary": 1.0, "stream": 1.0}
+
+
+def compiled_modules_in(folder: Path) -> list[str]:
+    """The modules of [tool.pointsd].compiled that `folder` holds compiled
+    (an unpacked wheel of scripts/compile); empty when it holds none."""
+    paths = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pointsd"]["compiled"]
+    found = []
+    for path in paths:
+        module = Path(path.split("/", 1)[1]).with_suffix("")
+        if list(folder.glob(f"{module}.*.so")):
+            found.append(".".join(module.parts))
+    return found
+
+
+def run_compiled(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dict[str, Any]:
+    """The mypyc build beside pure Python: two `pointsd serve` processes up
+    together on one Redis and one PostgreSQL, one with the compiled folder
+    first on its PYTHONPATH; runs alternate as in the auth group."""
+    redis_url, database_url = servers
+    sides = COMPILED_SIDES
+    folder = Path(ns.compiled).resolve()
+    tenants = {side: [f"cmp{side[:3]}-{i}" for i in range(ns.tenants)] for side in sides}
+    rules = write_rules(
+        tmp / "compiled.yaml", {t: {"shards": ns.shards} for ts in tenants.values() for t in ts}
+    )
+    base = pointsd_env(redis_url, database_url, rules, tmp / "data", POINTS_WORKERS=str(ns.workers))
+    token, token_id = _ingest_token(base, [t for ts in tenants.values() for t in ts])
+    paths = {"compiled": os.pathsep.join([str(folder), str(ROOT)]), "pure": str(ROOT)}
+    procs = {
+        side: ServerProcess(
+            {**base, "PYTHONPATH": paths[side]}, free_port(), tmp / f"compiled-{side}.log"
+        )
+        for side in sides
+    }
+    bounds = {m: COMPILED_BOUNDS[m] for m in ns.compiled_modes}
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    try:
+        for proc in procs.values():
+            proc.start()
+        group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
+                           sides=sides, bounds=bounds, duration_s=ns.compiled_duration)  # fmt: skip
+        for side in sides:
+            warm = group.spec(side, 1, f"cw{group.stamp}{side[:3]}")
+            group.load(side, "batch", warm, min(2.0, ns.compiled_duration))
+        for rnd in range(ns.rounds):
+            order = list(sides) if rnd % 2 == 0 else list(reversed(sides))
+            for mode in bounds:
+                for side in order:
+                    runs.append(group.run(side, mode, rnd))
+    finally:
+        for proc in procs.values():
+            if proc.proc is not None:
+                proc.terminate()
+        run_cli(["tokens", "revoke", token_id], base)
+        cleanup_tenants(redis_url, [t for ts in tenants.values() for t in ts])
+        cleanup_ledger(database_url, [t for ts in tenants.values() for t in ts])
+    return {
+        "compared": {
+            "compiled": f"the modules of [tool.pointsd].compiled from {folder} (mypyc)",
+            "pure": "the checkout's pure-Python modules",
+        },
+        "compiled_modules": compiled_modules_in(folder),
+        "settings": {
+            "duration_s": ns.compiled_duration,
+            "rounds": ns.rounds,
+            "tenants_per_side": ns.tenants,
+            "users": ns.users,
+            "batch": ns.batch,
+            "batch_concurrency": ns.batch_concurrency,
+            "unary_concurrency": ns.unary_concurrency,
+            "streams": ns.streams,
+            "workers": ns.workers,
+        },
+        "wall_s": round(time.monotonic() - started, 1),
+        **summarize_auth(runs, sides, bounds),
+        "runs": runs,
+    }
+
+
 def _fs_of(path: Path) -> str:
     """The file system the AOF is on (fsync costs depend on it)."""
     import psutil
@@ -1504,6 +1597,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             report["auth"] = run_auth(ns, tmp, (redis_url, database_url))
         if "durability" in ns.groups:
             report["durability"] = run_durability(ns, tmp, (redis_url, database_url))
+        if "compiled" in ns.groups:
+            report["compiled"] = run_compiled(ns, tmp, (redis_url, database_url))
     finally:
         for s in embedded:
             if s.owned:
@@ -1674,6 +1769,13 @@ def _print_durability(d: dict[str, Any]) -> None:
                  DURABILITY_SIDES)  # fmt: skip
 
 
+def _print_compiled(c: dict[str, Any]) -> None:
+    _print_sides(c, f"compiled: {len(c['compiled_modules'])} mypyc modules vs pure Python",
+                 COMPILED_SIDES)  # fmt: skip
+    for mode, m in c["modes"].items():
+        print(f"{mode} server CPU per event, pure ÷ compiled: {m['server_cpu_ratio']}")
+
+
 def _print_auth(auth: dict[str, Any]) -> None:
     what = "off vs off (control)" if auth.get("control") else "on vs off"
     _print_sides(auth, f"auth: POINTS_AUTH={what}", AUTH_SIDES)
@@ -1686,6 +1788,7 @@ def _print_table(report: dict[str, Any]) -> None:
         ("progression", lambda: _print_progression(report["progression"])),
         ("auth", lambda: _print_auth(report["auth"])),
         ("durability", lambda: _print_durability(report["durability"])),
+        ("compiled", lambda: _print_compiled(report["compiled"])),
     ):
         if key in report:
             if printed:
@@ -1701,7 +1804,7 @@ def exit_code(report: dict[str, Any], check: bool) -> int:
         return 1
     if "results" in report and not report["results"].get("soak", {}).get("self_check_ok", True):
         return 1
-    bounded = [report[k] for k in ("progression", "auth", "durability") if k in report]
+    bounded = [report[k] for k in ("progression", "auth", "durability", "compiled") if k in report]
     if any(not group["self_check_ok"] for group in bounded):
         return 1
     if check and any(not group["all_pass"] for group in bounded):
@@ -1752,8 +1855,23 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the POINTS_REDIS_FSYNC always/everysec group (~3 min)",
     )
     p.add_argument(
+        "--compiled",
+        nargs="?",
+        const="build/compiled",
+        default="",
+        metavar="DIR",
+        help="also run the mypyc-compiled build (scripts/compile; default build/compiled) "
+        "beside pure Python (~3 min)",
+    )
+    p.add_argument("--compiled-duration", type=float, default=8.0, help="compiled: seconds per run")
+    p.add_argument(
+        "--compiled-modes",
+        default="batch,unary,stream",
+        help="compiled: comma-separated modes (batch, unary, stream)",
+    )
+    p.add_argument(
         "--only",
-        choices=("core", "progression", "auth", "durability"),
+        choices=("core", "progression", "auth", "durability", "compiled"),
         help="run only this group of contenders",
     )
     p.add_argument(
@@ -1804,14 +1922,27 @@ def main(argv: list[str] | None = None) -> int:
         or ns.soak_rate < 0
     ):
         p.error("--rounds must be >= 1, every --*-duration > 0, --soak and --soak-rate >= 0")
+    compiled_modes = [m.strip() for m in ns.compiled_modes.split(",") if m.strip()]
+    if sorted(set(compiled_modes) - set(COMPILED_BOUNDS)) or not compiled_modes:
+        p.error(f"--compiled-modes: choose from batch, unary, stream, got {ns.compiled_modes!r}")
+    if ns.compiled_duration <= 0:
+        p.error("--compiled-duration must be > 0")
+    if ns.only == "compiled" and not ns.compiled:
+        ns.compiled = "build/compiled"
+    if ns.compiled and not compiled_modules_in(Path(ns.compiled)):
+        p.error(
+            f"--compiled: no compiled modules in {ns.compiled[:200]}; run scripts/compile first"
+        )
     ns.progression_modes = modes
     ns.auth_modes = auth_modes
+    ns.compiled_modes = compiled_modes
     extra = [
         g
         for g, on in (
             ("progression", ns.progression),
             ("auth", ns.auth),
             ("durability", ns.durability),
+            ("compiled", bool(ns.compiled)),
         )
         if on
     ]

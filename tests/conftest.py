@@ -75,6 +75,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         session.config.add_cleanup(lambda: _stop_image_build(folder))
 
 
+@pytest.fixture(scope="session")
+def image_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's wheel (hot path compiled: tests/test_containers.py's
+    WheelBuild), built once per session."""
+    from tests import test_containers
+
+    if not test_containers.STARTED:
+        test_containers.STARTED.append(test_containers.WheelBuild(tmp_path_factory.mktemp("image")))
+    return test_containers.STARTED[0].wheel()
+
+
 def _stop_image_build(folder: Path) -> None:
     from tests import test_containers
 

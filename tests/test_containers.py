@@ -684,15 +684,8 @@ class WheelBuild:
             self.proc.wait()
 
 
-# Set by tests/conftest.py when a selected test asks for image_wheel.
+# Set by tests/conftest.py when a selected test asks for image_wheel (its fixture).
 STARTED: list[WheelBuild] = []
-
-
-@pytest.fixture(scope="module")
-def image_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The image's wheel, built once for the tests of this module."""
-    build = STARTED[0] if STARTED else WheelBuild(tmp_path_factory.mktemp("image"))
-    return build.wheel()
 
 
 def _compiled_modules() -> list[str]:

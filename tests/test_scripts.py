@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -584,6 +586,41 @@ def test_bench_durability_group_runs_always_beside_everysec(servers: Servers) ->
     assert {(r["mode"], r["side"]) for r in d["runs"]} == {
         (mode, side) for mode in ("batch", "unary") for side in ("always", "everysec")
     }
+
+
+@pytest.mark.slow
+def test_bench_compiled_group_runs_the_image_build_beside_pure_python(
+    servers: Servers, image_wheel: Path, tmp_path: Path
+) -> None:
+    compiled = tmp_path / "compiled"
+    with zipfile.ZipFile(image_wheel) as wheel:
+        wheel.extractall(compiled)
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--only", "compiled", "--compiled", str(compiled),
+         "--compiled-duration", "1", "--compiled-modes", "batch", "--rounds", "1",
+         "--users", "500", "--json"],
+        env=_env(servers), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    c = json.loads(done.stdout)["compiled"]
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pointsd"]["compiled"]
+    assert len(c["compiled_modules"]) == len(listed)
+    (m,) = c["modes"].values()
+    assert m["compiled"]["events_per_s"] > 0 and m["pure"]["events_per_s"] > 0
+    assert m["ratio"] == round(m["compiled"]["events_per_s"] / m["pure"]["events_per_s"], 3)
+    assert m["server_cpu_ratio"] is not None and m["bound"] == 1.0
+    assert c["self_check_ok"]
+    assert {r["side"] for r in c["runs"]} == {"compiled", "pure"}
+
+
+def test_bench_compiled_group_without_a_compiled_build_says_so(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--only", "compiled", "--compiled", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "no compiled modules in" in done.stderr and "run scripts/compile" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_profile_stages_take_the_innermost_named_function() -> None:
