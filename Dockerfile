@@ -20,9 +20,15 @@ WORKDIR /src
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
-# The versions of the dev lock: protoc output differs by grpcio-tools
-# version, and the compiled modules are the ones mypy checked.
-RUN pip install --no-cache-dir "grpcio-tools==1.85.1" "mypy==2.4.1" "setuptools==84.2.1"
+# mypyc type-checks what it compiles, against the packages the modules
+# import: the runtime lock (hash-checked), then the dev lock's versions of
+# the tools and stubs (protoc output differs by grpcio-tools version; the
+# compiled modules are the ones mypy checked).
+COPY requirements/runtime.lock /tmp/runtime.lock
+RUN pip install --no-cache-dir --require-hashes -r /tmp/runtime.lock \
+    && pip install --no-cache-dir "grpcio-tools==1.85.1" "mypy==2.4.1" "setuptools==84.2.1" \
+        "types-protobuf==7.35.1.20260906" "types-grpcio==1.85.0.20261028" \
+        "types-PyYAML==6.0.12.20261122"
 COPY pyproject.toml setup.py README.md ./
 COPY protos protos
 COPY scripts/__init__.py scripts/gen_protos.py scripts/

@@ -32,12 +32,19 @@ def compiled_modules() -> list[str]:
     return listed
 
 
+# The setup.py commands that build extensions; pip's metadata pass
+# (dist_info, egg_info) must not pay for a compile it throws away.
+_BUILDING = {"bdist_wheel", "build", "build_ext", "editable_wheel", "install"}
+
+
 def ext_modules() -> list[Any]:
     flag = os.environ.get("POINTS_COMPILE", "0").strip()
     if flag == "0" or not flag:
         return []
     if flag != "1":
         sys.exit(f"POINTS_COMPILE must be 0 or 1, not {flag[:20]!r}")
+    if not _BUILDING & set(sys.argv[1:]):
+        return []
     try:
         from mypyc.build import mypycify
     except ImportError:
@@ -63,7 +70,7 @@ class ParallelBuildExt(build_ext):
         def compile_in_parallel(sources: list[str], *args: Any, **kwargs: Any) -> list[str]:
             if len(sources) < 2:
                 return list(serial(sources, *args, **kwargs))
-            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
                 parts = pool.map(lambda src: serial([src], *args, **kwargs), sources)
                 return [obj for part in parts for obj in part]
 

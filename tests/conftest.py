@@ -64,15 +64,24 @@ def _pinned(config: pytest.Config) -> Instant | None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the image's wheel build (a mypyc compile, minutes of one core)
+    """Start the image's wheel build (a venv and a mypyc compile: minutes)
     now, in the background, when a selected test needs it: it is done by
-    the time tests/test_containers.py runs."""
+    the time tests/test_containers.py runs. A failure to start it is the
+    image_wheel fixture's, not the session's."""
+    if session.config.option.collectonly:
+        return
     if any("image_wheel" in getattr(item, "fixturenames", ()) for item in session.items):
         from tests import test_containers
 
         folder = Path(tempfile.mkdtemp(prefix="pointsd-image-"))
-        test_containers.STARTED.append(test_containers.WheelBuild(folder))
         session.config.add_cleanup(lambda: _stop_image_build(folder))
+        try:
+            test_containers.STARTED.append(test_containers.WheelBuild(folder))
+        except Exception as exc:  # reported by the tests that need the wheel
+            _IMAGE_BUILD_FAILED.append(exc)
+
+
+_IMAGE_BUILD_FAILED: list[BaseException] = []
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +90,8 @@ def image_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     WheelBuild), built once per session."""
     from tests import test_containers
 
+    if _IMAGE_BUILD_FAILED:
+        raise _IMAGE_BUILD_FAILED[0]
     if not test_containers.STARTED:
         test_containers.STARTED.append(test_containers.WheelBuild(tmp_path_factory.mktemp("image")))
     return test_containers.STARTED[0].wheel()

@@ -11,6 +11,7 @@ SERVING and stops with exit 0. What only a real `docker build` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -147,11 +148,13 @@ def test_every_base_image_is_pinned_by_digest_and_the_stages_agree_with_pyprojec
     (pinned,) = [r for r in dev["optional-dependencies"]["dev"] if r.startswith("grpcio-tools")]
     build_runs = " ".join(i.args for i in DOCKERFILE if i.op == "RUN" and i.stage == "build")
     assert f'"{pinned}"' in build_runs
-    # mypyc compiles with the mypy (and setuptools) the dev lock checks with.
+    # mypyc compiles with the mypy, setuptools and stubs the dev lock checks with.
     lock = (ROOT / "requirements" / "dev.lock").read_text()
-    for name in ("mypy", "setuptools"):
-        (version,) = re.findall(rf"^{name}==(\S+)", lock, re.M)
-        assert f'"{name}=={version}"' in build_runs, name
+    pins = _build_stage_requirements()
+    assert {r.split("==")[0].lower() for r in pins} >= {"mypy", "setuptools", "grpcio-tools"}
+    for pin in pins:
+        name, version = pin.split("==")
+        assert re.findall(rf"^{re.escape(name.lower())}==(\S+)", lock, re.M) == [version], pin
 
 
 def test_the_image_runs_as_a_numeric_non_root_user_and_checks_the_grpc_port() -> None:
@@ -648,31 +651,49 @@ WHEEL_RUN = (
 )
 
 
+def _build_stage_requirements() -> list[str]:
+    """The pinned requirements the build stage installs beside the lock."""
+    runs = [i.args for i in DOCKERFILE if i.op == "RUN" and i.stage == "build"]
+    (tools,) = [r for r in runs if "grpcio-tools" in r]
+    return re.findall(r'"([A-Za-z0-9_.-]+==[^"]+)"', tools)
+
+
 class WheelBuild:
-    """The build stage: its COPYs into its WORKDIR, then its RUN, with the
-    hot path compiled (the dev venv has the stage's mypy and setuptools:
-    test_every_base_image_is_pinned_by_digest_and_the_stages_agree_with_pyproject).
-    The compile takes a minute or two of one core, so tests/conftest.py
-    starts it when the session starts (the suite leaves most of a core
-    idle) and the tests that need the wheel wait for it."""
+    """The build stage: its COPYs into its WORKDIR, then its RUNs in a fresh
+    virtualenv that has only what the stage installs (the runtime lock with
+    its hashes, then its pinned tools and stubs: mypyc type-checks against
+    them), then the compiling `pip wheel`. Minutes, so tests/conftest.py
+    starts it when the session starts and the tests that need the wheel
+    wait for it; it runs in a process group of its own, so stop() ends pip,
+    mypyc and the compilers together."""
 
     def __init__(self, tmp: Path) -> None:
         build_runs = " ".join(i.args for i in DOCKERFILE if i.op == "RUN" and i.stage == "build")
         assert WHEEL_RUN in build_runs
+        assert "pip install --no-cache-dir --require-hashes -r /tmp/runtime.lock" in build_runs
+        (lock,) = [c.sources[0] for c in _context_copies("build") if c.dest == "/tmp/runtime.lock"]
         src = tmp / "src"
         _lay_out("build", src)
         _run([sys.executable, "-m", "scripts.gen_protos", "--check"], src)
+        venv = tmp / "build-venv"
+        pip = f"{shlex.quote(str(venv / 'bin' / 'python'))} -m pip"
         self.wheels = tmp / "wheels"
         self.log = tmp / "build.log"
-        argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps"]
+        script = " && ".join([
+            f"{shlex.quote(sys.executable)} -m venv {shlex.quote(str(venv))}",
+            f"{pip} install -q --require-hashes -r {shlex.quote(str(ROOT / lock))}",
+            f"{pip} install -q " + " ".join(shlex.quote(r) for r in _build_stage_requirements()),
+            f"POINTS_COMPILE=1 {pip} wheel -q --no-build-isolation --no-deps "
+            f"--wheel-dir {shlex.quote(str(self.wheels))} .",
+        ])  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [*argv, "--wheel-dir", str(self.wheels), "."],
-                cwd=src, env={**os.environ, "POINTS_COMPILE": "1"},
-                stdout=log, stderr=subprocess.STDOUT,
+                ["bash", "-c", script], cwd=src, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )  # fmt: skip
 
-    def wheel(self, timeout_s: float = 900) -> Path:
+    def wheel(self, timeout_s: float = 600) -> Path:
         code = self.proc.wait(timeout_s)
         assert code == 0, f"the image's wheel did not build: {self.log.read_text()[-4000:]}"
         (wheel,) = self.wheels.glob("pointsd-*.whl")
@@ -680,7 +701,8 @@ class WheelBuild:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
 
@@ -829,6 +851,7 @@ def _flush_and_stop(run: Run, tmp: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.subprocess
+@pytest.mark.timeout(900)  # it may wait for the image's wheel to compile
 def test_the_image_steps_give_a_pointsd_that_serves_and_stops(
     tmp_path: Path, servers_env: Stores, image_wheel: Path
 ) -> None:
@@ -881,6 +904,7 @@ COMPILED_SUITE = (
     "tests/test_award_store.py",
     "tests/test_ingest_edges.py",
     "tests/test_streaks.py",
+    "tests/test_periods.py",
     "tests/test_progression.py",
     "tests/test_campaigns.py",
     "tests/test_bad_input.py",
@@ -889,6 +913,7 @@ COMPILED_SUITE = (
 
 @pytest.mark.slow
 @pytest.mark.subprocess
+@pytest.mark.timeout(900)
 def test_the_compiled_hot_path_passes_the_tests_of_its_modules(
     tmp_path: Path, image_wheel: Path, servers: Servers
 ) -> None:

@@ -589,6 +589,7 @@ def test_bench_durability_group_runs_always_beside_everysec(servers: Servers) ->
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # it may wait for the image's wheel to compile
 def test_bench_compiled_group_runs_the_image_build_beside_pure_python(
     servers: Servers, image_wheel: Path, tmp_path: Path
 ) -> None:
