@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parent
 
 
 def compiled_modules() -> list[str]:
-    """The source paths pyproject.toml lists for mypyc."""
+    """The source paths pyproject.toml lists for mypyc, globs expanded."""
     with (ROOT / "pyproject.toml").open("rb") as f:
         listed: list[str] = tomllib.load(f)["tool"]["pointsd"]["compiled"]
-    return listed
+    return [str(p.relative_to(ROOT)) for entry in listed for p in sorted(ROOT.glob(entry))]
 
 
 # The setup.py commands that build extensions; pip's metadata pass

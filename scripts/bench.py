@@ -1195,6 +1195,41 @@ class _AuthGroup:
     sides: tuple[str, str] = AUTH_SIDES
     bounds: dict[str, float] = field(default_factory=lambda: dict(AUTH_BOUNDS))
     duration_s: float = 0.0
+    # For the end of alternate(): the servers' environment (revoking the
+    # token with the CLI), the token's id, and the Redis of the sides'
+    # tenants ("": each side has an embedded one of its own, gone with it).
+    base_env: dict[str, str] = field(default_factory=dict)
+    token_id: str = ""
+    redis_url: str = ""
+
+    def alternate(self, modes: Iterable[str], warm_prefix: str) -> list[dict[str, Any]]:
+        """Start both sides' servers, warm each with an unmeasured batch run
+        (caches, pools, the token's scrypt check), then every mode on both
+        sides for --rounds rounds, each side's order flipped every other
+        round. However it ends, the servers stop, the token is revoked and
+        the sides' tenants' keys and ledger rows are deleted."""
+        runs: list[dict[str, Any]] = []
+        tenants = [t for ts in self.tenants.values() for t in ts]
+        try:
+            for proc in self.servers.values():
+                proc.start()
+            for side in self.sides:
+                warm = self.spec(side, 1, f"{warm_prefix}{self.stamp}{side[:3]}")
+                self.load(side, "batch", warm, min(2.0, self.duration_s))
+            for rnd in range(self.ns.rounds):
+                order = self.sides if rnd % 2 == 0 else self.sides[::-1]
+                for mode in modes:
+                    for side in order:
+                        runs.append(self.run(side, mode, rnd))
+        finally:
+            for proc in self.servers.values():
+                if proc.proc is not None:
+                    proc.terminate()
+            run_cli(["tokens", "revoke", self.token_id], self.base_env)
+            if self.redis_url:
+                cleanup_tenants(self.redis_url, tenants)
+            cleanup_ledger(self.database_url, tenants)
+        return runs
 
     def spec(self, side: str, seed: int, run_id: str) -> TrafficSpec:
         return TrafficSpec(
@@ -1340,31 +1375,10 @@ def run_auth(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dic
     }
     load_before = os.getloadavg()
     started = time.monotonic()
-    runs: list[dict[str, Any]] = []
-    try:
-        for proc in procs.values():
-            proc.start()
-        group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
-                           duration_s=ns.auth_duration)  # fmt: skip
-        # Unmeasured: the first calls warm each side's caches and pools (and
-        # the auth-on side checks the token with scrypt, once).
-        for side in AUTH_SIDES:
-            warm = group.spec(side, 1, f"aw{group.stamp}{side}")
-            group.load(side, "batch", warm, min(2.0, ns.auth_duration))
-        for rnd in range(ns.rounds):
-            order = list(AUTH_SIDES)
-            if rnd % 2:
-                order.reverse()
-            for mode in ns.auth_modes:
-                for side in order:
-                    runs.append(group.run(side, mode, rnd))
-    finally:
-        for proc in procs.values():
-            if proc.proc is not None:
-                proc.terminate()
-        run_cli(["tokens", "revoke", token_id], base)
-        cleanup_tenants(redis_url, [t for ts in tenants.values() for t in ts])
-        cleanup_ledger(database_url, [t for ts in tenants.values() for t in ts])
+    group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
+                       duration_s=ns.auth_duration, base_env=base, token_id=token_id,
+                       redis_url=redis_url)  # fmt: skip
+    runs = group.alternate(ns.auth_modes, "aw")
     on = (
         "POINTS_AUTH=off as well (--auth-control: an A/A run)"
         if ns.auth_control
@@ -1432,28 +1446,11 @@ def run_durability(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) 
         for side in sides
     }
     started = time.monotonic()
-    runs: list[dict[str, Any]] = []
-    try:
-        for proc in procs.values():
-            proc.start()
-        group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
-                           sides=sides, bounds=dict(DURABILITY_BOUNDS),
-                           duration_s=ns.durability_duration)  # fmt: skip
-        for side in sides:
-            warm = group.spec(side, 1, f"dw{group.stamp}{side[:3]}")
-            group.load(side, "batch", warm, min(2.0, ns.durability_duration))
-        for rnd in range(ns.rounds):
-            order = list(sides)
-            if rnd % 2:
-                order.reverse()
-            for mode in DURABILITY_BOUNDS:
-                for side in order:
-                    runs.append(group.run(side, mode, rnd))
-    finally:
-        for proc in procs.values():
-            if proc.proc is not None:
-                proc.terminate()
-        run_cli(["tokens", "revoke", token_id], base)
+    group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
+                       sides=sides, bounds=dict(DURABILITY_BOUNDS),
+                       duration_s=ns.durability_duration, base_env=base,
+                       token_id=token_id)  # fmt: skip
+    runs = group.alternate(DURABILITY_BOUNDS, "dw")
     return {
         "compared": {
             "always": "POINTS_REDIS_FSYNC=always: Redis fsyncs its AOF before it answers (once "
@@ -1482,16 +1479,30 @@ COMPILED_SIDES = ("compiled", "pure")
 COMPILED_BOUNDS = {"batch": 1.0, "unary": 1.0, "stream": 1.0}
 
 
+def _compiled_sources() -> list[str]:
+    """pyproject.toml's [tool.pointsd].compiled as paths of the installed
+    tree (service/pointsd/service/x.py -> pointsd/service/x.py)."""
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pointsd"]["compiled"]
+    paths = [p.relative_to(ROOT) for entry in listed for p in sorted(ROOT.glob(entry))]
+    return [str(p).split("/", 1)[1] for p in paths]
+
+
+def compiled_module_names() -> list[str]:
+    """The module names of [tool.pointsd].compiled."""
+    return [
+        p.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for p in _compiled_sources()
+    ]
+
+
 def compiled_modules_in(folder: Path) -> list[str]:
     """The modules of [tool.pointsd].compiled that `folder` holds compiled
     (an unpacked wheel of scripts/compile); empty when it holds none."""
-    paths = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pointsd"]["compiled"]
-    found = []
-    for path in paths:
-        module = Path(path.split("/", 1)[1]).with_suffix("")
-        if list(folder.glob(f"{module}.*.so")):
-            found.append(".".join(module.parts))
-    return found
+    return [
+        name
+        for name, source in zip(compiled_module_names(), _compiled_sources(), strict=True)
+        if list(folder.glob(f"{source.removesuffix('.py')}.*.so"))
+    ]
 
 
 def run_compiled(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dict[str, Any]:
@@ -1516,27 +1527,10 @@ def run_compiled(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) ->
     }
     bounds = {m: COMPILED_BOUNDS[m] for m in ns.compiled_modes}
     started = time.monotonic()
-    runs: list[dict[str, Any]] = []
-    try:
-        for proc in procs.values():
-            proc.start()
-        group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
-                           sides=sides, bounds=bounds, duration_s=ns.compiled_duration)  # fmt: skip
-        for side in sides:
-            warm = group.spec(side, 1, f"cw{group.stamp}{side[:3]}")
-            group.load(side, "batch", warm, min(2.0, ns.compiled_duration))
-        for rnd in range(ns.rounds):
-            order = list(sides) if rnd % 2 == 0 else list(reversed(sides))
-            for mode in bounds:
-                for side in order:
-                    runs.append(group.run(side, mode, rnd))
-    finally:
-        for proc in procs.values():
-            if proc.proc is not None:
-                proc.terminate()
-        run_cli(["tokens", "revoke", token_id], base)
-        cleanup_tenants(redis_url, [t for ts in tenants.values() for t in ts])
-        cleanup_ledger(database_url, [t for ts in tenants.values() for t in ts])
+    group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
+                       sides=sides, bounds=bounds, duration_s=ns.compiled_duration,
+                       base_env=base, token_id=token_id, redis_url=redis_url)  # fmt: skip
+    runs = group.alternate(bounds, "cw")
     return {
         "compared": {
             "compiled": f"the modules of [tool.pointsd].compiled from {folder} (mypyc)",
@@ -1812,6 +1806,14 @@ def exit_code(report: dict[str, Any], check: bool) -> int:
     return 0
 
 
+def _modes(p: argparse.ArgumentParser, flag: str, text: str, known: dict[str, float]) -> list[str]:
+    """A comma-separated list of a group's modes, each one it knows."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or set(modes) - set(known):
+        p.error(f"{flag}: choose from {', '.join(known)}, got {text[:100]!r}")
+    return modes
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m scripts.bench", description=(__doc__ or "").split("\n\n")[0]
@@ -1904,29 +1906,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     ns = p.parse_args(argv)
-    modes = [m.strip() for m in ns.progression_modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - set(PROGRESSION_BOUNDS))
-    if unknown or not modes:
-        p.error(
-            f"--progression-modes: choose from batch, unary, stream, got {ns.progression_modes!r}"
-        )
-    auth_modes = [m.strip() for m in ns.auth_modes.split(",") if m.strip()]
-    if sorted(set(auth_modes) - set(AUTH_BOUNDS)) or not auth_modes:
-        p.error(f"--auth-modes: choose from batch, unary, stream, got {ns.auth_modes!r}")
+    modes = _modes(p, "--progression-modes", ns.progression_modes, PROGRESSION_BOUNDS)
+    auth_modes = _modes(p, "--auth-modes", ns.auth_modes, AUTH_BOUNDS)
+    compiled_modes = _modes(p, "--compiled-modes", ns.compiled_modes, COMPILED_BOUNDS)
     if (
         ns.rounds < 1
         or ns.progression_duration <= 0
         or ns.auth_duration <= 0
         or ns.durability_duration <= 0
+        or ns.compiled_duration <= 0
         or ns.soak < 0
         or ns.soak_rate < 0
     ):
         p.error("--rounds must be >= 1, every --*-duration > 0, --soak and --soak-rate >= 0")
-    compiled_modes = [m.strip() for m in ns.compiled_modes.split(",") if m.strip()]
-    if sorted(set(compiled_modes) - set(COMPILED_BOUNDS)) or not compiled_modes:
-        p.error(f"--compiled-modes: choose from batch, unary, stream, got {ns.compiled_modes!r}")
-    if ns.compiled_duration <= 0:
-        p.error("--compiled-duration must be > 0")
     if ns.only == "compiled" and not ns.compiled:
         ns.compiled = "build/compiled"
     if ns.compiled and not compiled_modules_in(Path(ns.compiled)):

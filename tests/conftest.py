@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,15 @@ def image_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not test_containers.STARTED:
         test_containers.STARTED.append(test_containers.WheelBuild(tmp_path_factory.mktemp("image")))
     return test_containers.STARTED[0].wheel()
+
+
+@pytest.fixture(scope="session")
+def compiled_tree(image_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's wheel unpacked: PYTHONPATH=<it> runs its compiled modules."""
+    folder = tmp_path_factory.mktemp("compiled")
+    with zipfile.ZipFile(image_wheel) as wheel:
+        wheel.extractall(folder)
+    return folder
 
 
 def _stop_image_build(folder: Path) -> None:

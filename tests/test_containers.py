@@ -24,7 +24,6 @@ import time
 import tomllib
 import urllib.request
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
@@ -37,6 +36,7 @@ import yaml
 
 from pointsd.service.config import Settings
 from pointsd.service.metrics import FLUSHER, SERVER, roles_of
+from scripts.bench import compiled_module_names
 from scripts.procs import ROOT, free_port, write_rules
 from tests.conftest import Servers, new_tenant, server_data_dir
 
@@ -710,19 +710,12 @@ class WheelBuild:
 STARTED: list[WheelBuild] = []
 
 
-def _compiled_modules() -> list[str]:
-    """The module names of pyproject.toml's [tool.pointsd].compiled."""
-    paths = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pointsd"]["compiled"]
-    names = [p.split("/", 1)[1].removesuffix(".py").removesuffix("/__init__") for p in paths]
-    return [n.replace("/", ".") for n in names]
-
-
 def _module_files(python: str, env: dict[str, str], cwd: Path) -> dict[str, str]:
     code = (
         "import importlib, sys\n"
         "for n in sys.argv[1:]: print(n, importlib.import_module(n).__file__)"
     )
-    out = _run([python, "-c", code, *_compiled_modules()], cwd, env)
+    out = _run([python, "-c", code, *compiled_module_names()], cwd, env)
     return dict(line.split(" ", 1) for line in out.splitlines())
 
 
@@ -866,7 +859,7 @@ def test_the_image_steps_give_a_pointsd_that_serves_and_stops(
     )
     assert Path(where.strip()).is_relative_to(venv)
     files = _module_files(str(venv / "bin" / "python"), _clean_env(venv), tmp_path)
-    assert files.keys() == set(_compiled_modules())
+    assert files.keys() == set(compiled_module_names())
     assert all(Path(f).is_relative_to(venv) and f.endswith(".so") for f in files.values()), files
     rules = write_rules(tmp_path / "rules.yaml", {new_tenant("ctr"): {}})
     env = _clean_env(
@@ -915,11 +908,9 @@ COMPILED_SUITE = (
 @pytest.mark.subprocess
 @pytest.mark.timeout(900)
 def test_the_compiled_hot_path_passes_the_tests_of_its_modules(
-    tmp_path: Path, image_wheel: Path, servers: Servers
+    compiled_tree: Path, servers: Servers
 ) -> None:
-    unpacked = tmp_path / "compiled"
-    with zipfile.ZipFile(image_wheel) as wheel:
-        wheel.extractall(unpacked)
+    unpacked = compiled_tree
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(unpacked), str(ROOT)]),

@@ -83,7 +83,11 @@ def test_the_compiled_list_names_shipped_modules_and_a_bad_switch_is_refused() -
     names modules of the packages the wheel ships; a POINTS_COMPILE that is
     neither 0 nor 1 stops the build with one line, not a traceback."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    listed = config["tool"]["pointsd"]["compiled"]
+    entries = config["tool"]["pointsd"]["compiled"]
+    # Each entry names at least one file (a glob that matches nothing is a typo).
+    found = {e: sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(e)) for e in entries}
+    assert all(found.values()), [e for e, f in found.items() if not f]
+    listed = [f for files in found.values() for f in files]
     packages = set(config["tool"]["setuptools"]["packages"])
     folders = config["tool"]["setuptools"]["package-dir"]
     assert listed and len(set(listed)) == len(listed)
@@ -92,7 +96,7 @@ def test_the_compiled_list_names_shipped_modules_and_a_bad_switch_is_refused() -
         package = path.split("/", 1)[1].rsplit("/", 1)[0].replace("/", ".")
         assert package in packages and path.startswith(folders[".".join(package.split(".")[:2])])
     # The mechanics subclass compiled bases (Mechanic, Compiled, Step): one
-    # left off the list would fail only in the compiled build.
+    # left out would fail only in the compiled build.
     mechanics = sorted(
         str(f.relative_to(ROOT))
         for f in (ROOT / "service/pointsd/service/rules/mechanics").glob("*.py")

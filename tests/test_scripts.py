@@ -11,8 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -591,21 +589,17 @@ def test_bench_durability_group_runs_always_beside_everysec(servers: Servers) ->
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # it may wait for the image's wheel to compile
 def test_bench_compiled_group_runs_the_image_build_beside_pure_python(
-    servers: Servers, image_wheel: Path, tmp_path: Path
+    servers: Servers, compiled_tree: Path
 ) -> None:
-    compiled = tmp_path / "compiled"
-    with zipfile.ZipFile(image_wheel) as wheel:
-        wheel.extractall(compiled)
     done = subprocess.run(
-        [sys.executable, "-m", "scripts.bench", "--only", "compiled", "--compiled", str(compiled),
-         "--compiled-duration", "1", "--compiled-modes", "batch", "--rounds", "1",
-         "--users", "500", "--json"],
+        [sys.executable, "-m", "scripts.bench", "--only", "compiled", "--compiled",
+         str(compiled_tree), "--compiled-duration", "1", "--compiled-modes", "batch",
+         "--rounds", "1", "--users", "500", "--json"],
         env=_env(servers), cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     c = json.loads(done.stdout)["compiled"]
-    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pointsd"]["compiled"]
-    assert len(c["compiled_modules"]) == len(listed)
+    assert c["compiled_modules"] == bench.compiled_module_names()
     (m,) = c["modes"].values()
     assert m["compiled"]["events_per_s"] > 0 and m["pure"]["events_per_s"] > 0
     assert m["ratio"] == round(m["compiled"]["events_per_s"] / m["pure"]["events_per_s"], 3)
