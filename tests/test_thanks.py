@@ -184,8 +184,10 @@ async def test_the_message_is_kept_and_the_feed_pages_newest_first(
         attributes = {"message": message} if message else {}
         if target_dept:
             attributes["target_department_id"] = target_dept
+        # The event carries the instant itself: the clock runs on between
+        # set() and the call, and the feed shows occurred_at to the ms.
         r = await card(tapi, sender, receiver, event_id=f"c{i}", department_id=dept,
-                       attributes=attributes)  # fmt: skip
+                       attributes=attributes, at_ms=start + i * 60_000)  # fmt: skip
         assert r.outcome == pb.AWARDED
     # Refused cards are not in the feed: nobody was paid.
     assert (await card(tapi, "ann", "bo", event_id="again")).outcome == pb.CAPPED
