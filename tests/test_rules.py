@@ -1542,3 +1542,19 @@ def test_fingerprint_tells_attribute_keys_from_values() -> None:
     assert fingerprint(with_(attributes={"a=b": "c"})) != fingerprint(
         with_(attributes={"a": "b=c"})
     )
+
+
+def test_events_either_side_of_a_period_end_each_get_their_own_periods(
+    default_engine: RulesEngine,
+) -> None:
+    """The engine keeps the last span of instants whose periods it knows;
+    late events of the day before, mixed with the new day's, must not reuse it."""
+    sunday_last_ms = utc_ms("2026-12-13T15:59:59") + 999  # 23:59:59.999 in Shanghai
+    expected = {
+        sunday_last_ms: {(Period.DAY, "2026-12-13"), (Period.WEEK, "2026-W50")},
+        sunday_last_ms + 1: {(Period.DAY, "2026-12-14"), (Period.WEEK, "2026-W51")},
+    }
+    for i, at in enumerate([sunday_last_ms, sunday_last_ms + 1] * 3):
+        op = plan_ok(default_engine, event("message.text", at_ms=at, event_id=f"m{i}")).ops[0]
+        refs = {(s.period.kind, s.period.key) for s in op.steps if hasattr(s, "period")}
+        assert refs == expected[at] | {(Period.EVER, "all")}, (i, refs)

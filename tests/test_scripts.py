@@ -18,6 +18,7 @@ import grpc
 import pytest
 import redis as sync_redis
 
+from pointsd.service import validation
 from scripts import bench
 from scripts.crosscheck import find_k6
 from scripts.loadgen import (
@@ -31,6 +32,7 @@ from scripts.loadgen import (
 from scripts.loadtest import EXIT_ERRORS, plot
 from scripts.procs import ROOT, free_port
 from tests.conftest import Servers
+from tests.helpers import is_compiled
 
 _PROGRESS = re.compile(r"^\[\s*\d+\.\ds\] sent [\d,]+ answered [\d,]+ .* errors [\d,]+", re.M)
 
@@ -688,3 +690,33 @@ def test_lua_cost_counts_the_same_instructions_twice() -> None:
     # An instruction count, not a time: the same within a fraction of a percent.
     a, b = first["instructions_per_credit"], second["instructions_per_credit"]
     assert abs(a - b) / a < 0.01, (a, b)
+
+
+@pytest.mark.subprocess
+def test_stage_cost_times_every_stage_of_the_batch_path(tmp_path: Path) -> None:
+    # Its own scratch redis-server: the replies the later stages decode.
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.stage_cost", "--events", "1000", "--batch", "250",
+         "--ops-per-call", "100", "--repeat", "1", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["events"] == 1000 and report["credits_per_event"] > 1
+    assert report["credits_per_call"] <= 100
+    assert set(report["us_per_event"]) == {
+        "parse", "validate", "plan", "encode", "pack", "decode", "combine", "respond",
+    }  # fmt: skip
+    assert all(us > 0 for us in report["us_per_event"].values()), report["us_per_event"]
+    # Real replies: the traffic's heavy users run into their caps.
+    assert report["outcomes"]["AWARDED"] > 0 and report["outcomes"].get("CAPPED", 0) > 0
+    # This process's build, pure or compiled, is the child's.
+    expected = len(bench.compiled_module_names()) if is_compiled(validation) else 0
+    assert report["compiled_modules"] == expected
+    # A folder without the compiled build: one line, exit 2.
+    missing = subprocess.run(
+        [sys.executable, "-m", "scripts.stage_cost", "--compiled", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "scripts/compile" in missing.stderr

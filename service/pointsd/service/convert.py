@@ -4,6 +4,7 @@ which turns them into domain values.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from pointsd.storage.postgres.winners import WinnersRecord
 from pointsd.storage.redis.boards import BoardEntry
 
 if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
     from pointsd.service.ingest import EventResult
     from pointsd.service.progress import ProgressReport
 
@@ -35,6 +38,7 @@ __all__ = [
     "ITEM_KINDS",
     "PERIODS",
     "PERIOD_NAMES",
+    "add_results",
     "board_entry_to_pb",
     "entry_to_pb",
     "item_to_pb",
@@ -82,27 +86,43 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def result_to_pb(r: EventResult) -> pb.ActivityResult:
-    msg = pb.ActivityResult(
-        event_id=r.event_id,
-        outcome=int(r.outcome),  # type: ignore[arg-type]
-        points=r.points,
-        balance=r.balance,
-        reason=r.reason,
-        field=r.field,
-    )
+def result_to_pb(r: EventResult, sent_id: str = "") -> pb.ActivityResult:
+    """The result as a message of its own (unary, stream)."""
+    return _fill(pb.ActivityResult, r, sent_id)
+
+
+def add_results(
+    into: RepeatedCompositeFieldContainer[pb.ActivityResult],
+    results: Sequence[EventResult],
+    sent: Sequence[pb.ActivityEvent],
+) -> None:
+    """The results added straight into a response's repeated field (a batch):
+    no message per result copied in afterwards. A rejected event without a
+    usable id keeps the one it was sent with."""
+    add = into.add
+    for r, msg in zip(results, sent, strict=True):
+        _fill(add, r, msg.event_id)
+
+
+def _fill(
+    make: Callable[..., pb.ActivityResult], r: EventResult, sent_id: str
+) -> pb.ActivityResult:
+    # Fields left at their defaults are not passed: each keyword costs a
+    # conversion even when it sets nothing.
+    msg = make(event_id=r.event_id or sent_id, outcome=r.outcome, points=r.points,
+               balance=r.balance, reason=r.reason)  # fmt: skip
+    if r.field:
+        msg.field = r.field
     if r.original_outcome is not None:
-        msg.original_outcome = int(r.original_outcome)  # type: ignore[assignment]
+        msg.original_outcome = r.original_outcome  # type: ignore[assignment]
+    add_credit = msg.credits.add
     for c in r.credits:
-        msg.credits.add(
-            user_id=c.user_id,
-            role=int(c.role),
-            outcome=int(c.outcome),
-            points=c.points,
-            balance=c.balance,
-            reason=c.reason,
-            held=c.held,
-        )
+        if c.held:
+            add_credit(user_id=c.user_id, role=c.role, outcome=c.outcome, points=c.points,
+                       balance=c.balance, reason=c.reason, held=True)  # fmt: skip
+        else:
+            add_credit(user_id=c.user_id, role=c.role, outcome=c.outcome, points=c.points,
+                       balance=c.balance, reason=c.reason)  # fmt: skip
     for b in r.bonuses:
         msg.bonuses.add(
             user_id=b.user_id, kind=b.kind, id=b.id, name=b.name, name_en=b.name_en,

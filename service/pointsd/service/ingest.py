@@ -217,6 +217,12 @@ class Ingestor:
                 "target, quantity or attributes); the first event stands",
                 event_id,
             )
+        if len(results) == 1 and not plan.rule.actor_gates and not results[0].bonuses:
+            return self._single(plan, results[0])
+        return self._general(plan, results)
+
+    def _general(self, plan: Plan, results: list[CreditResult]) -> EventResult:
+        event_id = plan.ops[0].event_id
         credits = tuple(
             CreditOutcome(
                 user_id=op.user_id,
@@ -269,6 +275,23 @@ class Ingestor:
             original_outcome=original,
             credits=credits,
         )
+
+    @staticmethod
+    def _single(plan: Plan, res: CreditResult) -> EventResult:
+        """_combine for the common case, one credit that earned no bonus:
+        the same result, without the lists the general case builds."""
+        op = plan.ops[0]
+        reason = plan.credits[0].reason(res.code, res.original, res.points, res.limit_index)
+        if res.held:
+            reason += HELD_NOTE
+        outcome = _OUTCOME_OF[res.code]
+        credit = CreditOutcome(op.user_id, op.role, outcome, res.points, res.balance, reason,
+                               res.held)  # fmt: skip
+        original: Outcome | None = None
+        if res.code is StoreCode.DUPLICATE:
+            original = _OUTCOME_OF[res.original] if res.original else outcome
+        return EventResult(op.event_id, outcome, res.points, res.balance, reason, original,
+                           (credit,))  # fmt: skip
 
 
 def _gate_text(anchor: CreditResult, target: str) -> str:

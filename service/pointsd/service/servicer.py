@@ -21,6 +21,7 @@ from pointsd.service.app import App
 from pointsd.service.auth import current_caller
 from pointsd.service.boards import resolve_board
 from pointsd.service.convert import (
+    add_results,
     board_entry_to_pb,
     entry_to_pb,
     item_to_pb,
@@ -167,9 +168,11 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             raise InvalidField(
                 "events", f"has {len(request.events)} events; at most {limit} per call"
             )
-        return pb.RecordActivitiesResponse(results=await self._record_many(request.events))
+        response = pb.RecordActivitiesResponse()
+        add_results(response.results, await self._record_many(request.events), request.events)
+        return response
 
-    async def _record_many(self, messages: Sequence[pb.ActivityEvent]) -> list[pb.ActivityResult]:
+    async def _record_many(self, messages: Sequence[pb.ActivityEvent]) -> list[EventResult]:
         """Validate and record events; an invalid one gets its REJECTED result."""
         now_ms = self._now_ms()
         items: list[Any] = []
@@ -180,11 +183,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
                 items.append(exc)
         results = await self.app.ingestor.record(items)
         self._count([m.action for m in messages], results)
-        out = [result_to_pb(r) for r in results]
-        for msg, r in zip(messages, out, strict=True):
-            if not r.event_id:  # a rejected event keeps the id it was sent with
-                r.event_id = msg.event_id
-        return out
+        return results
 
     @stream
     async def StreamActivities(
@@ -216,8 +215,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
                 # Before anything of the batch is applied: a foreign event or
                 # a token revoked mid-stream ends the stream here.
                 caller = gate.check_events(caller, context, _STREAM, batch)
-                for result in await self._record_many(batch):
-                    yield result
+                for msg, result in zip(batch, await self._record_many(batch), strict=True):
+                    yield result_to_pb(result, msg.event_id)
             await read_task  # re-raise a failure of the request stream
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pointsd.service.domain import SEP, BoardRef, Period, PeriodRef
 
@@ -51,10 +51,12 @@ class Shard:
     prefix: str
     tenant_id: str
     index: int
+    # The hash tag every key of the shard starts with; made once, as every
+    # key of every credit is built from it.
+    tag: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def tag(self) -> str:
-        return f"{self.prefix}:{{{self.tenant_id}:{self.index}}}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tag", f"{self.prefix}:{{{self.tenant_id}:{self.index}}}")
 
     @property
     def maintenance(self) -> str:
@@ -168,12 +170,17 @@ class Topology:
     def __init__(self, schema: KeySchema, shards_by_tenant: Mapping[str, int]) -> None:
         self.schema = schema
         self.shards_by_tenant = dict(shards_by_tenant)
+        # Each tenant's shards, made once: the hot path asks for one per credit.
+        self._shards: dict[str, list[Shard]] = {}
 
     def shards(self, tenant_id: str) -> int:
         return self.shards_by_tenant[tenant_id]
 
     def user_shard(self, tenant_id: str, user_id: str) -> Shard:
-        return self.schema.shard(tenant_id, shard_of(user_id, self.shards(tenant_id)))
+        shards = self._shards.get(tenant_id)
+        if shards is None:
+            shards = self._shards[tenant_id] = self.tenant_shards(tenant_id)
+        return shards[shard_of(user_id, len(shards))]
 
     def tenant_shards(self, tenant_id: str) -> list[Shard]:
         return [self.schema.shard(tenant_id, i) for i in range(self.shards(tenant_id))]

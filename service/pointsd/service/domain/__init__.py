@@ -215,7 +215,9 @@ class StoreCode(enum.IntEnum):
     KEY_REUSED = 9
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per credit on the hot path, and a frozen
+# dataclass pays a object.__setattr__ per field. Treat it as immutable.
+@dataclass(slots=True)
 class CreditResult:
     code: StoreCode
     points: int

@@ -110,14 +110,24 @@ class CompiledCredit:
         # (None for a per-event part), and the whole program when no part is
         # per-event.
         self._fixed: dict[tuple[bool, tuple[PeriodRef, ...]], _Fixed] = {}
+        # The last span of instants (ms) whose periods are all the same, and
+        # their fixed parts, per restore: nearly every event falls in it, so
+        # it costs two comparisons instead of a period lookup per kind.
+        self._spans: dict[bool, tuple[int, int, _Fixed]] = {}
         self._texts: dict[tuple[StoreCode, StoreCode | None, int, int], str] = {}
 
     def program(
-        self, refs: tuple[PeriodRef, ...], event: Event, counterpart: str, restore: bool
+        self, periods: _Periods, at_ms: int, event: Event, counterpart: str, restore: bool
     ) -> tuple[Step, ...]:
-        fixed = self._fixed.get((restore, refs))
-        if fixed is None:
-            fixed = self._compile_fixed(refs, restore)
+        span = self._spans.get(restore)
+        if span is not None and span[0] <= at_ms < span[1]:
+            fixed = span[2]
+        else:
+            start_ms, end_ms, kinds = periods.window(self.kinds, at_ms)
+            refs = tuple(kinds.values())
+            cached = self._fixed.get((restore, refs))
+            fixed = cached if cached is not None else self._compile_fixed(refs, restore)
+            self._spans[restore] = (start_ms, end_ms, fixed)
         if fixed.program is not None:
             return fixed.program
         steps: list[Step] = []
@@ -204,19 +214,40 @@ class _Periods:
         return int(datetime.combine(day, time(0), tzinfo=self.tz).timestamp() * 1000)
 
     def get(self, kind: Period, at_ms: int) -> PeriodRef:
+        return self._entry(kind, at_ms)[2]
+
+    def window(
+        self, kinds: tuple[Period, ...], at_ms: int
+    ) -> tuple[int, int, dict[Period, PeriodRef]]:
+        """The periods of `kinds` at at_ms, and the span [start, end) of
+        instants (ms) that fall in all of them."""
+        start_ms, end_ms = _NEVER_ENDS[0], _NEVER_ENDS[1]
+        refs: dict[Period, PeriodRef] = {}
+        for kind in kinds:
+            start, end, ref = self._entry(kind, at_ms)
+            start_ms, end_ms = max(start_ms, start), min(end_ms, end)
+            refs[kind] = ref
+        return start_ms, end_ms, refs
+
+    def _entry(self, kind: Period, at_ms: int) -> tuple[int, int, PeriodRef]:
         recent = self._recent.setdefault(kind, [])
-        for start_ms, end_ms, ref in recent:
-            if start_ms <= at_ms < end_ms:
-                return ref
+        for entry in recent:
+            if entry[0] <= at_ms < entry[1]:
+                return entry
         ref = period_ref(kind, at_ms, self.tz, self.retention_s)
         if kind is Period.EVER:
-            start_ms, end_ms = -(2**62), 2**62
+            start_ms, end_ms = _NEVER_ENDS
         else:
             start_s, end_s = period_bounds(kind, at_ms, self.tz)
             start_ms, end_ms = start_s * 1000, end_s * 1000
-        recent.insert(0, (start_ms, end_ms, ref))
+        entry = (start_ms, end_ms, ref)
+        recent.insert(0, entry)
         del recent[4:]
-        return ref
+        return entry
+
+
+# The span of Period.EVER, in ms.
+_NEVER_ENDS = (-(2**62), 2**62)
 
 
 def _keyed_by_id(rule: ActionRule, index: int) -> bool:
@@ -345,7 +376,6 @@ class RulesEngine:
             department = event.attributes.get("target_department_id", "")
             joined = event.attributes.get("target_join_date", "")
         at = event.occurred_at_ms
-        refs = tuple(periods.get(kind, at) for kind in cc.kinds)
         return CreditOp(
             tenant_id=event.tenant_id,
             user_id=user,
@@ -357,7 +387,7 @@ class RulesEngine:
             occurred_at_ms=at,
             recorded_at_ms=recorded_at_ms,
             dedup_expires_at_s=at // 1000 + self.dedup_retention_s,
-            steps=cc.program(refs, event, counterpart, restore),
+            steps=cc.program(periods, at, event, counterpart, restore),
             facts=LedgerFacts(
                 action=rule.key,
                 counterpart_id=counterpart,
