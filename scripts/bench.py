@@ -67,6 +67,15 @@ side's median events/s and server CPU per event, the ratio compiled/pure
 against 1.0 (the compiled build must not be slower) and
 `server_cpu_ratio`, pure's server CPU per event over compiled's.
 
+The baseline group (`--baseline DIR` adds it, with `--only baseline`
+alone; DIR is a checkout of another revision, e.g. `git worktree add
+/tmp/base HEAD~3`): two `pointsd serve` processes up together, this
+checkout's and one with DIR's `service` and `storage` first on its
+PYTHONPATH, otherwise as the compiled group (--baseline-duration,
+--baseline-modes); `server_cpu_ratio` is the baseline's server CPU per
+event over this checkout's. A change's speed is claimed from this group:
+both sides see the same machine in the same minutes.
+
 The calls of every group carry a bearer token (auth is on by default): one
 of every role and tenant, written to the server's database before it starts
 (scripts/tokens.py), unless said otherwise above.
@@ -1554,6 +1563,83 @@ def run_compiled(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) ->
     }
 
 
+BASELINE_SIDES = ("this", "baseline")
+BASELINE_BOUNDS = {"batch": 1.0, "unary": 1.0, "stream": 1.0}
+
+
+def baseline_paths(folder: Path) -> list[Path]:
+    """The source roots of a checkout of another revision (its `service` and
+    `storage` folders), or [] when `folder` is not one."""
+    roots = [folder / "service", folder / "storage"]
+    ok = (roots[0] / "pointsd/service/server.py").exists() and (
+        roots[1] / "pointsd/storage/redis/award.lua"
+    ).exists()
+    return roots if ok else []
+
+
+def run_baseline(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dict[str, Any]:
+    """This checkout beside a baseline (a checkout of another revision, e.g.
+    `git worktree add /tmp/base REV`): two `pointsd serve` processes up
+    together on one Redis and one PostgreSQL, the baseline's with its source
+    roots first on PYTHONPATH; runs alternate as in the auth group."""
+    redis_url, database_url = servers
+    sides = BASELINE_SIDES
+    folder = Path(ns.baseline).resolve()
+    tenants = {side: [f"base{side[:2]}-{i}" for i in range(ns.tenants)] for side in sides}
+    rules = write_rules(
+        tmp / "baseline.yaml", {t: {"shards": ns.shards} for ts in tenants.values() for t in ts}
+    )
+    base = pointsd_env(redis_url, database_url, rules, tmp / "data", POINTS_WORKERS=str(ns.workers))
+    token, token_id = _ingest_token(base, [t for ts in tenants.values() for t in ts])
+    paths = {
+        "this": str(ROOT),
+        "baseline": os.pathsep.join([*map(str, baseline_paths(folder)), str(ROOT)]),
+    }
+    procs = {
+        side: ServerProcess(
+            {**base, "PYTHONPATH": paths[side]}, free_port(), tmp / f"baseline-{side}.log"
+        )
+        for side in sides
+    }
+    bounds = {m: BASELINE_BOUNDS[m] for m in ns.baseline_modes}
+    started = time.monotonic()
+    group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
+                       sides=sides, bounds=bounds, duration_s=ns.baseline_duration,
+                       base_env=base, token_id=token_id, redis_url=redis_url)  # fmt: skip
+    runs = group.alternate(bounds, "bw")
+    return {
+        "compared": {"this": f"this checkout ({ROOT})", "baseline": f"the checkout at {folder}"},
+        "revisions": {"this": _revision(ROOT), "baseline": _revision(folder)},
+        "settings": {
+            "duration_s": ns.baseline_duration,
+            "rounds": ns.rounds,
+            "tenants_per_side": ns.tenants,
+            "users": ns.users,
+            "batch": ns.batch,
+            "batch_concurrency": ns.batch_concurrency,
+            "unary_concurrency": ns.unary_concurrency,
+            "streams": ns.streams,
+            "workers": ns.workers,
+        },
+        "wall_s": round(time.monotonic() - started, 1),
+        **summarize_auth(runs, sides, bounds),
+        "runs": runs,
+    }
+
+
+def _revision(folder: Path) -> str:
+    """The commit a checkout is at, with "+changes" when its tree differs."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                              check=False, timeout=30)  # fmt: skip
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    return rev + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def _fs_of(path: Path) -> str:
     """The file system the AOF is on (fsync costs depend on it)."""
     import psutil
@@ -1593,6 +1679,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
             report["durability"] = run_durability(ns, tmp, (redis_url, database_url))
         if "compiled" in ns.groups:
             report["compiled"] = run_compiled(ns, tmp, (redis_url, database_url))
+        if "baseline" in ns.groups:
+            report["baseline"] = run_baseline(ns, tmp, (redis_url, database_url))
     finally:
         for s in embedded:
             if s.owned:
@@ -1770,6 +1858,14 @@ def _print_compiled(c: dict[str, Any]) -> None:
         print(f"{mode} server CPU per event, pure ÷ compiled: {m['server_cpu_ratio']}")
 
 
+def _print_baseline(b: dict[str, Any]) -> None:
+    revs = b["revisions"]
+    _print_sides(b, f"baseline: this checkout ({revs['this']}) vs {revs['baseline']}",
+                 BASELINE_SIDES)  # fmt: skip
+    for mode, m in b["modes"].items():
+        print(f"{mode} server CPU per event, baseline ÷ this: {m['server_cpu_ratio']}")
+
+
 def _print_auth(auth: dict[str, Any]) -> None:
     what = "off vs off (control)" if auth.get("control") else "on vs off"
     _print_sides(auth, f"auth: POINTS_AUTH={what}", AUTH_SIDES)
@@ -1783,6 +1879,7 @@ def _print_table(report: dict[str, Any]) -> None:
         ("auth", lambda: _print_auth(report["auth"])),
         ("durability", lambda: _print_durability(report["durability"])),
         ("compiled", lambda: _print_compiled(report["compiled"])),
+        ("baseline", lambda: _print_baseline(report["baseline"])),
     ):
         if key in report:
             if printed:
@@ -1798,7 +1895,11 @@ def exit_code(report: dict[str, Any], check: bool) -> int:
         return 1
     if "results" in report and not report["results"].get("soak", {}).get("self_check_ok", True):
         return 1
-    bounded = [report[k] for k in ("progression", "auth", "durability", "compiled") if k in report]
+    bounded = [
+        report[k]
+        for k in ("progression", "auth", "durability", "compiled", "baseline")
+        if k in report
+    ]
     if any(not group["self_check_ok"] for group in bounded):
         return 1
     if check and any(not group["all_pass"] for group in bounded):
@@ -1872,8 +1973,21 @@ def main(argv: list[str] | None = None) -> int:
         help="compiled: comma-separated modes (batch, unary, stream)",
     )
     p.add_argument(
+        "--baseline",
+        default="",
+        metavar="DIR",
+        help="also run a checkout of another revision (git worktree add DIR REV) beside this "
+        "one (~3 min)",
+    )
+    p.add_argument("--baseline-duration", type=float, default=8.0, help="baseline: seconds per run")
+    p.add_argument(
+        "--baseline-modes",
+        default="batch,unary,stream",
+        help="baseline: comma-separated modes (batch, unary, stream)",
+    )
+    p.add_argument(
         "--only",
-        choices=("core", "progression", "auth", "durability", "compiled"),
+        choices=("core", "progression", "auth", "durability", "compiled", "baseline"),
         help="run only this group of contenders",
     )
     p.add_argument(
@@ -1909,12 +2023,14 @@ def main(argv: list[str] | None = None) -> int:
     modes = _modes(p, "--progression-modes", ns.progression_modes, PROGRESSION_BOUNDS)
     auth_modes = _modes(p, "--auth-modes", ns.auth_modes, AUTH_BOUNDS)
     compiled_modes = _modes(p, "--compiled-modes", ns.compiled_modes, COMPILED_BOUNDS)
+    baseline_modes = _modes(p, "--baseline-modes", ns.baseline_modes, BASELINE_BOUNDS)
     if (
         ns.rounds < 1
         or ns.progression_duration <= 0
         or ns.auth_duration <= 0
         or ns.durability_duration <= 0
         or ns.compiled_duration <= 0
+        or ns.baseline_duration <= 0
         or ns.soak < 0
         or ns.soak_rate < 0
     ):
@@ -1925,6 +2041,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(
             f"--compiled: no compiled modules in {ns.compiled[:200]}; run scripts/compile first"
         )
+    if ns.only == "baseline" and not ns.baseline:
+        p.error("--only baseline needs --baseline DIR (a checkout of the revision to compare)")
+    if ns.baseline and not baseline_paths(Path(ns.baseline)):
+        p.error(f"--baseline: {ns.baseline[:200]} is not a checkout of this project")
+    ns.baseline_modes = baseline_modes
     ns.progression_modes = modes
     ns.auth_modes = auth_modes
     ns.compiled_modes = compiled_modes
@@ -1935,6 +2056,7 @@ def main(argv: list[str] | None = None) -> int:
             ("auth", ns.auth),
             ("durability", ns.durability),
             ("compiled", bool(ns.compiled)),
+            ("baseline", bool(ns.baseline)),
         )
         if on
     ]

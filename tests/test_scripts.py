@@ -620,6 +620,45 @@ def test_bench_compiled_group_without_a_compiled_build_says_so(tmp_path: Path) -
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
+def test_bench_baseline_group_runs_another_checkout_beside_this_one(
+    servers: Servers, tmp_path: Path
+) -> None:
+    # The committed tree as the baseline: its service and storage, unpacked.
+    base = tmp_path / "base"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "service", "storage"],
+                             capture_output=True, check=True, timeout=60)  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--only", "baseline", "--baseline", str(base),
+         "--baseline-duration", "1", "--baseline-modes", "batch", "--rounds", "1",
+         "--users", "500", "--json"],
+        env=_env(servers), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    b = json.loads(done.stdout)["baseline"]
+    (m,) = b["modes"].values()
+    assert m["this"]["events_per_s"] > 0 and m["baseline"]["events_per_s"] > 0
+    assert m["ratio"] == round(m["this"]["events_per_s"] / m["baseline"]["events_per_s"], 3)
+    assert m["server_cpu_ratio"] is not None and m["bound"] == 1.0
+    assert b["self_check_ok"] and {r["side"] for r in b["runs"]} == {"this", "baseline"}
+    assert b["revisions"]["baseline"] == "unknown"  # not a git checkout
+    assert b["revisions"]["this"] != "unknown"
+
+
+def test_bench_baseline_group_refuses_a_folder_that_is_no_checkout(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--only", "baseline", "--baseline", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "is not a checkout of this project" in done.stderr and "Traceback" not in done.stderr
+    alone = subprocess.run([sys.executable, "-m", "scripts.bench", "--only", "baseline"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert alone.returncode == 2 and "needs --baseline DIR" in alone.stderr
+
+
 def test_profile_stages_take_the_innermost_named_function() -> None:
     from scripts.profile import classify, parse_raw, shares
 

@@ -100,8 +100,8 @@ def add_results(
     no message per result copied in afterwards. A rejected event without a
     usable id keeps the one it was sent with."""
     add = into.add
-    for r, msg in zip(results, sent, strict=True):
-        _fill(add, r, msg.event_id)
+    for i, r in enumerate(results):
+        _fill(add, r, r.event_id or sent[i].event_id)
 
 
 def _fill(

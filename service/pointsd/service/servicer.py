@@ -176,13 +176,21 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         """Validate and record events; an invalid one gets its REJECTED result."""
         now_ms = self._now_ms()
         items: list[Any] = []
+        # Read off each event once: every read of a protobuf field makes a
+        # new object.
+        actions: list[str] = []
+        limits = self.app.limits
         for msg in messages:
             try:
-                items.append(event_from_pb(msg, now_ms, self.app.limits))
+                event = event_from_pb(msg, now_ms, limits)
             except InvalidField as exc:
                 items.append(exc)
+                actions.append(msg.action)
+            else:
+                items.append(event)
+                actions.append(event.action)
         results = await self.app.ingestor.record(items)
-        self._count([m.action for m in messages], results)
+        self._count(actions, results)
         return results
 
     @stream
@@ -215,8 +223,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
                 # Before anything of the batch is applied: a foreign event or
                 # a token revoked mid-stream ends the stream here.
                 caller = gate.check_events(caller, context, _STREAM, batch)
-                for msg, result in zip(batch, await self._record_many(batch), strict=True):
-                    yield result_to_pb(result, msg.event_id)
+                for i, result in enumerate(await self._record_many(batch)):
+                    yield result_to_pb(result, result.event_id or batch[i].event_id)
             await read_task  # re-raise a failure of the request stream
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
