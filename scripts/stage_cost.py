@@ -64,14 +64,22 @@ class _Batches:
     redoes its own work from what the stage before it left."""
 
     def __init__(self, rules: Path, *, events: int, users: int, batch: int, per_call: int) -> None:
+        from redis.asyncio import Redis as AsyncRedis
+
         from pointsd.service.api.points.v1 import points_pb2 as pb
         from pointsd.service.ingest import Ingestor
+        from pointsd.storage.redis import AwardStore
         from scripts.bench import _engine
         from scripts.loadgen import Traffic, TrafficSpec
 
         self.pb = pb
         self.engine, self.topology = _engine(rules)
-        self.ingestor = Ingestor(self.engine, None, lambda: _NOW_MS)  # type: ignore[arg-type]
+        # The store is never called (combine only), but the compiled Ingestor
+        # checks its type: an unconnected client is enough.
+        awards = AwardStore(
+            AsyncRedis(), self.topology, clock=lambda: _NOW_MS, outbox_entries_max=0
+        )
+        self.ingestor = Ingestor(self.engine, awards, lambda: _NOW_MS)
         traffic = Traffic(TrafficSpec(tenants=_TENANTS, users=users, seed=11, run_id="sc"))
         self.batch, self.per_call = batch, per_call
         self.requests = [

@@ -304,6 +304,8 @@ def test_outbox_entry_round_trip() -> None:
     assert (row.role, row.counterpart_id, row.quantity, row.reason) == ("t", "v", 2, "Reply")
     assert (row.occurred_at_ms, row.recorded_at_ms) == (5, 6)
     assert row.attributes == {"x": "中"}
+    # Compact JSON, UTF-8 as is: the form every row written so far has.
+    assert '\x1f{"x":"中"}\x1f' in award_data(op)
 
 
 async def test_consumers_of_dead_processes_are_forgotten(
