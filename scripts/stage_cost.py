@@ -88,6 +88,8 @@ class _Batches:
         ]
         self.events = len(self.requests) * batch
         self.sha = ""
+        # Kept across calls, as AwardStore keeps them (codec.ShardNames).
+        self.names: dict[Any, Any] = {}
         self.parsed: list[Any] = []
         self.validated: list[Any] = []
         self.plans: list[Any] = []
@@ -125,7 +127,7 @@ class _Batches:
 
     def encode(self) -> None:
         """As AwardStore does: each batch's credits by shard, chunked."""
-        from pointsd.storage.redis.codec import APPLY, CallEncoder
+        from pointsd.storage.redis.codec import APPLY, CallEncoder, ShardNames
 
         self.calls.clear()
         self.call_ops.clear()
@@ -140,7 +142,10 @@ class _Batches:
             for shard, slots in by_shard.items():
                 for start in range(0, len(slots), self.per_call):
                     chunk = slots[start : start + self.per_call]
-                    encoder = CallEncoder(shard, APPLY, _NOW_MS // 1000, 0)
+                    names = self.names.get(shard)
+                    if names is None:
+                        names = self.names[shard] = ShardNames(shard)
+                    encoder = CallEncoder(shard, APPLY, _NOW_MS // 1000, 0, names)
                     for p, j in chunk:
                         encoder.add(plans[p].ops[j])
                     self.calls.append(encoder.call())

@@ -42,6 +42,7 @@ from pointsd.storage.redis.codec import (
     WIRE_VERSION,
     CallEncoder,
     RestoreOp,
+    ShardNames,
     decode_results,
 )
 from scripts.procs import ROOT
@@ -202,3 +203,28 @@ def test_a_step_without_a_wire_encoding_is_refused() -> None:
         return
     with pytest.raises(TypeError, match="no wire encoding"):
         _encoded(APPLY, steps=(Unknown(),))
+
+
+def test_board_names_kept_across_calls_encode_what_a_fresh_call_does() -> None:
+    """AwardStore keeps one ShardNames per shard across calls: every call
+    must still encode exactly what an encoder of its own would, also after
+    the names were cleared at their bound."""
+    shard = KeySchema().shard("t", 0)
+    ops = [
+        _op(event_id=f"e{i}", user_id=f"u{i}", department=f"d{i % 2}", group=f"g{i % 3}")
+        for i in range(6)
+    ]
+
+    def call(chunk: list[CreditOp], names: ShardNames | None) -> Any:
+        encoder = CallEncoder(shard, APPLY, 1_798_000_000, 0, names)
+        for op in chunk:
+            encoder.add(op)
+        return encoder.call()
+
+    for limit in (20_000, 1):
+        names = ShardNames(shard, limit=limit)
+        for chunk in (ops[:2], ops[2:5], ops[:6], ops[5:]):
+            assert call(chunk, names) == call(chunk, None)
+    # Tenant-wide and department boards were encoded, each department its key.
+    keys, _ = call(ops, None)
+    assert {k.rsplit(":", 2)[-2:][1] for k in keys if ":lb:pts:" in k} >= {"t", "d0", "d1"}

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pointsd.service.domain import CreditOp, CreditResult
 from pointsd.storage.keys import Shard, Topology
 from pointsd.storage.redis.client import RedisClient
-from pointsd.storage.redis.codec import APPLY, RESTORE, CallEncoder, RestoreOp, decode_results
+from pointsd.storage.redis.codec import (
+    APPLY,
+    RESTORE,
+    CallEncoder,
+    RestoreOp,
+    ShardNames,
+    decode_results,
+)
 from pointsd.storage.redis.scripts import Call, LuaScript
 
 __all__ = ["AwardObserver", "AwardStore", "RestoreOp"]
@@ -77,6 +84,8 @@ class AwardStore:
         self._busy = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.observer: AwardObserver | None = None
+        # Per shard, what encoding its board slots costs once (codec.ShardNames).
+        self._names: dict[Shard, ShardNames] = {}
 
     async def start(self) -> None:
         await self.script.load(self.redis)
@@ -192,7 +201,10 @@ class AwardStore:
         for shard, indexes in by_shard.items():
             for start in range(0, len(indexes), self.ops_per_call_max):
                 chunk = indexes[start : start + self.ops_per_call_max]
-                encoder = CallEncoder(shard, mode, now_s, self.outbox_entries_max)
+                names = self._names.get(shard)
+                if names is None:
+                    names = self._names[shard] = ShardNames(shard)
+                encoder = CallEncoder(shard, mode, now_s, self.outbox_entries_max, names)
                 for i in chunk:
                     encoder.add(items[i])
                 calls.append(encoder.call())

@@ -42,7 +42,7 @@ from pointsd.service.domain.steps import (
 from pointsd.storage.entries import award_data
 from pointsd.storage.keys import Shard
 
-__all__ = ["WIRE_VERSION", "CallEncoder", "RestoreOp", "decode_results"]
+__all__ = ["WIRE_VERSION", "CallEncoder", "RestoreOp", "ShardNames", "decode_results"]
 
 WIRE_VERSION = "2"
 APPLY = "apply"
@@ -89,6 +89,61 @@ class KeyTable:
 
 
 @dataclass(slots=True)
+class _SlotForm:
+    # The slot itself: held so that its id stays its own while it is a key.
+    slot: BoardSlot
+    # The fields that do not name a key (m, w, gm, sc, x).
+    fields: dict[str, Any]
+    # A tenant-wide slot's board key; a scoped slot's set of scopes.
+    key: str
+
+
+class ShardNames:
+    """What encoding a board slot costs and never changes on one shard: its
+    constant fields and key names, kept across calls (AwardStore holds one
+    per shard; a slot is part of a compiled program, shared by every credit
+    of its kind and periods). Keyed by slot identity, the slot held; cleared
+    when it grows past `limit` (periods turned over: their slots are done)."""
+
+    def __init__(self, shard: Shard, limit: int = 20_000) -> None:
+        self.shard = shard
+        self.limit = limit
+        self._slots: dict[int, _SlotForm] = {}
+        self._scoped: dict[tuple[int, str], tuple[BoardSlot, str]] = {}
+
+    def slot(self, slot: BoardSlot) -> _SlotForm:
+        form = self._slots.get(id(slot))
+        if form is None:
+            if len(self._slots) + len(self._scoped) > self.limit:
+                self._slots.clear()
+                self._scoped.clear()
+            shard = self.shard
+            key = (
+                shard.board(slot.ref())
+                if slot.scope == "t"
+                else shard.board_scopes(slot.board, slot.kind, slot.period_key)
+            )
+            fields: dict[str, Any] = {"m": slot.metric.value[0], "w": slot.newcomer_window_ms,
+                                      "gm": int(slot.group_member), "sc": slot.scope,
+                                      "x": slot.expires_at_s}  # fmt: skip
+            form = self._slots[id(slot)] = _SlotForm(slot, fields, key)
+        return form
+
+    def scoped(self, slot: BoardSlot, scope_id: str) -> str:
+        """The board key of a department or group scope of a slot."""
+        found = self._scoped.get((id(slot), scope_id))
+        if found is None:
+            if len(self._slots) + len(self._scoped) > self.limit:
+                self._slots.clear()
+                self._scoped.clear()
+            found = self._scoped[(id(slot), scope_id)] = (
+                slot,
+                self.shard.board(slot.ref(scope_id)),
+            )
+        return found[1]
+
+
+@dataclass(slots=True)
 class _Program:
     number: int
     # Key makers of the program's user-keyed steps, in `uk` order.
@@ -102,8 +157,16 @@ class _Program:
 class CallEncoder:
     """Encodes the operations of one award.lua call on one (tenant, shard)."""
 
-    def __init__(self, shard: Shard, mode: str, now_s: int, outbox_entries_max: int) -> None:
+    def __init__(
+        self,
+        shard: Shard,
+        mode: str,
+        now_s: int,
+        outbox_entries_max: int,
+        names: ShardNames | None = None,
+    ) -> None:
         self.shard = shard
+        self.names = names if names is not None else ShardNames(shard)
         self.mode = mode
         self.now_s = now_s
         self.outbox_entries_max = outbox_entries_max
@@ -258,15 +321,14 @@ class CallEncoder:
         return encoded
 
     def _slot(self, slot: BoardSlot) -> dict[str, Any]:
-        index, shard = self.keys.index, self.shard
-        encoded: dict[str, Any] = {"m": slot.metric.value[0], "w": slot.newcomer_window_ms,
-                                   "gm": int(slot.group_member), "sc": slot.scope,
-                                   "x": slot.expires_at_s, "set": 0}  # fmt: skip
+        form = self.names.slot(slot)
+        encoded = dict(form.fields)
         if slot.scope == "t":
-            encoded["key"] = index(shard.board(slot.ref()))
+            encoded["key"] = self.keys.index(form.key)
+            encoded["set"] = 0
         else:
             encoded["key"] = {}
-            encoded["set"] = index(shard.board_scopes(slot.board, slot.kind, slot.period_key))
+            encoded["set"] = self.keys.index(form.key)
         return encoded
 
     def _scope_keys(
@@ -278,7 +340,7 @@ class CallEncoder:
             if scope_id:
                 keys = encoded["key"]
                 if scope_id not in keys:
-                    keys[scope_id] = self.keys.index(self.shard.board(slot.ref(scope_id)))
+                    keys[scope_id] = self.keys.index(self.names.scoped(slot, scope_id))
 
 
 def _plain(step: Credit | Scale) -> dict[str, Any]:
