@@ -894,6 +894,7 @@ COMPILED_SUITE = (
     "tests/test_rules.py",
     "tests/test_rules_progression.py",
     "tests/test_codec.py",
+    "tests/test_results.py",
     "tests/test_award_store.py",
     "tests/test_ingest_edges.py",
     "tests/test_streaks.py",

@@ -7,12 +7,15 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from redis.asyncio import Redis as AsyncRedis
 
 from pointsd.service.api.points.v1 import points_pb2 as pb
 from pointsd.service.convert import add_results, result_to_pb
 from pointsd.service.domain import CreditResult, Event, StoreCode
 from pointsd.service.ingest import Ingestor
 from pointsd.service.rules import Plan, RulesEngine, load_rule_book
+from pointsd.storage.keys import KeySchema, Topology
+from pointsd.storage.redis import AwardStore
 from tests.test_rules import event
 
 AT_MS = 1_796_293_607_898
@@ -23,7 +26,10 @@ def ingestor() -> Ingestor:
     engine = RulesEngine(
         load_rule_book(None), state_retention_s=3 * 86400, dedup_retention_s=4 * 86400
     )
-    return Ingestor(engine, None, lambda: AT_MS)  # type: ignore[arg-type]
+    topology = Topology(KeySchema(), {t.tenant_id: t.shards for t in engine.book.tenants.values()})
+    # Never called here (combine only); the compiled Ingestor checks its type.
+    awards = AwardStore(AsyncRedis(), topology, clock=lambda: AT_MS, outbox_entries_max=0)
+    return Ingestor(engine, awards, lambda: AT_MS)
 
 
 def plan_of(ingestor: Ingestor, ev: Event) -> Plan:
