@@ -69,6 +69,7 @@ class _Batches:
         from pointsd.service.api.points.v1 import points_pb2 as pb
         from pointsd.service.ingest import Ingestor
         from pointsd.storage.redis import AwardStore
+        from pointsd.storage.redis.codec import BoardNames
         from scripts.bench import _engine
         from scripts.loadgen import Traffic, TrafficSpec
 
@@ -88,8 +89,8 @@ class _Batches:
         ]
         self.events = len(self.requests) * batch
         self.sha = ""
-        # Kept across calls, as AwardStore keeps them (codec.ShardNames).
-        self.names: dict[Any, Any] = {}
+        # Kept across calls, as AwardStore keeps them (codec.BoardNames).
+        self.names = BoardNames()
         self.parsed: list[Any] = []
         self.validated: list[Any] = []
         self.plans: list[Any] = []
@@ -127,7 +128,7 @@ class _Batches:
 
     def encode(self) -> None:
         """As AwardStore does: each batch's credits by shard, chunked."""
-        from pointsd.storage.redis.codec import APPLY, CallEncoder, ShardNames
+        from pointsd.storage.redis.codec import APPLY, CallEncoder
 
         self.calls.clear()
         self.call_ops.clear()
@@ -142,10 +143,7 @@ class _Batches:
             for shard, slots in by_shard.items():
                 for start in range(0, len(slots), self.per_call):
                     chunk = slots[start : start + self.per_call]
-                    names = self.names.get(shard)
-                    if names is None:
-                        names = self.names[shard] = ShardNames(shard)
-                    encoder = CallEncoder(shard, APPLY, _NOW_MS // 1000, 0, names)
+                    encoder = CallEncoder(shard, APPLY, _NOW_MS // 1000, 0, self.names)
                     for p, j in chunk:
                         encoder.add(plans[p].ops[j])
                     self.calls.append(encoder.call())

@@ -35,14 +35,14 @@ from pointsd.service.domain.steps import (
     Threshold,
     Throttle,
 )
-from pointsd.storage.keys import KeySchema
+from pointsd.storage.keys import KeySchema, Shard
 from pointsd.storage.redis.codec import (
     APPLY,
     RESTORE,
     WIRE_VERSION,
+    BoardNames,
     CallEncoder,
     RestoreOp,
-    ShardNames,
     decode_results,
 )
 from scripts.procs import ROOT
@@ -206,25 +206,38 @@ def test_a_step_without_a_wire_encoding_is_refused() -> None:
 
 
 def test_board_names_kept_across_calls_encode_what_a_fresh_call_does() -> None:
-    """AwardStore keeps one ShardNames per shard across calls: every call
-    must still encode exactly what an encoder of its own would, also after
-    the names were cleared at their bound."""
-    shard = KeySchema().shard("t", 0)
+    """AwardStore keeps one BoardNames for its shards across calls: every
+    call must still encode exactly what an encoder of its own would, on
+    every shard, also after the names started again at their bound."""
+    shards = [KeySchema().shard("t", 0), KeySchema().shard("t", 1), KeySchema().shard("u", 0)]
     ops = [
         _op(event_id=f"e{i}", user_id=f"u{i}", department=f"d{i % 2}", group=f"g{i % 3}")
         for i in range(6)
     ]
 
-    def call(chunk: list[CreditOp], names: ShardNames | None) -> Any:
+    def call(shard: Shard, chunk: list[CreditOp], names: BoardNames | None) -> Any:
         encoder = CallEncoder(shard, APPLY, 1_798_000_000, 0, names)
         for op in chunk:
             encoder.add(op)
         return encoder.call()
 
-    for limit in (20_000, 1):
-        names = ShardNames(shard, limit=limit)
-        for chunk in (ops[:2], ops[2:5], ops[:6], ops[5:]):
-            assert call(chunk, names) == call(chunk, None)
+    for limit in (20_000, 3, 1):
+        names = BoardNames(limit=limit)
+        for shard in shards * 2:
+            for chunk in (ops[:2], ops[2:5], ops[:6], ops[5:]):
+                assert call(shard, chunk, names) == call(shard, chunk, None)
+            assert len(names) <= max(limit, 1)
     # Tenant-wide and department boards were encoded, each department its key.
-    keys, _ = call(ops, None)
+    keys, _ = call(shards[0], ops, None)
     assert {k.rsplit(":", 2)[-2:][1] for k in keys if ":lb:pts:" in k} >= {"t", "d0", "d1"}
+
+
+def test_board_names_are_bounded_in_all_whatever_the_scopes() -> None:
+    """Department and group ids are the callers': one bound for every shard."""
+    names = BoardNames(limit=100)
+    ops = [_op(event_id=f"e{i}", department=f"dep-{i}") for i in range(500)]
+    for s in range(8):
+        encoder = CallEncoder(KeySchema().shard("t", s), APPLY, 1_798_000_000, 0, names)
+        for op in ops:
+            encoder.add(op)
+        assert len(names) <= 100

@@ -67,6 +67,13 @@ def test_bonuses_and_two_credits_take_the_general_path(ingestor: Ingestor) -> No
     got = ingestor._combine(like, both)
     assert [(c.user_id, c.points) for c in got.credits] == [("alice", 1), ("bo", 2)]
     assert got.points == 3 and got.reason.startswith("actor alice: ")
+    # One credit that earned a bonus: its points, the bonus and its words.
+    message = plan_of(ingestor, event("message.text", at_ms=AT_MS))
+    res = CreditResult(StoreCode.AWARDED, 3, 100, bonuses=(("task.weekly-x", 10),))
+    got = ingestor._combine(message, [res])
+    assert got.points == 13 and [(b.tag, b.points) for b in got.bonuses] == [("task.weekly-x", 10)]
+    assert got.reason == "Text message sent: +3; Task done: weekly-x +10"
+    assert got.credits[0].reason == got.reason
 
 
 def test_results_added_into_the_response_are_the_messages_of_result_to_pb(
@@ -82,8 +89,29 @@ def test_results_added_into_the_response_are_the_messages_of_result_to_pb(
     sent = [pb.ActivityEvent(event_id=f"sent-{i}") for i in range(len(results))]
     response = pb.RecordActivitiesResponse()
     add_results(response.results, results, sent)
-    expected = [result_to_pb(r, m.event_id) for r, m in zip(results, sent, strict=True)]
+    # Built by hand, field by field: what a caller receives.
+    text = "Text message sent: +3"
+
+    def credit(**fields: object) -> pb.Credit:
+        given: dict[str, object] = {"user_id": "alice", "role": pb.ACTOR, "outcome": pb.AWARDED,
+                                    "points": 3, "balance": 100, **fields}  # fmt: skip
+        return pb.Credit(**given)  # type: ignore[arg-type]
+
+    held = text + "; held for review (a farming flag): paid when an administrator releases it"
+    duplicate = f"duplicate event, first recorded as AWARDED: {text}"
+    expected = [
+        pb.ActivityResult(event_id="m1", outcome=pb.AWARDED, points=3, balance=100, reason=text,
+                          credits=[credit(reason=text)]),
+        pb.ActivityResult(event_id="m1", outcome=pb.DUPLICATE, original_outcome=pb.AWARDED,
+                          points=3, balance=100, reason=duplicate,
+                          credits=[credit(reason=duplicate, outcome=pb.DUPLICATE)]),
+        pb.ActivityResult(event_id="m1", outcome=pb.AWARDED, points=3, balance=100, reason=held,
+                          credits=[credit(reason=held, held=True)]),
+        pb.ActivityResult(event_id="sent-3", outcome=pb.REJECTED, reason="user_id: is required",
+                          field="user_id"),
+    ]  # fmt: skip
     assert list(response.results) == expected
+    assert [result_to_pb(r, m.event_id) for r, m in zip(results, sent, strict=True)] == expected
     # A rejected event without a usable id answers with the one it was sent with.
     assert response.results[3].event_id == "sent-3" and response.results[0].event_id == "m1"
     assert response.results[1].original_outcome == pb.AWARDED

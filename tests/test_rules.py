@@ -1558,3 +1558,20 @@ def test_events_either_side_of_a_period_end_each_get_their_own_periods(
         op = plan_ok(default_engine, event("message.text", at_ms=at, event_id=f"m{i}")).ops[0]
         refs = {(s.period.kind, s.period.key) for s in op.steps if hasattr(s, "period")}
         assert refs == expected[at] | {(Period.EVER, "all")}, (i, refs)
+
+
+def test_apply_and_restore_programs_stay_apart_at_the_same_instant() -> None:
+    """A rebuild replays other steps (no checks) than an award: planning one
+    and then the other at the same instant must give each its own program,
+    as an engine that never planned the other would."""
+    book = load_rule_book(None)
+    shared = engine_for(book)
+    at = utc_ms("2026-12-13T15:00:00")
+    for i, restore in enumerate([False, True, False, True, True, False]):
+        ev = event("message.text", at_ms=at + i, event_id=f"m{i}")
+        got = shared.plan(ev, recorded_at_ms=RECORDED_MS, restore=restore)
+        fresh = engine_for(book).plan(ev, recorded_at_ms=RECORDED_MS, restore=restore)
+        assert isinstance(got, Plan) and isinstance(fresh, Plan)
+        kinds = [[type(s).__name__ for s in op.steps] for op in got.ops]
+        assert kinds == [[type(s).__name__ for s in op.steps] for op in fresh.ops], (i, restore)
+        assert ("Check" in kinds[0]) is not restore, kinds

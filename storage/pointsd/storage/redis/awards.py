@@ -24,9 +24,9 @@ from pointsd.storage.redis.client import RedisClient
 from pointsd.storage.redis.codec import (
     APPLY,
     RESTORE,
+    BoardNames,
     CallEncoder,
     RestoreOp,
-    ShardNames,
     decode_results,
 )
 from pointsd.storage.redis.scripts import Call, LuaScript
@@ -84,8 +84,8 @@ class AwardStore:
         self._busy = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.observer: AwardObserver | None = None
-        # Per shard, what encoding its board slots costs once (codec.ShardNames).
-        self._names: dict[Shard, ShardNames] = {}
+        # What encoding the shards' board slots costs, once (codec.BoardNames).
+        self._names = BoardNames()
 
     async def start(self) -> None:
         await self.script.load(self.redis)
@@ -201,10 +201,7 @@ class AwardStore:
         for shard, indexes in by_shard.items():
             for start in range(0, len(indexes), self.ops_per_call_max):
                 chunk = indexes[start : start + self.ops_per_call_max]
-                names = self._names.get(shard)
-                if names is None:
-                    names = self._names[shard] = ShardNames(shard)
-                encoder = CallEncoder(shard, mode, now_s, self.outbox_entries_max, names)
+                encoder = CallEncoder(shard, mode, now_s, self.outbox_entries_max, self._names)
                 for i in chunk:
                     encoder.add(items[i])
                 calls.append(encoder.call())

@@ -42,7 +42,7 @@ from pointsd.service.domain.steps import (
 from pointsd.storage.entries import award_data
 from pointsd.storage.keys import Shard
 
-__all__ = ["WIRE_VERSION", "CallEncoder", "RestoreOp", "ShardNames", "decode_results"]
+__all__ = ["WIRE_VERSION", "BoardNames", "CallEncoder", "RestoreOp", "decode_results"]
 
 WIRE_VERSION = "2"
 APPLY = "apply"
@@ -98,26 +98,32 @@ class _SlotForm:
     key: str
 
 
-class ShardNames:
-    """What encoding a board slot costs and never changes on one shard: its
+class BoardNames:
+    """What encoding a board slot costs and never changes on a shard: its
     constant fields and key names, kept across calls (AwardStore holds one
-    per shard; a slot is part of a compiled program, shared by every credit
-    of its kind and periods). Keyed by slot identity, the slot held; cleared
-    when it grows past `limit` (periods turned over: their slots are done)."""
+    for all its shards; a slot is part of a compiled program, shared by every
+    credit of its kind and periods). Keyed by shard and slot identity, the
+    slot held so that its id stays its own; one bound for everything kept
+    (scopes are the callers' department and group ids): past `limit`
+    entries it starts again."""
 
-    def __init__(self, shard: Shard, limit: int = 20_000) -> None:
-        self.shard = shard
+    def __init__(self, limit: int = 20_000) -> None:
         self.limit = limit
-        self._slots: dict[int, _SlotForm] = {}
-        self._scoped: dict[tuple[int, str], tuple[BoardSlot, str]] = {}
+        self._slots: dict[tuple[Shard, int], _SlotForm] = {}
+        self._scoped: dict[tuple[Shard, int, str], tuple[BoardSlot, str]] = {}
 
-    def slot(self, slot: BoardSlot) -> _SlotForm:
-        form = self._slots.get(id(slot))
+    def __len__(self) -> int:
+        return len(self._slots) + len(self._scoped)
+
+    def _room(self) -> None:
+        if len(self._slots) + len(self._scoped) >= self.limit:
+            self._slots.clear()
+            self._scoped.clear()
+
+    def slot(self, shard: Shard, slot: BoardSlot) -> _SlotForm:
+        form = self._slots.get((shard, id(slot)))
         if form is None:
-            if len(self._slots) + len(self._scoped) > self.limit:
-                self._slots.clear()
-                self._scoped.clear()
-            shard = self.shard
+            self._room()
             key = (
                 shard.board(slot.ref())
                 if slot.scope == "t"
@@ -126,19 +132,17 @@ class ShardNames:
             fields: dict[str, Any] = {"m": slot.metric.value[0], "w": slot.newcomer_window_ms,
                                       "gm": int(slot.group_member), "sc": slot.scope,
                                       "x": slot.expires_at_s}  # fmt: skip
-            form = self._slots[id(slot)] = _SlotForm(slot, fields, key)
+            form = self._slots[(shard, id(slot))] = _SlotForm(slot, fields, key)
         return form
 
-    def scoped(self, slot: BoardSlot, scope_id: str) -> str:
+    def scoped(self, shard: Shard, slot: BoardSlot, scope_id: str) -> str:
         """The board key of a department or group scope of a slot."""
-        found = self._scoped.get((id(slot), scope_id))
+        found = self._scoped.get((shard, id(slot), scope_id))
         if found is None:
-            if len(self._slots) + len(self._scoped) > self.limit:
-                self._slots.clear()
-                self._scoped.clear()
-            found = self._scoped[(id(slot), scope_id)] = (
+            self._room()
+            found = self._scoped[(shard, id(slot), scope_id)] = (
                 slot,
-                self.shard.board(slot.ref(scope_id)),
+                shard.board(slot.ref(scope_id)),
             )
         return found[1]
 
@@ -163,10 +167,10 @@ class CallEncoder:
         mode: str,
         now_s: int,
         outbox_entries_max: int,
-        names: ShardNames | None = None,
+        names: BoardNames | None = None,
     ) -> None:
         self.shard = shard
-        self.names = names if names is not None else ShardNames(shard)
+        self.names = names if names is not None else BoardNames()
         self.mode = mode
         self.now_s = now_s
         self.outbox_entries_max = outbox_entries_max
@@ -321,7 +325,7 @@ class CallEncoder:
         return encoded
 
     def _slot(self, slot: BoardSlot) -> dict[str, Any]:
-        form = self.names.slot(slot)
+        form = self.names.slot(self.shard, slot)
         encoded = dict(form.fields)
         if slot.scope == "t":
             encoded["key"] = self.keys.index(form.key)
@@ -340,7 +344,7 @@ class CallEncoder:
             if scope_id:
                 keys = encoded["key"]
                 if scope_id not in keys:
-                    keys[scope_id] = self.keys.index(self.names.scoped(slot, scope_id))
+                    keys[scope_id] = self.keys.index(self.names.scoped(self.shard, slot, scope_id))
 
 
 def _plain(step: Credit | Scale) -> dict[str, Any]:
