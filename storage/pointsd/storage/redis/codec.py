@@ -109,8 +109,10 @@ class BoardNames:
 
     def __init__(self, limit: int = 20_000) -> None:
         self.limit = limit
-        self._slots: dict[tuple[Shard, int], _SlotForm] = {}
-        self._scoped: dict[tuple[Shard, int, str], tuple[BoardSlot, str]] = {}
+        # By the shard's tag (its identity as a string, whose hash Python
+        # keeps) and the slot's id.
+        self._slots: dict[tuple[str, int], _SlotForm] = {}
+        self._scoped: dict[tuple[str, int, str], tuple[BoardSlot, str]] = {}
 
     def __len__(self) -> int:
         return len(self._slots) + len(self._scoped)
@@ -121,7 +123,7 @@ class BoardNames:
             self._scoped.clear()
 
     def slot(self, shard: Shard, slot: BoardSlot) -> _SlotForm:
-        form = self._slots.get((shard, id(slot)))
+        form = self._slots.get((shard.tag, id(slot)))
         if form is None:
             self._room()
             key = (
@@ -132,15 +134,15 @@ class BoardNames:
             fields: dict[str, Any] = {"m": slot.metric.value[0], "w": slot.newcomer_window_ms,
                                       "gm": int(slot.group_member), "sc": slot.scope,
                                       "x": slot.expires_at_s}  # fmt: skip
-            form = self._slots[(shard, id(slot))] = _SlotForm(slot, fields, key)
+            form = self._slots[(shard.tag, id(slot))] = _SlotForm(slot, fields, key)
         return form
 
     def scoped(self, shard: Shard, slot: BoardSlot, scope_id: str) -> str:
         """The board key of a department or group scope of a slot."""
-        found = self._scoped.get((shard, id(slot), scope_id))
+        found = self._scoped.get((shard.tag, id(slot), scope_id))
         if found is None:
             self._room()
-            found = self._scoped[(shard, id(slot), scope_id)] = (
+            found = self._scoped[(shard.tag, id(slot), scope_id)] = (
                 slot,
                 shard.board(slot.ref(scope_id)),
             )
