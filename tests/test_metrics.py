@@ -533,13 +533,26 @@ def test_serve_and_its_flusher_child_each_export_their_role(
     server.start()
     try:
         with server.channel() as ch:
-            pb_grpc.PointsServiceStub(ch).RecordActivity(ev(tenant, "u1", "login"), timeout=10)
-        flusher = _wait_for_rows(base + 1)
-        served = _families(_scrape(base))
+            stub = pb_grpc.PointsServiceStub(ch)
+            stub.RecordActivity(ev(tenant, "u1", "login"), timeout=10)
+            flusher = _wait_for_rows(base + 1)
+            gc_before = (_gen0(_families(_scrape(base))), _gen0(flusher))
+            # 2,000 events, 2,000 ledger rows: with the collector's default
+            # thresholds (700) the server collects ~27 times here, as a
+            # batch's objects live together; tuned, it does not.
+            for b in range(4):
+                events = [ev(tenant, f"g{b}-{i}", "message.text") for i in range(500)]
+                stub.RecordActivities(pb.RecordActivitiesRequest(events=events), timeout=30)
+            flusher = _wait_for_rows(base + 1, rows=2001)
+            served = _families(_scrape(base))
     finally:
         assert server.terminate() == 0
         _cleanup_tenants(servers, [tenant])
     _check_role_split(served, flusher)
+    # Serving and flushing processes run with the tuned thresholds
+    # (pointsd.service.server.GC_THRESHOLDS).
+    gc_during = (_gen0(served) - gc_before[0], _gen0(flusher) - gc_before[1])
+    assert gc_during[0] < 8 and gc_during[1] < 8, gc_during
     rpc = served["points_rpc_requests"].samples
     assert any(s.labels["method"] == "RecordActivity" and s.value >= 1 for s in rpc)
     lengths = [s.labels["shard"] for s in flusher["points_outbox_length"].samples]
@@ -551,19 +564,29 @@ def test_serve_and_its_flusher_child_each_export_their_role(
     assert sorted(_used_names() - _sample_names({**served, **flusher})) == []
 
 
-def _wait_for_rows(port: int, timeout_s: float = 60) -> dict[str, Any]:
-    """The flusher's metrics once it has written a row (it starts after the server)."""
+def _gen0(families: dict[str, Any]) -> float:
+    """Collections of the cyclic collector's youngest generation so far."""
+    return next(
+        s.value
+        for s in families["python_gc_collections"].samples
+        if s.labels.get("generation") == "0" and s.name.endswith("_total")
+    )
+
+
+def _wait_for_rows(port: int, timeout_s: float = 60, rows: int = 1) -> dict[str, Any]:
+    """The flusher's metrics once it has written `rows` rows (it starts after
+    the server)."""
     import time
 
     deadline = time.monotonic() + timeout_s
     while True:
         with contextlib.suppress(OSError):
             families = _families(_scrape(port))
-            rows = families["points_flush_rows"].samples
-            if any(s.name == "points_flush_rows_total" and s.value >= 1 for s in rows):
+            written = families["points_flush_rows"].samples
+            if any(s.name == "points_flush_rows_total" and s.value >= rows for s in written):
                 return families
         if time.monotonic() > deadline:
-            raise AssertionError(f"the flusher on port {port} wrote no row in {timeout_s} s")
+            raise AssertionError(f"the flusher on port {port} wrote < {rows} rows in {timeout_s} s")
         time.sleep(0.2)
 
 

@@ -79,8 +79,9 @@ async def _flush(settings: Settings, drain: bool) -> int:
 
     if not drain:
         from pointsd.service.metrics import FLUSHER
-        from pointsd.service.server import start_metrics
+        from pointsd.service.server import start_metrics, tune_gc
 
+        tune_gc()
         start_metrics(settings, [FLUSHER])
     app = await App.open(settings)
     try:
