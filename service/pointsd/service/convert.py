@@ -88,7 +88,7 @@ def _ts(value: datetime | None) -> Timestamp | None:
 
 def result_to_pb(r: EventResult, sent_id: str = "") -> pb.ActivityResult:
     """The result as a message of its own (unary, stream)."""
-    return _fill(pb.ActivityResult, r, sent_id)
+    return _fill(pb.ActivityResult, r, r.event_id or sent_id)
 
 
 def add_results(
@@ -105,11 +105,11 @@ def add_results(
 
 
 def _fill(
-    make: Callable[..., pb.ActivityResult], r: EventResult, sent_id: str
+    make: Callable[..., pb.ActivityResult], r: EventResult, event_id: str
 ) -> pb.ActivityResult:
     # Fields left at their defaults are not passed: each keyword costs a
     # conversion even when it sets nothing.
-    msg = make(event_id=r.event_id or sent_id, outcome=r.outcome, points=r.points,
+    msg = make(event_id=event_id, outcome=r.outcome, points=r.points,
                balance=r.balance, reason=r.reason)  # fmt: skip
     if r.field:
         msg.field = r.field
@@ -117,12 +117,8 @@ def _fill(
         msg.original_outcome = r.original_outcome  # type: ignore[assignment]
     add_credit = msg.credits.add
     for c in r.credits:
-        if c.held:
-            add_credit(user_id=c.user_id, role=c.role, outcome=c.outcome, points=c.points,
-                       balance=c.balance, reason=c.reason, held=True)  # fmt: skip
-        else:
-            add_credit(user_id=c.user_id, role=c.role, outcome=c.outcome, points=c.points,
-                       balance=c.balance, reason=c.reason)  # fmt: skip
+        add_credit(user_id=c.user_id, role=c.role, outcome=c.outcome, points=c.points,
+                   balance=c.balance, reason=c.reason, held=c.held)  # fmt: skip
     for b in r.bonuses:
         msg.bonuses.add(
             user_id=b.user_id, kind=b.kind, id=b.id, name=b.name, name_en=b.name_en,

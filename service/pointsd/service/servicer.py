@@ -224,7 +224,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
                 # a token revoked mid-stream ends the stream here.
                 caller = gate.check_events(caller, context, _STREAM, batch)
                 for i, result in enumerate(await self._record_many(batch)):
-                    yield result_to_pb(result, result.event_id or batch[i].event_id)
+                    # The event's own id is read only for a result without one.
+                    yield result_to_pb(result, "" if result.event_id else batch[i].event_id)
             await read_task  # re-raise a failure of the request stream
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
